@@ -1,0 +1,172 @@
+//! Values parsed once at the edge and carried as types: inside the crate an
+//! `EmailAddress` is always valid and a `DigestName` always well-formed.
+
+use std::fmt;
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DomainError {
+    #[error("`{0}` is not a valid email address")]
+    InvalidEmail(String),
+    #[error(
+        "`{0}` is not a valid digest name (use lowercase letters, digits, `-` and `_`, at most 64)"
+    )]
+    InvalidDigestName(String),
+}
+
+/// A syntactically valid email address. Comparison is case-insensitive
+/// through [`EmailAddress::key`], which the store uses for uniqueness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailAddress(lettre::Address);
+
+impl EmailAddress {
+    pub fn parse(input: &str) -> Result<Self, DomainError> {
+        let trimmed = input.trim();
+        let invalid = || DomainError::InvalidEmail(input.to_string());
+        // lettre accepts some forms that are legal but useless for a mailing
+        // list (no dot in the domain, quoted local parts with spaces).
+        if trimmed.len() > 254 || trimmed.contains(char::is_whitespace) {
+            return Err(invalid());
+        }
+        let address: lettre::Address = trimmed.parse().map_err(|_| invalid())?;
+        if !address.domain().contains('.') || address.domain().starts_with('[') {
+            return Err(invalid());
+        }
+        Ok(Self(address))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_ref()
+    }
+
+    /// The lowercase form used to find a subscriber regardless of case.
+    pub fn key(&self) -> String {
+        self.as_str().to_lowercase()
+    }
+
+    pub fn address(&self) -> &lettre::Address {
+        &self.0
+    }
+}
+
+impl fmt::Display for EmailAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The name of a digest as written in the configuration (`daily`, `weekly-tech`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DigestName(String);
+
+impl DigestName {
+    pub fn parse(input: &str) -> Result<Self, DomainError> {
+        let ok = !input.is_empty()
+            && input.len() <= 64
+            && input
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if ok {
+            Ok(Self(input.to_string()))
+        } else {
+            Err(DomainError::InvalidDigestName(input.to_string()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DigestName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A fresh random token of 256 bits, hex encoded: unguessable links.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Subscriber states, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriberStatus {
+    Pending,
+    Confirmed,
+    Unsubscribed,
+    Bounced,
+}
+
+impl SubscriberStatus {
+    pub const ALL: [SubscriberStatus; 4] = [
+        Self::Pending,
+        Self::Confirmed,
+        Self::Unsubscribed,
+        Self::Bounced,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Confirmed => "confirmed",
+            Self::Unsubscribed => "unsubscribed",
+            Self::Bounced => "bounced",
+        }
+    }
+
+    pub fn parse(input: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == input)
+    }
+}
+
+impl fmt::Display for SubscriberStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_addresses_are_trimmed_and_keyed_case_insensitively() {
+        let a = EmailAddress::parse("  Ada@Example.ORG ").unwrap();
+        assert_eq!(a.as_str(), "Ada@Example.ORG");
+        assert_eq!(a.key(), "ada@example.org");
+    }
+
+    #[test]
+    fn malformed_email_addresses_are_rejected() {
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.org",
+            "ada@localhost",
+            "a da@example.org",
+            "ada@example.org\r\nBcc: x@y.z",
+        ] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn digest_names_are_restricted_to_a_safe_alphabet() {
+        assert!(DigestName::parse("weekly-tech_2").is_ok());
+        for bad in ["", "Daily", "a b", "x/y", &"a".repeat(65)] {
+            assert!(DigestName::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn tokens_are_long_and_distinct() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,231 @@
+//! Parsing of import files. Every record is checked before anything is
+//! stored; a bad record is reported with its line (or index) and the whole
+//! file is refused.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::domain::{DigestName, EmailAddress};
+use crate::store::{NewArticle, NewSubscriber, Timestamp};
+
+/// Reads a file, or standard input for `-`.
+pub fn read_input(path: &str) -> Result<String> {
+    let mut text = String::new();
+    if path == "-" {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read standard input")?;
+    } else {
+        text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    }
+    Ok(text)
+}
+
+/// One article as given in an import file or on the command line.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArticleInput {
+    pub url: String,
+    pub title: String,
+    #[serde(default)]
+    pub summary: Option<String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub author: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// RFC 3339; absent: now.
+    #[serde(default)]
+    pub published_at: Option<String>,
+}
+
+impl ArticleInput {
+    /// Checks the fields; the error names the field at fault.
+    pub fn validate(self, now: DateTime<Utc>) -> Result<NewArticle, String> {
+        let url = self.url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.contains(char::is_whitespace)
+        {
+            return Err(format!(
+                "`url`: `{url}` is not an http:// or https:// address"
+            ));
+        }
+        let title = self.title.trim();
+        if title.is_empty() {
+            return Err("`title` must not be empty".into());
+        }
+        let published_at = match self.published_at.as_deref() {
+            None => now,
+            Some(text) => DateTime::parse_from_rfc3339(text.trim())
+                .map_err(|e| {
+                    format!(
+                        "`published_at`: `{text}` is not an RFC 3339 time such as 2026-11-29T07:00:00Z ({e})"
+                    )
+                })?
+                .with_timezone(&Utc),
+        };
+        let tags: BTreeSet<String> = self
+            .tags
+            .iter()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect();
+        let clean = |s: Option<String>| s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        Ok(NewArticle {
+            url: url.to_string(),
+            title: title.to_string(),
+            summary: clean(self.summary),
+            body: clean(self.body),
+            author: clean(self.author),
+            tags: tags.into_iter().collect(),
+            published_at: Timestamp::from(published_at),
+        })
+    }
+}
+
+/// Parses a JSON array of articles, or NDJSON (one object per line).
+pub fn parse_articles(text: &str, now: DateTime<Utc>) -> Result<Vec<NewArticle>> {
+    let convert = |r: ArticleInput| r.validate(now);
+    let mut out = Vec::new();
+    if text.trim_start().starts_with('[') {
+        let values: Vec<serde_json::Value> =
+            serde_json::from_str(text).context("the file is not a valid JSON array")?;
+        for (i, value) in values.into_iter().enumerate() {
+            let record: ArticleInput = serde_json::from_value(value)
+                .map_err(|e| anyhow::anyhow!("record {} of the array: {e}", i + 1))?;
+            out.push(
+                convert(record)
+                    .map_err(|e| anyhow::anyhow!("record {} of the array: {e}", i + 1))?,
+            );
+        }
+    } else {
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record: ArticleInput =
+                serde_json::from_str(line).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?;
+            out.push(convert(record).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?);
+        }
+    }
+    if out.is_empty() {
+        bail!("no articles found: expected a JSON array or one JSON object per line");
+    }
+    Ok(out)
+}
+
+/// Parses the `digests` column (`daily;weekly`); empty means every digest.
+pub fn parse_digest_list(text: &str, known: &[DigestName]) -> Result<Vec<DigestName>, String> {
+    let names: Vec<&str> = text
+        .split([';', ','])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if names.is_empty() {
+        return Ok(known.to_vec());
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            known
+                .iter()
+                .find(|k| k.as_str() == name)
+                .cloned()
+                .ok_or_else(|| {
+                    let list: Vec<&str> = known.iter().map(DigestName::as_str).collect();
+                    format!(
+                        "unknown digest `{name}` (configured: {})",
+                        if list.is_empty() {
+                            "none".into()
+                        } else {
+                            list.join(", ")
+                        }
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Reads a subscribers CSV (`email,name,digests`): validates every row,
+/// reporting bad ones by line, and returns the rows in file order.
+pub fn parse_subscribers_csv<R: Read>(
+    input: R,
+    known: &[DigestName],
+) -> Result<Vec<NewSubscriber>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(false)
+        .from_reader(input);
+    let headers = reader
+        .headers()
+        .context("cannot read the CSV header line")?
+        .clone();
+    let mut email_col = None;
+    let mut name_col = None;
+    let mut digests_col = None;
+    for (i, h) in headers.iter().enumerate() {
+        match h.to_lowercase().as_str() {
+            "email" => email_col = Some(i),
+            "name" => name_col = Some(i),
+            "digests" => digests_col = Some(i),
+            other => bail!("line 1: unknown column `{other}`; the header is `email,name,digests`"),
+        }
+    }
+    let Some(email_col) = email_col else {
+        bail!("line 1: no `email` column; the header is `email,name,digests`");
+    };
+    let mut problems = Vec::new();
+    let mut out = Vec::new();
+    for record in reader.records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                problems.push(format!("line {line}: {e}"));
+                continue;
+            }
+        };
+        let line = record.position().map_or(0, |p| p.line());
+        let email = match EmailAddress::parse(record.get(email_col).unwrap_or_default()) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(format!("line {line}: {e}"));
+                continue;
+            }
+        };
+        let name = name_col
+            .and_then(|c| record.get(c))
+            .map(str::to_string)
+            .filter(|n| !n.is_empty());
+        let digests =
+            match parse_digest_list(digests_col.and_then(|c| record.get(c)).unwrap_or(""), known) {
+                Ok(d) => d,
+                Err(e) => {
+                    problems.push(format!("line {line}: {e}"));
+                    continue;
+                }
+            };
+        out.push(NewSubscriber {
+            email,
+            name,
+            digests,
+        });
+    }
+    if !problems.is_empty() {
+        let shown = problems.len().min(20);
+        let mut message = problems[..shown].join("\n");
+        if problems.len() > shown {
+            message.push_str(&format!("\n… and {} more", problems.len() - shown));
+        }
+        bail!("{message}");
+    }
+    if out.is_empty() {
+        bail!("no subscribers found below the header line");
+    }
+    Ok(out)
+}

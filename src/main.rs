@@ -1,0 +1,220 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use gazette::{app, config, scheduler};
+
+/// Gazette: a newsletter digest mailer.
+///
+/// Reads `config/default.toml`, then `--config FILE`, then `GAZETTE__SECTION__KEY`
+/// environment variables (for example `GAZETTE__DATABASE__URL`).
+#[derive(Parser)]
+#[command(name = "gazette", version, about, long_about)]
+struct Cli {
+    /// A configuration file read after config/default.toml.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "GAZETTE_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load sample articles and subscribers and send a digest into the outbox.
+    Demo,
+    /// Run the daemon: send each digest on its schedule until SIGINT/SIGTERM.
+    Run,
+    /// Plan one run of a digest now and deliver it to every confirmed subscriber.
+    Send {
+        /// The digest's name, as in the configuration.
+        digest: String,
+        /// Render every email and send none; records nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The slot to plan (RFC 3339) instead of now; a slot is sent once.
+        #[arg(long, value_name = "TIME")]
+        slot: Option<DateTime<Utc>>,
+    },
+    /// Write DIGEST.html, DIGEST.txt and DIGEST.eml: the email `send` would deliver now.
+    Preview {
+        digest: String,
+        /// Render for this subscriber (default: the digest's first subscriber, or a sample).
+        #[arg(long, value_name = "EMAIL")]
+        subscriber: Option<String>,
+        /// Where to write the files.
+        #[arg(long, default_value = "preview", value_name = "DIR")]
+        out: PathBuf,
+        /// Render an earlier run (its stored articles) instead of what is new now.
+        #[arg(long, value_name = "RUN")]
+        run: Option<i64>,
+    },
+    /// Manage articles.
+    #[command(subcommand)]
+    Articles(ArticlesCommand),
+    /// Manage subscribers.
+    #[command(subcommand)]
+    Subscribers(SubscribersCommand),
+    /// Apply database migrations.
+    Migrate,
+    /// Check the configuration and templates, and reach the database and SMTP relay.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum ArticlesCommand {
+    /// Import a JSON array or NDJSON file (`-` for standard input); upsert by url.
+    Import { file: String },
+    /// Add (or update, by url) one article.
+    Add {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        summary: Option<String>,
+        #[arg(long)]
+        body: Option<String>,
+        #[arg(long)]
+        author: Option<String>,
+        /// Comma-separated tags.
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        /// RFC 3339 time (default: now).
+        #[arg(long, value_name = "TIME")]
+        published_at: Option<String>,
+    },
+    /// List the newest articles.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubscribersCommand {
+    /// Add a confirmed subscriber (default: to every digest).
+    Add {
+        email: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// A digest to subscribe to; repeat for several.
+        #[arg(long = "digest", value_name = "NAME")]
+        digests: Vec<String>,
+    },
+    /// Delete a subscriber and their history.
+    Remove { email: String },
+    /// List subscribers (tab-separated: email, name, status, digests).
+    List {
+        /// pending, confirmed, unsubscribed or bounced.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Import a CSV file with the header `email,name,digests` (digests `;`-separated).
+    Import { file: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GAZETTE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("gazette=info,warn")),
+        )
+        .init();
+    let settings = match config::load(Path::new("."), cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the async runtime");
+    match runtime.block_on(execute(cli.command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command, settings: config::Settings) -> anyhow::Result<()> {
+    if let Command::Check = command {
+        return app::check(settings).await;
+    }
+    let engine = app::open(settings).await?;
+    let result = match command {
+        Command::Check => unreachable!("handled above"),
+        Command::Migrate => {
+            println!("database is up to date ({})", engine.store.backend());
+            Ok(())
+        }
+        Command::Demo => app::demo(&engine).await,
+        Command::Run => scheduler::run(&engine, app::shutdown_signal()).await,
+        Command::Send {
+            digest,
+            dry_run,
+            slot,
+        } => app::send(&engine, &digest, slot, dry_run).await.map(|_| ()),
+        Command::Preview {
+            digest,
+            subscriber,
+            out,
+            run,
+        } => {
+            let files = app::preview(&engine, &digest, subscriber.as_deref(), &out, run).await?;
+            app::print_preview(engine.settings.require_digest(&digest)?, &files);
+            Ok(())
+        }
+        Command::Articles(cmd) => match cmd {
+            ArticlesCommand::Import { file } => app::articles_import(&engine, &file).await,
+            ArticlesCommand::Add {
+                url,
+                title,
+                summary,
+                body,
+                author,
+                tags,
+                published_at,
+            } => {
+                let input = gazette::import::ArticleInput {
+                    url,
+                    title,
+                    summary,
+                    body,
+                    author,
+                    tags,
+                    published_at,
+                };
+                app::articles_add(&engine, input).await
+            }
+            ArticlesCommand::List { limit } => app::articles_list(&engine, limit).await,
+        },
+        Command::Subscribers(cmd) => match cmd {
+            SubscribersCommand::Add {
+                email,
+                name,
+                digests,
+            } => app::subscribers_add(&engine, &email, name, &digests).await,
+            SubscribersCommand::Remove { email } => app::subscribers_remove(&engine, &email).await,
+            SubscribersCommand::List { status } => {
+                app::subscribers_list(&engine, status.as_deref()).await
+            }
+            SubscribersCommand::Import { file } => app::subscribers_import(&engine, &file).await,
+        },
+    };
+    engine.store.close().await;
+    result
+}

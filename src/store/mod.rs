@@ -1,0 +1,811 @@
+//! The `Store`: every query Gazette makes, on SQLite (the embedded default)
+//! or Postgres (production, shared by replicas).
+//!
+//! Most statements are the same text on both backends (`$1` placeholders
+//! work on both); `on_pool!` expands one body per backend so each is
+//! type-checked against its own driver. Where the dialects differ, the
+//! method matches on the backend explicitly.
+
+mod time;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{ConnectOptions, FromRow, QueryBuilder};
+
+pub use time::Timestamp;
+
+use crate::domain::{DigestName, EmailAddress, SubscriberStatus, new_token};
+
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+#[derive(Debug, Clone)]
+pub enum Store {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool of either backend.
+macro_rules! on_pool {
+    ($self:expr, $pool:ident => $body:expr) => {
+        match $self {
+            Store::Postgres($pool) => $body,
+            Store::Sqlite($pool) => $body,
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Rows and inputs
+
+/// An article to store, as parsed from an import or the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewArticle {
+    pub url: String,
+    pub title: String,
+    pub summary: Option<String>,
+    pub body: Option<String>,
+    pub author: Option<String>,
+    pub tags: Vec<String>,
+    pub published_at: Timestamp,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct Article {
+    pub id: i64,
+    pub url: String,
+    pub title: String,
+    pub summary: Option<String>,
+    pub author: Option<String>,
+    pub published_at: Timestamp,
+}
+
+/// An article as it went into a run: a snapshot, so the run renders the
+/// same email later even if the article is edited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunArticle {
+    pub article_id: i64,
+    pub url: String,
+    pub title: String,
+    pub summary: Option<String>,
+    pub body: Option<String>,
+    pub author: Option<String>,
+    pub tags: Vec<String>,
+    pub published_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, FromRow)]
+struct RunArticleRow {
+    article_id: i64,
+    url: String,
+    title: String,
+    summary: Option<String>,
+    body: Option<String>,
+    author: Option<String>,
+    tags: String,
+    published_at: Timestamp,
+}
+
+impl From<RunArticleRow> for RunArticle {
+    fn from(r: RunArticleRow) -> Self {
+        Self {
+            article_id: r.article_id,
+            url: r.url,
+            title: r.title,
+            summary: r.summary,
+            body: r.body,
+            author: r.author,
+            tags: serde_json::from_str(&r.tags).unwrap_or_default(),
+            published_at: r.published_at.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSubscriber {
+    pub email: EmailAddress,
+    pub name: Option<String>,
+    pub digests: Vec<DigestName>,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct Subscriber {
+    pub id: i64,
+    pub email: String,
+    pub name: Option<String>,
+    pub status: String,
+    pub unsubscribe_token: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ImportCounts {
+    pub added: u64,
+    pub updated: u64,
+    /// Existing subscribers left unsubscribed or bounced: an import never
+    /// re-subscribes someone who left.
+    pub kept_inactive: u64,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct Run {
+    pub id: i64,
+    pub digest: String,
+    pub slot: Timestamp,
+    pub status: String,
+    pub window_start: Timestamp,
+    pub cutoff: Timestamp,
+    pub created_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanOutcome {
+    /// A new run with its articles and one pending delivery per confirmed subscriber.
+    Planned { run_id: i64, deliveries: u64 },
+    /// Nothing new to send and the digest skips empty runs: no mail.
+    Skipped { run_id: i64 },
+    /// This slot was planned before (another tick, a restart, a replica).
+    Exists { run_id: i64, status: String },
+}
+
+/// What a run's planning needs to know, decided by the caller.
+#[derive(Debug, Clone)]
+pub struct RunPlan<'a> {
+    pub digest: &'a DigestName,
+    pub slot: Timestamp,
+    pub window_start: Timestamp,
+    pub cutoff: Timestamp,
+    pub articles: &'a [RunArticle],
+    pub skip_if_empty: bool,
+    pub now: Timestamp,
+}
+
+/// A delivery claimed by a worker, with what it needs to render and send.
+#[derive(Debug, Clone, FromRow)]
+pub struct Claimed {
+    pub id: i64,
+    pub run_id: i64,
+    pub subscriber_id: i64,
+    pub attempts: i32,
+    pub email: String,
+    pub name: Option<String>,
+    pub subscriber_status: String,
+    pub unsubscribe_token: String,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, FromRow)]
+pub struct DeliveryCounts {
+    pub pending: i64,
+    pub sending: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub skipped: i64,
+}
+
+impl DeliveryCounts {
+    pub fn open(&self) -> i64 {
+        self.pending + self.sending
+    }
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct FailedDelivery {
+    pub id: i64,
+    pub email: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+
+impl Store {
+    /// Opens the store at `url` and applies pending migrations. A SQLite
+    /// file is created (with its directory) when missing.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let store = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .with_context(|| format!("invalid SQLite address `{url}`"))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(30))
+                .disable_statement_logging();
+            if let Some(dir) = Path::new(options.get_filename()).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create directory {}", dir.display()))?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await
+                .with_context(|| format!("cannot open SQLite database `{url}`"))?;
+            Store::Sqlite(pool)
+        } else {
+            let options = PgConnectOptions::from_str(url)
+                .with_context(|| format!("invalid Postgres address `{}`", redact_url(url)))?
+                .disable_statement_logging();
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .with_context(|| format!("cannot connect to Postgres at `{}`", redact_url(url)))?;
+            Store::Postgres(pool)
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        match self {
+            Store::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
+            Store::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
+        }
+        .context("cannot apply database migrations")
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+
+    // -- articles -----------------------------------------------------------
+
+    /// Inserts or updates (by url) every article in one transaction: either
+    /// all of them are stored or none. Returns (inserted, updated).
+    pub async fn upsert_articles(
+        &self,
+        articles: &[NewArticle],
+        now: Timestamp,
+    ) -> Result<(u64, u64)> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let (mut inserted, mut updated) = (0, 0);
+            for a in articles {
+                let existing: Option<(i64,)> = sqlx::query_as("select id from articles where url = $1")
+                    .bind(&a.url)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let id = match existing {
+                    Some((id,)) => {
+                        sqlx::query(
+                            "update articles set title = $2, summary = $3, body = $4, author = $5, \
+                             published_at = $6, updated_at = $7 where id = $1",
+                        )
+                        .bind(id).bind(&a.title).bind(&a.summary).bind(&a.body).bind(&a.author)
+                        .bind(a.published_at).bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        sqlx::query("delete from article_tags where article_id = $1")
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                        updated += 1;
+                        id
+                    }
+                    None => {
+                        let (id,): (i64,) = sqlx::query_as(
+                            "insert into articles (url, title, summary, body, author, published_at, created_at, updated_at) \
+                             values ($1, $2, $3, $4, $5, $6, $7, $7) returning id",
+                        )
+                        .bind(&a.url).bind(&a.title).bind(&a.summary).bind(&a.body).bind(&a.author)
+                        .bind(a.published_at).bind(now)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        inserted += 1;
+                        id
+                    }
+                };
+                for tag in &a.tags {
+                    sqlx::query("insert into article_tags (article_id, tag) values ($1, $2) on conflict do nothing")
+                        .bind(id)
+                        .bind(tag)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok((inserted, updated))
+        })
+    }
+
+    /// The newest `limit` articles.
+    pub async fn list_articles(&self, limit: i64) -> Result<Vec<Article>> {
+        let sql = "select id, url, title, summary, author, published_at from articles \
+                   order by published_at desc, id desc limit $1";
+        on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(limit).fetch_all(pool).await?))
+    }
+
+    pub async fn article_tags(&self, article_id: i64) -> Result<Vec<String>> {
+        let sql = "select tag from article_tags where article_id = $1 order by tag";
+        on_pool!(self, pool => {
+            let rows: Vec<(String,)> = sqlx::query_as(sql).bind(article_id).fetch_all(pool).await?;
+            Ok(rows.into_iter().map(|(t,)| t).collect())
+        })
+    }
+
+    /// The articles a run would take: published in (`after`, `until`],
+    /// newest first, at most `limit`, with one of `tags` when any are given.
+    pub async fn select_articles(
+        &self,
+        after: Timestamp,
+        until: Timestamp,
+        tags: &[String],
+        limit: u32,
+    ) -> Result<Vec<RunArticle>> {
+        let rows: Vec<RunArticleRow> = on_pool!(self, pool => {
+            let mut q = QueryBuilder::new(
+                "select a.id as article_id, a.url, a.title, a.summary, a.body, a.author, \
+                 '[]' as tags, a.published_at from articles a where a.published_at > ",
+            );
+            q.push_bind(after).push(" and a.published_at <= ").push_bind(until);
+            if !tags.is_empty() {
+                q.push(" and exists (select 1 from article_tags t where t.article_id = a.id and t.tag in (");
+                let mut list = q.separated(", ");
+                for tag in tags {
+                    list.push_bind(tag);
+                }
+                q.push("))");
+            }
+            q.push(" order by a.published_at desc, a.id desc limit ").push_bind(i64::from(limit));
+            q.build_query_as().fetch_all(pool).await?
+        });
+        let mut articles: Vec<RunArticle> = rows.into_iter().map(RunArticle::from).collect();
+        for a in &mut articles {
+            a.tags = self.article_tags(a.article_id).await?;
+        }
+        Ok(articles)
+    }
+
+    // -- subscribers --------------------------------------------------------
+
+    /// Adds or updates subscribers, all in one transaction, as confirmed
+    /// (an operator vouches for them). Existing subscribers keep their
+    /// token; unsubscribed or bounced ones stay so.
+    pub async fn upsert_subscribers(
+        &self,
+        subs: &[NewSubscriber],
+        now: Timestamp,
+    ) -> Result<ImportCounts> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut counts = ImportCounts::default();
+            for s in subs {
+                let existing: Option<(i64, String)> =
+                    sqlx::query_as("select id, status from subscribers where email_key = $1")
+                        .bind(s.email.key())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let id = match existing {
+                    Some((id, status)) => {
+                        sqlx::query(
+                            "update subscribers set name = coalesce($2, name), updated_at = $3, \
+                             status = case when status = 'pending' then 'confirmed' else status end \
+                             where id = $1",
+                        )
+                        .bind(id).bind(&s.name).bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        if status == "unsubscribed" || status == "bounced" {
+                            counts.kept_inactive += 1;
+                        } else {
+                            counts.updated += 1;
+                        }
+                        id
+                    }
+                    None => {
+                        let (id,): (i64,) = sqlx::query_as(
+                            "insert into subscribers (email, email_key, name, status, unsubscribe_token, created_at, updated_at) \
+                             values ($1, $2, $3, 'confirmed', $4, $5, $5) returning id",
+                        )
+                        .bind(s.email.as_str()).bind(s.email.key()).bind(&s.name).bind(new_token()).bind(now)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        counts.added += 1;
+                        id
+                    }
+                };
+                for digest in &s.digests {
+                    sqlx::query(
+                        "insert into subscriptions (subscriber_id, digest, created_at) values ($1, $2, $3) \
+                         on conflict do nothing",
+                    )
+                    .bind(id).bind(digest.as_str()).bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(counts)
+        })
+    }
+
+    /// Deletes a subscriber with their subscriptions and ledger rows.
+    pub async fn remove_subscriber(&self, email: &EmailAddress) -> Result<bool> {
+        let sql = "delete from subscribers where email_key = $1";
+        on_pool!(self, pool => {
+            let done = sqlx::query(sql).bind(email.key()).execute(pool).await?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    pub async fn set_subscriber_status(
+        &self,
+        email: &EmailAddress,
+        status: SubscriberStatus,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let sql = "update subscribers set status = $2, updated_at = $3 where email_key = $1";
+        on_pool!(self, pool => {
+            let done = sqlx::query(sql).bind(email.key()).bind(status.as_str()).bind(now).execute(pool).await?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    pub async fn find_subscriber(&self, email: &EmailAddress) -> Result<Option<Subscriber>> {
+        let sql = "select id, email, name, status, unsubscribe_token, created_at from subscribers where email_key = $1";
+        on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(email.key()).fetch_optional(pool).await?))
+    }
+
+    /// The first confirmed subscriber of a digest (a realistic preview).
+    pub async fn first_subscriber_of(&self, digest: &DigestName) -> Result<Option<Subscriber>> {
+        let sql = "select s.id, s.email, s.name, s.status, s.unsubscribe_token, s.created_at \
+                   from subscribers s join subscriptions d on d.subscriber_id = s.id \
+                   where d.digest = $1 and s.status = 'confirmed' order by s.id limit 1";
+        on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(digest.as_str()).fetch_optional(pool).await?))
+    }
+
+    pub async fn subscriber_digests(&self, subscriber_id: i64) -> Result<Vec<String>> {
+        let sql = "select digest from subscriptions where subscriber_id = $1 order by digest";
+        on_pool!(self, pool => {
+            let rows: Vec<(String,)> = sqlx::query_as(sql).bind(subscriber_id).fetch_all(pool).await?;
+            Ok(rows.into_iter().map(|(d,)| d).collect())
+        })
+    }
+
+    /// Streams subscribers in id order, optionally of one status: memory
+    /// stays flat however long the list.
+    pub fn stream_subscribers<'a>(
+        &'a self,
+        status: Option<SubscriberStatus>,
+    ) -> BoxStream<'a, Result<Subscriber>> {
+        let sql = match status {
+            Some(_) => {
+                "select id, email, name, status, unsubscribe_token, created_at from subscribers where status = $1 order by id"
+            }
+            None => {
+                "select id, email, name, status, unsubscribe_token, created_at from subscribers order by id"
+            }
+        };
+        let status = status.map(|s| s.as_str());
+        on_pool!(self, pool => {
+            let mut q = sqlx::query_as::<_, Subscriber>(sql);
+            if let Some(s) = status {
+                q = q.bind(s);
+            }
+            q.fetch(pool).map_err(anyhow::Error::from).boxed()
+        })
+    }
+
+    /// Streams the confirmed subscribers of a digest (for a dry run).
+    pub fn stream_confirmed_subscribers<'a>(
+        &'a self,
+        digest: &'a DigestName,
+    ) -> BoxStream<'a, Result<Subscriber>> {
+        let sql = "select s.id, s.email, s.name, s.status, s.unsubscribe_token, s.created_at \
+                   from subscribers s join subscriptions d on d.subscriber_id = s.id \
+                   where d.digest = $1 and s.status = 'confirmed' order by s.id";
+        on_pool!(self, pool => sqlx::query_as::<_, Subscriber>(sql)
+            .bind(digest.as_str())
+            .fetch(pool)
+            .map_err(anyhow::Error::from)
+            .boxed())
+    }
+
+    // -- runs -------------------------------------------------------------
+
+    /// Where the next run of `digest` starts looking: the cutoff of its
+    /// latest run before `slot`.
+    pub async fn previous_cutoff(
+        &self,
+        digest: &DigestName,
+        slot: Timestamp,
+    ) -> Result<Option<Timestamp>> {
+        let sql = "select cutoff from digest_runs where digest = $1 and slot < $2 and status <> 'missed' \
+                   order by slot desc limit 1";
+        on_pool!(self, pool => {
+            let row: Option<(Timestamp,)> = sqlx::query_as(sql).bind(digest.as_str()).bind(slot).fetch_optional(pool).await?;
+            Ok(row.map(|(t,)| t))
+        })
+    }
+
+    /// Creates the run of (digest, slot) in one transaction: the run, its
+    /// articles and one pending delivery per confirmed subscriber. Planning
+    /// a slot that exists creates nothing.
+    pub async fn plan_run(&self, plan: &RunPlan<'_>) -> Result<PlanOutcome> {
+        let skip = plan.articles.is_empty() && plan.skip_if_empty;
+        let status = if skip { "skipped" } else { "sending" };
+        let finished_at = skip.then_some(plan.now);
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            // The write comes first so SQLite takes its write lock up front.
+            let created: Option<(i64,)> = sqlx::query_as(
+                "insert into digest_runs (digest, slot, status, window_start, cutoff, created_at, finished_at) \
+                 values ($1, $2, $3, $4, $5, $6, $7) on conflict (digest, slot) do nothing returning id",
+            )
+            .bind(plan.digest.as_str()).bind(plan.slot).bind(status).bind(plan.window_start)
+            .bind(plan.cutoff).bind(plan.now).bind(finished_at)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((run_id,)) = created else {
+                let (run_id, status): (i64, String) =
+                    sqlx::query_as("select id, status from digest_runs where digest = $1 and slot = $2")
+                        .bind(plan.digest.as_str()).bind(plan.slot)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                tx.rollback().await?;
+                return Ok(PlanOutcome::Exists { run_id, status });
+            };
+            if skip {
+                tx.commit().await?;
+                return Ok(PlanOutcome::Skipped { run_id });
+            }
+            for (position, a) in plan.articles.iter().enumerate() {
+                sqlx::query(
+                    "insert into run_articles (run_id, position, article_id, url, title, summary, body, author, tags, published_at) \
+                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(run_id).bind(position as i32).bind(a.article_id).bind(&a.url).bind(&a.title)
+                .bind(&a.summary).bind(&a.body).bind(&a.author)
+                .bind(serde_json::to_string(&a.tags)?).bind(Timestamp::from(a.published_at))
+                .execute(&mut *tx)
+                .await?;
+            }
+            let deliveries = sqlx::query(
+                "insert into deliveries (run_id, subscriber_id, status, attempts, next_attempt_at) \
+                 select $1, s.id, 'pending', 0, $3 from subscribers s \
+                 join subscriptions d on d.subscriber_id = s.id \
+                 where d.digest = $2 and s.status = 'confirmed' \
+                 on conflict do nothing",
+            )
+            .bind(run_id).bind(plan.digest.as_str()).bind(plan.now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if deliveries == 0 {
+                sqlx::query("update digest_runs set status = 'finished', finished_at = $2 where id = $1")
+                    .bind(run_id).bind(plan.now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(PlanOutcome::Planned { run_id, deliveries })
+        })
+    }
+
+    /// Records a slot that was not sent because it was found too late.
+    pub async fn record_missed(
+        &self,
+        digest: &DigestName,
+        slot: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let sql = "insert into digest_runs (digest, slot, status, window_start, cutoff, created_at, finished_at) \
+                   values ($1, $2, 'missed', $2, $2, $3, $3) on conflict (digest, slot) do nothing";
+        on_pool!(self, pool => {
+            let done = sqlx::query(sql).bind(digest.as_str()).bind(slot).bind(now).execute(pool).await?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    pub async fn run(&self, run_id: i64) -> Result<Option<Run>> {
+        let sql = "select id, digest, slot, status, window_start, cutoff, created_at, finished_at \
+                   from digest_runs where id = $1";
+        on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(run_id).fetch_optional(pool).await?))
+    }
+
+    pub async fn recent_runs(&self, limit: i64) -> Result<Vec<Run>> {
+        let sql = "select id, digest, slot, status, window_start, cutoff, created_at, finished_at \
+                   from digest_runs order by id desc limit $1";
+        on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(limit).fetch_all(pool).await?))
+    }
+
+    /// Runs that still have deliveries to make, of one digest or all.
+    pub async fn unfinished_runs(&self, digest: Option<&DigestName>) -> Result<Vec<Run>> {
+        let base = "select id, digest, slot, status, window_start, cutoff, created_at, finished_at \
+                    from digest_runs where status = 'sending'";
+        on_pool!(self, pool => Ok(match digest {
+            Some(d) => sqlx::query_as(&format!("{base} and digest = $1 order by id"))
+                .bind(d.as_str()).fetch_all(pool).await?,
+            None => sqlx::query_as(&format!("{base} order by id")).fetch_all(pool).await?,
+        }))
+    }
+
+    pub async fn run_articles(&self, run_id: i64) -> Result<Vec<RunArticle>> {
+        let sql = "select article_id, url, title, summary, body, author, tags, published_at \
+                   from run_articles where run_id = $1 order by position";
+        on_pool!(self, pool => {
+            let rows: Vec<RunArticleRow> = sqlx::query_as(sql).bind(run_id).fetch_all(pool).await?;
+            Ok(rows.into_iter().map(RunArticle::from).collect())
+        })
+    }
+
+    /// Marks a run finished when none of its deliveries is pending or sending.
+    pub async fn finish_run_if_done(&self, run_id: i64, now: Timestamp) -> Result<bool> {
+        let sql = "update digest_runs set status = 'finished', finished_at = $2 \
+                   where id = $1 and status = 'sending' and not exists \
+                   (select 1 from deliveries where run_id = $1 and status in ('pending', 'sending'))";
+        on_pool!(self, pool => {
+            let done = sqlx::query(sql).bind(run_id).bind(now).execute(pool).await?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    // -- the delivery ledger ------------------------------------------------
+
+    /// Returns rows whose lease expired (a crashed worker's) to pending.
+    pub async fn release_expired_leases(&self, now: Timestamp) -> Result<u64> {
+        let sql = "update deliveries set status = 'pending', lease_until = null \
+                   where status = 'sending' and lease_until < $1";
+        on_pool!(self, pool => Ok(sqlx::query(sql).bind(now).execute(pool).await?.rows_affected()))
+    }
+
+    /// Claims up to `limit` due deliveries (of `run`, or of any run), marking
+    /// them `sending` until `lease_until`. Replicas on Postgres claim
+    /// disjoint rows (`for update skip locked`).
+    pub async fn claim(
+        &self,
+        run: Option<i64>,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Claimed>> {
+        let run_filter = if run.is_some() { "and run_id = $4" } else { "" };
+        let lock = match self {
+            Store::Postgres(_) => "for update skip locked",
+            Store::Sqlite(_) => "",
+        };
+        let claim = format!(
+            "update deliveries set status = 'sending', lease_until = $1 where id in \
+             (select id from deliveries where status = 'pending' and next_attempt_at <= $2 {run_filter} \
+              order by id limit $3 {lock}) returning id"
+        );
+        on_pool!(self, pool => {
+            let mut q = sqlx::query_as::<_, (i64,)>(&claim).bind(lease_until).bind(now).bind(i64::from(limit));
+            if let Some(run) = run {
+                q = q.bind(run);
+            }
+            let ids: Vec<i64> = q.fetch_all(pool).await?.into_iter().map(|(id,)| id).collect();
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut q = QueryBuilder::new(
+                "select d.id, d.run_id, d.subscriber_id, d.attempts, s.email, s.name, \
+                 s.status as subscriber_status, s.unsubscribe_token \
+                 from deliveries d join subscribers s on s.id = d.subscriber_id where d.id in (",
+            );
+            let mut list = q.separated(", ");
+            for id in &ids {
+                list.push_bind(*id);
+            }
+            q.push(") order by d.id");
+            Ok(q.build_query_as().fetch_all(pool).await?)
+        })
+    }
+
+    /// Records deliveries accepted by the relay (one statement per batch).
+    pub async fn mark_sent(&self, ids: &[i64], now: Timestamp) -> Result<()> {
+        self.finish_deliveries(ids, "sent", Some(now)).await
+    }
+
+    /// Records deliveries not sent because the subscriber left meanwhile.
+    pub async fn mark_skipped(&self, ids: &[i64]) -> Result<()> {
+        self.finish_deliveries(ids, "skipped", None).await
+    }
+
+    async fn finish_deliveries(
+        &self,
+        ids: &[i64],
+        status: &str,
+        sent_at: Option<Timestamp>,
+    ) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, pool => {
+            let mut q = QueryBuilder::new("update deliveries set lease_until = null, status = ");
+            q.push_bind(status).push(", sent_at = ").push_bind(sent_at).push(" where status = 'sending' and id in (");
+            let mut list = q.separated(", ");
+            for id in ids {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build().execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// A transient failure: try again at `next_attempt_at`.
+    pub async fn mark_retry(&self, id: i64, next_attempt_at: Timestamp, error: &str) -> Result<()> {
+        let sql = "update deliveries set status = 'pending', lease_until = null, attempts = attempts + 1, \
+                   next_attempt_at = $2, last_error = $3 where id = $1 and status = 'sending'";
+        on_pool!(self, pool => {
+            sqlx::query(sql).bind(id).bind(next_attempt_at).bind(error).execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// A permanent failure, or attempts exhausted.
+    pub async fn mark_failed(&self, id: i64, error: &str) -> Result<()> {
+        let sql = "update deliveries set status = 'failed', lease_until = null, attempts = attempts + 1, \
+                   last_error = $2 where id = $1 and status = 'sending'";
+        on_pool!(self, pool => {
+            sqlx::query(sql).bind(id).bind(error).execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    pub async fn delivery_counts(&self, run_id: i64) -> Result<DeliveryCounts> {
+        let sql = "select \
+            coalesce(sum(case when status = 'pending' then 1 else 0 end), 0) as pending, \
+            coalesce(sum(case when status = 'sending' then 1 else 0 end), 0) as sending, \
+            coalesce(sum(case when status = 'sent' then 1 else 0 end), 0) as sent, \
+            coalesce(sum(case when status = 'failed' then 1 else 0 end), 0) as failed, \
+            coalesce(sum(case when status = 'skipped' then 1 else 0 end), 0) as skipped \
+            from deliveries where run_id = $1";
+        on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(run_id).fetch_one(pool).await?))
+    }
+
+    /// The earliest time a pending delivery of `run` may be tried again.
+    pub async fn next_attempt_at(&self, run_id: i64) -> Result<Option<Timestamp>> {
+        let sql =
+            "select min(next_attempt_at) from deliveries where run_id = $1 and status = 'pending'";
+        on_pool!(self, pool => {
+            let (t,): (Option<Timestamp>,) = sqlx::query_as(sql).bind(run_id).fetch_one(pool).await?;
+            Ok(t)
+        })
+    }
+
+    pub async fn failed_deliveries(&self, run_id: i64) -> Result<Vec<FailedDelivery>> {
+        let sql = "select d.id, s.email, d.attempts, d.last_error from deliveries d \
+                   join subscribers s on s.id = d.subscriber_id \
+                   where d.run_id = $1 and d.status = 'failed' order by d.id";
+        on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(run_id).fetch_all(pool).await?))
+    }
+}
+
+/// A database address with its password hidden, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

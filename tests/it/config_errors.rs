@@ -1,0 +1,197 @@
+//! Bad configuration stops the command with a message naming the file and
+//! key (or template and line), and a non-zero exit.
+
+use crate::helpers::{Workspace, digest_section, stderr, templates_dir};
+
+fn workspace_with(extra: &str) -> Workspace {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/g.db", dir.path().display());
+    let ws = Workspace::new(&db, None, extra);
+    std::mem::forget(dir);
+    ws
+}
+
+fn check_fails(ws: &Workspace) -> String {
+    let out = ws.run(&["check"]);
+    assert!(!out.status.success(), "check succeeded: {}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2));
+    stderr(&out)
+}
+
+#[test]
+fn an_unknown_key_is_refused_with_its_file_and_line() {
+    let ws = workspace_with("[smtp]\nhots = \"x\"\n");
+    // The generated file already has an [smtp] table: write a separate one.
+    let extra = ws.dir.path().join("extra.toml");
+    std::fs::write(&extra, "# comment\n[smtp]\nhots = \"relay.example.org\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+        .args(["--config", extra.to_str().unwrap(), "check"])
+        .current_dir(ws.dir.path())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("extra.toml"), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+    assert!(err.contains("unknown field `hots`"), "{err}");
+}
+
+#[test]
+fn a_wrong_type_is_refused_with_its_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[smtp]\nport = \"twenty-five\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+        .args(["--config", file.to_str().unwrap(), "check"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad.toml") && err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn a_bad_cron_line_and_an_unknown_time_zone_name_their_keys() {
+    let ws = workspace_with(
+        &digest_section("daily", "")
+            .replace("0 7 * * *", "0 25 * * *")
+            .replace("Europe/Berlin", "Europe/Berlim"),
+    );
+    let err = check_fails(&ws);
+    assert!(err.contains("gazette.toml"), "{err}");
+    assert!(err.contains("digests[0].schedule"), "{err}");
+    assert!(err.contains("0 25 * * *"), "{err}");
+    assert!(err.contains("digests[0].timezone"), "{err}");
+    assert!(err.contains("Europe/Berlim"), "{err}");
+}
+
+#[test]
+fn a_six_field_line_is_accepted_and_a_four_field_line_is_not() {
+    let ws = workspace_with(&digest_section("daily", "").replace("0 7 * * *", "0 7 * *"));
+    let err = check_fails(&ws);
+    assert!(err.contains("4 fields"), "{err}");
+    let ws = workspace_with(&digest_section("daily", "").replace("0 7 * * *", "30 0 7 * * 1"));
+    let out = ws.run(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_missing_template_is_named() {
+    let ws = workspace_with(&digest_section("daily", "template = \"weekly\""));
+    let err = check_fails(&ws);
+    assert!(err.contains("digests[0].template"), "{err}");
+    assert!(err.contains("weekly.html.j2"), "{err}");
+}
+
+/// A templates directory with one broken template.
+fn broken_templates(html: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["layout.html.j2", "digest.txt.j2"] {
+        std::fs::copy(templates_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join("digest.html.j2"), html).unwrap();
+    dir
+}
+
+fn run_with_templates(dir: &tempfile::TempDir) -> (Option<i32>, String) {
+    let ws = workspace_with(&digest_section("daily", ""));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+        .args(["check"])
+        .current_dir(ws.dir.path())
+        .env("GAZETTE_CONFIG", &ws.config)
+        .env("GAZETTE__TEMPLATES__DIR", dir.path())
+        .output()
+        .unwrap();
+    (out.status.code(), stderr(&out))
+}
+
+#[test]
+fn a_template_syntax_error_names_the_template_and_line() {
+    let dir = broken_templates("<p>ok</p>\n<p>{% for a in articles %}{{ a.title }}</p>\n");
+    let (code, err) = run_with_templates(&dir);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("digest.html.j2"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn a_misspelt_template_variable_is_an_error_not_an_empty_string() {
+    let dir = broken_templates("<p>ok</p>\n\n<p>{{ subscriber.nmae }}</p>\n");
+    let (code, err) = run_with_templates(&dir);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("digest.html.j2") && err.contains("line 3"),
+        "{err}"
+    );
+    assert!(err.contains("undefined"), "{err}");
+}
+
+#[test]
+fn environment_variables_override_files_and_bad_values_name_the_variable() {
+    let ws = workspace_with(&digest_section("daily", ""));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+        .args(["check"])
+        .current_dir(ws.dir.path())
+        .env("GAZETTE_CONFIG", &ws.config)
+        .env("GAZETTE__SMTP__PORT", "not-a-port")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("GAZETTE__SMTP__PORT"), "{err}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+        .args(["check"])
+        .current_dir(ws.dir.path())
+        .env("GAZETTE_CONFIG", &ws.config)
+        .env("GAZETTE__WEB__BASE_URL", "ftp://nope")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("environment variable GAZETTE__WEB__BASE_URL") && err.contains("web.base_url"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_smtp_password_never_appears_in_output() {
+    let ws = workspace_with(&digest_section("daily", ""));
+    // Nothing listens on port 1: the check fails to reach the relay.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+        .args(["check"])
+        .current_dir(ws.dir.path())
+        .env("GAZETTE_CONFIG", &ws.config)
+        .env("GAZETTE__MAIL__TRANSPORT", "smtp")
+        .env("GAZETTE__SMTP__PORT", "1")
+        .env("GAZETTE__SMTP__USERNAME", "mailer")
+        .env("GAZETTE__SMTP__PASSWORD", "0123456789")
+        .env("GAZETTE_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let all = format!("{}{}", stderr(&out), crate::helpers::stdout(&out));
+    assert!(all.contains("127.0.0.1:1"), "{all}");
+    assert!(!all.contains("0123456789"), "{all}");
+
+    let settings = ws.settings();
+    assert!(!format!("{settings:?}").contains("0123456789"));
+}
+
+#[test]
+fn an_all_digit_password_from_the_environment_stays_a_string() {
+    let ws = workspace_with(&digest_section("daily", ""));
+    // SAFETY: this test binary's other tests do not read this variable.
+    unsafe {
+        std::env::set_var("GAZETTE__SMTP__PASSWORD", "007");
+        std::env::set_var("GAZETTE__SMTP__USERNAME", "bond");
+    }
+    let settings = ws.settings();
+    unsafe {
+        std::env::remove_var("GAZETTE__SMTP__PASSWORD");
+        std::env::remove_var("GAZETTE__SMTP__USERNAME");
+    }
+    assert_eq!(settings.smtp.password.unwrap().expose(), "007");
+}

@@ -1,0 +1,10 @@
+//! Gazette's integration tests: one binary, real SQLite and Postgres, a
+//! real SMTP server on loopback, and the `gazette` binary itself.
+
+mod helpers;
+
+mod cli;
+mod config_errors;
+mod pipeline;
+mod scheduling;
+mod store;

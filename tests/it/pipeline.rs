@@ -1,0 +1,387 @@
+//! The digest pipeline end to end: stored articles → run → rendered email
+//! → a real SMTP server (or the outbox), checked as a reader's mail client
+//! would see it.
+
+use chrono::{DateTime, Duration, Utc};
+use gazette::app;
+use gazette::domain::{EmailAddress, SubscriberStatus};
+use gazette::store::Timestamp;
+use mail_parser::MimeHeaders;
+
+use crate::helpers::{Backend, SmtpServer, TestDb, Workspace, digest_section};
+use crate::on_both_backends;
+
+on_both_backends!(
+    each_subscriber_receives_exactly_one_correct_digest_over_smtp,
+    a_digest_with_nothing_new_is_skipped_and_sends_nothing,
+    sending_the_same_slot_twice_sends_nothing_the_second_time,
+    a_second_send_without_new_articles_sends_nothing,
+    unsubscribed_readers_receive_nothing,
+    a_rejected_recipient_fails_alone_with_the_relay_reply,
+    the_outbox_gets_one_eml_file_per_subscriber,
+    preview_writes_the_email_that_send_delivers,
+);
+
+const HOSTILE_TITLE: &str =
+    "Breaking: <script>alert(\"x\")</script> & \"quotes\"\r\nBcc: victim@example.org";
+
+/// Articles (one of them hostile) and three subscribers, one with a
+/// non-ASCII name and one with no name.
+async fn seed(ws: &Workspace) -> gazette::delivery::Engine {
+    let engine = ws.engine().await;
+    let now = Utc::now();
+    let json = serde_json::json!([
+        {"url": "https://example.org/one", "title": "Ünïcode headlines — déjà vu", "summary": "First summary", "author": "Zoë", "published_at": (now - Duration::hours(3)).to_rfc3339()},
+        {"url": "https://example.org/two", "title": HOSTILE_TITLE, "summary": "<img src=x onerror=alert(1)> 'single'", "published_at": (now - Duration::hours(2)).to_rfc3339()},
+        {"url": "https://example.org/old", "title": "Too old", "published_at": (now - Duration::days(30)).to_rfc3339()},
+    ]);
+    let path = ws.dir.path().join("articles.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    app::articles_import(&engine, path.to_str().unwrap())
+        .await
+        .unwrap();
+    app::subscribers_add(&engine, "ada@example.org", Some("Ada Lovelace".into()), &[])
+        .await
+        .unwrap();
+    app::subscribers_add(&engine, "zoe@example.org", Some("Zoë Ünal".into()), &[])
+        .await
+        .unwrap();
+    app::subscribers_add(&engine, "anon@example.org", None, &[])
+        .await
+        .unwrap();
+    engine
+}
+
+/// A header's value as written (unfolded, trimmed).
+fn header_text(m: &mail_parser::Message<'_>, name: &str) -> String {
+    m.header_raw(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .replace("\r\n", "")
+        .trim()
+        .to_string()
+}
+
+/// MIME carries text with CRLF line ends; the preview files use LF.
+fn lf(text: &str) -> String {
+    text.replace("\r\n", "\n")
+}
+
+async fn each_subscriber_receives_exactly_one_correct_digest_over_smtp(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpServer::start();
+    // The subject template uses an article title: it must stay one header.
+    let subject = r#"subject = "{{ digest.title }} — {{ articles[0].title }}""#;
+    let ws = Workspace::new(&db.url, Some(smtp.port), &digest_section("daily", subject));
+    let engine = seed(&ws).await;
+
+    let run_id = app::send(&engine, "daily", None, false)
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(smtp.received().len(), 3, "one message per subscriber");
+    for (email, name) in [
+        ("ada@example.org", Some("Ada Lovelace")),
+        ("zoe@example.org", Some("Zoë Ünal")),
+        ("anon@example.org", None),
+    ] {
+        let got = smtp.received_by(email);
+        assert_eq!(got.len(), 1, "{email} got {} messages", got.len());
+        assert_eq!(got[0].from, "digest@news.example.org");
+        let m = got[0].parsed();
+        let sub = engine
+            .store
+            .find_subscriber(&EmailAddress::parse(email).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+
+        // Structure: multipart/alternative, text/plain first, then text/html.
+        let ct = m.content_type().unwrap();
+        assert_eq!(
+            (ct.ctype(), ct.subtype()),
+            ("multipart", Some("alternative"))
+        );
+        let parts: Vec<String> = m
+            .parts
+            .iter()
+            .skip(1)
+            .map(|p| {
+                let ct = p.content_type().unwrap();
+                format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or(""))
+            })
+            .collect();
+        assert_eq!(parts, ["text/plain", "text/html"]);
+
+        // Headers.
+        let from = m.from().unwrap().first().unwrap();
+        assert_eq!(from.name(), Some("Gazette Test"));
+        assert_eq!(from.address(), Some("digest@news.example.org"));
+        let to = m.to().unwrap().first().unwrap();
+        assert_eq!(to.address(), Some(email));
+        assert_eq!(to.name(), name);
+        assert_eq!(
+            m.subject().unwrap(),
+            "The daily Digest — Breaking: <script>alert(\"x\")</script> & \"quotes\" Bcc: victim@example.org"
+        );
+        assert!(m.date().is_some());
+        assert_eq!(
+            m.message_id().unwrap(),
+            format!("daily.{run_id}.{}@news.example.org", sub.id)
+        );
+        assert_eq!(
+            header_text(&m, "List-Id"),
+            "The daily Digest <daily.news.example.org>"
+        );
+        let unsubscribe = format!(
+            "https://news.example.org/unsubscribe/{}",
+            sub.unsubscribe_token
+        );
+        assert_eq!(
+            header_text(&m, "List-Unsubscribe"),
+            format!("<{unsubscribe}>")
+        );
+        assert_eq!(
+            header_text(&m, "List-Unsubscribe-Post"),
+            "List-Unsubscribe=One-Click"
+        );
+        assert!(m.header("Bcc").is_none(), "an article title added a header");
+
+        // Bodies: the new articles only, newest first; article text is data.
+        let text = m.body_text(0).unwrap();
+        let html = m.body_html(0).unwrap();
+        assert!(text.contains("Ünïcode headlines — déjà vu"), "{text}");
+        assert!(text.contains(&unsubscribe));
+        assert!(!text.contains("Too old"));
+        let greeting = match name {
+            Some(n) => format!("Hello {n}, here are 2 new articles."),
+            None => "Hello, here are 2 new articles.".to_string(),
+        };
+        assert!(text.contains(&greeting), "{text}");
+        assert!(
+            text.find("Breaking:").unwrap() < text.find("Ünïcode").unwrap(),
+            "newest first"
+        );
+        assert!(html.contains("Ünïcode headlines — déjà vu"));
+        assert!(
+            html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;&#x2f;script&gt;"),
+            "{html}"
+        );
+        assert!(!html.contains("<script>"));
+        assert!(!html.contains("<img src=x"));
+        assert!(html.contains(&unsubscribe.replace('/', "&#x2f;")) || html.contains(&unsubscribe));
+        assert!(html.contains("<table"), "a table-based layout");
+    }
+
+    let counts = engine.store.delivery_counts(run_id).await.unwrap();
+    assert_eq!((counts.sent, counts.failed, counts.open()), (3, 0, 0));
+    let run = engine.store.run(run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, "finished");
+    assert_eq!(engine.store.run_articles(run_id).await.unwrap().len(), 2);
+}
+
+async fn a_digest_with_nothing_new_is_skipped_and_sends_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpServer::start();
+    let ws = Workspace::new(
+        &db.url,
+        Some(smtp.port),
+        &digest_section("daily", "tags = [\"gardening\"]"),
+    );
+    let engine = seed(&ws).await;
+
+    let run_id = app::send(&engine, "daily", None, false)
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert!(smtp.received().is_empty());
+    let run = engine.store.run(run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, "skipped");
+    assert_eq!(engine.store.delivery_counts(run_id).await.unwrap().sent, 0);
+}
+
+async fn sending_the_same_slot_twice_sends_nothing_the_second_time(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpServer::start();
+    let ws = Workspace::new(
+        &db.url,
+        Some(smtp.port),
+        &digest_section("daily", "skip_if_empty = false"),
+    );
+    let engine = seed(&ws).await;
+    let slot: DateTime<Utc> = Utc::now() - Duration::minutes(1);
+
+    let first = app::send(&engine, "daily", Some(slot), false)
+        .await
+        .unwrap();
+    assert_eq!(smtp.received().len(), 3);
+    let second = app::send(&engine, "daily", Some(slot), false)
+        .await
+        .unwrap();
+    assert_eq!(first, second, "the same run");
+    assert_eq!(smtp.received().len(), 3, "nothing sent again");
+}
+
+async fn a_second_send_without_new_articles_sends_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpServer::start();
+    let ws = Workspace::new(&db.url, Some(smtp.port), &digest_section("daily", ""));
+    let engine = seed(&ws).await;
+
+    app::send(
+        &engine,
+        "daily",
+        Some(Utc::now() - Duration::seconds(5)),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(smtp.received().len(), 3);
+    let second = app::send(&engine, "daily", None, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(smtp.received().len(), 3);
+    assert_eq!(
+        engine.store.run(second).await.unwrap().unwrap().status,
+        "skipped"
+    );
+
+    // A new article after the first run goes out in the next one, alone.
+    let engine2 = &engine;
+    app::articles_add(
+        engine2,
+        gazette::import::ArticleInput {
+            url: "https://example.org/fresh".into(),
+            title: "Fresh news".into(),
+            summary: None,
+            body: None,
+            author: None,
+            tags: vec![],
+            published_at: None,
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    app::send(&engine, "daily", None, false).await.unwrap();
+    let ada = smtp.received_by("ada@example.org");
+    assert_eq!(ada.len(), 2);
+    let text = ada[1].parsed().body_text(0).unwrap().into_owned();
+    assert!(
+        text.contains("Fresh news") && !text.contains("Ünïcode"),
+        "{text}"
+    );
+}
+
+async fn unsubscribed_readers_receive_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpServer::start();
+    let ws = Workspace::new(&db.url, Some(smtp.port), &digest_section("daily", ""));
+    let engine = seed(&ws).await;
+    engine
+        .store
+        .set_subscriber_status(
+            &EmailAddress::parse("zoe@example.org").unwrap(),
+            SubscriberStatus::Unsubscribed,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+
+    app::send(&engine, "daily", None, false).await.unwrap();
+
+    assert_eq!(smtp.received().len(), 2);
+    assert!(smtp.received_by("zoe@example.org").is_empty());
+}
+
+async fn a_rejected_recipient_fails_alone_with_the_relay_reply(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpServer::start_rejecting(&["anon@example.org"]);
+    let ws = Workspace::new(&db.url, Some(smtp.port), &digest_section("daily", ""));
+    let engine = seed(&ws).await;
+
+    let run_id = app::send(&engine, "daily", None, false)
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(smtp.received().len(), 2);
+    let counts = engine.store.delivery_counts(run_id).await.unwrap();
+    assert_eq!((counts.sent, counts.failed), (2, 1));
+    let failed = engine.store.failed_deliveries(run_id).await.unwrap();
+    assert_eq!(failed[0].email, "anon@example.org");
+    let reply = failed[0].last_error.as_deref().unwrap();
+    assert!(reply.contains("550"), "{reply}");
+    assert_eq!(
+        engine.store.run(run_id).await.unwrap().unwrap().status,
+        "finished"
+    );
+}
+
+async fn the_outbox_gets_one_eml_file_per_subscriber(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let ws = Workspace::new(&db.url, None, &digest_section("daily", ""));
+    let engine = seed(&ws).await;
+
+    let run_id = app::send(&engine, "daily", None, false)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut files: Vec<String> = std::fs::read_dir(ws.outbox())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for f in &files {
+        assert!(
+            f.starts_with(&format!("daily-{run_id}-")) && f.ends_with(".eml"),
+            "{f}"
+        );
+        let bytes = std::fs::read(ws.outbox().join(f)).unwrap();
+        let m = mail_parser::MessageParser::default().parse(&bytes).unwrap();
+        assert!(m.body_text(0).unwrap().contains("Ünïcode headlines"));
+    }
+}
+
+async fn preview_writes_the_email_that_send_delivers(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpServer::start();
+    let ws = Workspace::new(&db.url, Some(smtp.port), &digest_section("daily", ""));
+    let engine = seed(&ws).await;
+    let out = ws.dir.path().join("preview");
+
+    let files = app::preview(&engine, "daily", Some("zoe@example.org"), &out, None)
+        .await
+        .unwrap();
+    assert_eq!(files.articles, 2);
+    let preview_html = std::fs::read_to_string(&files.html).unwrap();
+    let preview_text = std::fs::read_to_string(&files.text).unwrap();
+    let eml = std::fs::read(&files.eml).unwrap();
+    let preview = mail_parser::MessageParser::default().parse(&eml).unwrap();
+    assert_eq!(lf(&preview.body_html(0).unwrap()), lf(&preview_html));
+
+    app::send(&engine, "daily", None, false).await.unwrap();
+    let sent = smtp.received_by("zoe@example.org");
+    let sent = sent[0].parsed();
+    assert_eq!(
+        lf(&sent.body_html(0).unwrap()),
+        lf(&preview_html),
+        "the preview is the email"
+    );
+    assert_eq!(lf(&sent.body_text(0).unwrap()), lf(&preview_text));
+    assert_eq!(sent.subject(), preview.subject());
+
+    // Afterwards, a preview of that run renders the same email again.
+    let run = engine.store.recent_runs(1).await.unwrap()[0].id;
+    let again = app::preview(&engine, "daily", Some("zoe@example.org"), &out, Some(run))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&again.html).unwrap(), preview_html);
+    let eml = std::fs::read(&again.eml).unwrap();
+    let again = mail_parser::MessageParser::default().parse(&eml).unwrap();
+    assert_eq!(again.message_id(), sent.message_id());
+}

@@ -1,0 +1,151 @@
+//! Slots are computed in each digest's IANA time zone (daylight saving does
+//! not move a 7:00 digest), and every tick is idempotent.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use gazette::config::{Digest, Schedule};
+use gazette::domain::DigestName;
+use gazette::scheduler::{Decision, decide, latest_slot, reconcile};
+use gazette::store::{PlanOutcome, Store};
+
+use crate::helpers::{Backend, TestDb};
+use crate::on_both_backends;
+
+fn digest(schedule: &str, tz: &str) -> Digest {
+    Digest {
+        name: DigestName::parse("daily").unwrap(),
+        title: "Daily".into(),
+        subject: "{{ digest.title }}".into(),
+        schedule: Schedule::parse(schedule).unwrap(),
+        timezone: tz.parse().unwrap(),
+        template: "digest".into(),
+        max_articles: 10,
+        window: std::time::Duration::from_secs(86_400),
+        tags: vec![],
+        skip_if_empty: false,
+        catch_up: std::time::Duration::from_secs(7_200),
+    }
+}
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+#[test]
+fn a_seven_oclock_digest_stays_at_seven_across_both_berlin_transitions() {
+    let d = digest("0 7 * * *", "Europe/Berlin");
+    // Spring forward on 2026-03-29: 07:00 CET the day before, 07:00 CEST after.
+    assert_eq!(
+        latest_slot(&d, utc("2026-03-28T12:00:00Z")),
+        Some(utc("2026-03-28T06:00:00Z"))
+    );
+    assert_eq!(
+        latest_slot(&d, utc("2026-03-29T12:00:00Z")),
+        Some(utc("2026-03-29T05:00:00Z"))
+    );
+    // Fall back on 2026-10-25.
+    assert_eq!(
+        latest_slot(&d, utc("2026-10-24T12:00:00Z")),
+        Some(utc("2026-10-24T05:00:00Z"))
+    );
+    assert_eq!(
+        latest_slot(&d, utc("2026-10-25T12:00:00Z")),
+        Some(utc("2026-10-25T06:00:00Z"))
+    );
+}
+
+#[test]
+fn a_seven_oclock_digest_stays_at_seven_across_both_new_york_transitions() {
+    let d = digest("0 7 * * *", "America/New_York");
+    assert_eq!(
+        latest_slot(&d, utc("2026-03-07T15:00:00Z")),
+        Some(utc("2026-03-07T12:00:00Z"))
+    );
+    assert_eq!(
+        latest_slot(&d, utc("2026-03-08T15:00:00Z")),
+        Some(utc("2026-03-08T11:00:00Z"))
+    );
+    assert_eq!(
+        latest_slot(&d, utc("2026-10-31T15:00:00Z")),
+        Some(utc("2026-10-31T11:00:00Z"))
+    );
+    assert_eq!(
+        latest_slot(&d, utc("2026-11-01T15:00:00Z")),
+        Some(utc("2026-11-01T12:00:00Z"))
+    );
+}
+
+#[test]
+fn a_weekly_schedule_finds_the_last_monday() {
+    let d = digest("0 7 * * 1", "UTC");
+    // 2026-11-29 is a Sunday: the latest slot is Monday 2026-11-23 07:00.
+    assert_eq!(
+        latest_slot(&d, utc("2026-11-29T10:00:00Z")),
+        Some(utc("2026-11-23T07:00:00Z"))
+    );
+    assert_eq!(
+        latest_slot(&d, utc("2026-11-23T07:00:00Z")),
+        Some(utc("2026-11-23T07:00:00Z")),
+        "a slot is due at its own minute"
+    );
+}
+
+#[test]
+fn a_slot_found_within_catch_up_is_sent_and_an_older_one_is_missed() {
+    let d = digest("0 7 * * *", "UTC");
+    assert_eq!(
+        decide(&d, utc("2026-11-29T08:59:00Z")),
+        Decision::Plan(utc("2026-11-29T07:00:00Z"))
+    );
+    assert_eq!(
+        decide(&d, utc("2026-11-29T09:01:00Z")),
+        Decision::Missed(utc("2026-11-29T07:00:00Z"))
+    );
+}
+
+on_both_backends!(
+    ticking_twice_in_the_same_slot_plans_one_run,
+    a_missed_slot_is_recorded_and_not_sent
+);
+
+async fn ticking_twice_in_the_same_slot_plans_one_run(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = Store::connect(&db.url).await.unwrap();
+    let d = digest("0 7 * * *", "Europe/Berlin");
+    let now = Utc.with_ymd_and_hms(2026, 11, 29, 6, 0, 30).unwrap();
+
+    let first = reconcile(&store, std::slice::from_ref(&d), now).await;
+    let Ok(Some(PlanOutcome::Planned { run_id, .. })) = first[0].1 else {
+        panic!("{first:?}");
+    };
+    let second = reconcile(
+        &store,
+        std::slice::from_ref(&d),
+        now + Duration::seconds(30),
+    )
+    .await;
+    assert!(
+        matches!(second[0].1, Ok(Some(PlanOutcome::Exists { run_id: r, .. })) if r == run_id),
+        "{second:?}"
+    );
+    let runs = store.recent_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].slot.0, utc("2026-11-29T06:00:00Z"));
+}
+
+async fn a_missed_slot_is_recorded_and_not_sent(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = Store::connect(&db.url).await.unwrap();
+    let d = digest("0 7 * * *", "UTC");
+
+    let results = reconcile(
+        &store,
+        std::slice::from_ref(&d),
+        utc("2026-11-29T12:00:00Z"),
+    )
+    .await;
+    assert!(matches!(results[0].1, Ok(None)), "{results:?}");
+    let runs = store.recent_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, "missed");
+    assert!(store.unfinished_runs(None).await.unwrap().is_empty());
+}

@@ -1,0 +1,277 @@
+//! The store's behaviour, the same on SQLite and Postgres.
+
+use chrono::{Duration, Utc};
+use gazette::domain::{DigestName, EmailAddress};
+use gazette::import;
+use gazette::store::{NewSubscriber, Store, Timestamp};
+
+use crate::helpers::{Backend, TestDb};
+use crate::on_both_backends;
+
+on_both_backends!(
+    importing_articles_upserts_by_url_and_replaces_tags,
+    a_bad_article_record_names_its_line_and_nothing_is_imported,
+    subscribers_are_unique_whatever_the_case_of_their_address,
+    a_subscriber_csv_with_a_bad_row_names_the_line_and_imports_nothing,
+    importing_never_resubscribes_someone_who_left,
+    article_selection_takes_the_window_tags_and_limit_newest_first,
+);
+
+async fn store(db: &TestDb) -> Store {
+    Store::connect(&db.url)
+        .await
+        .expect("cannot open the store")
+}
+
+async fn importing_articles_upserts_by_url_and_replaces_tags(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = store(&db).await;
+    let now = Utc::now();
+    let first = r#"[
+        {"url": "https://example.org/a", "title": "First", "tags": ["rust", "db"], "published_at": "2026-11-28T10:00:00Z"},
+        {"url": "https://example.org/b", "title": "Second", "summary": "S"}
+    ]"#;
+    let articles = import::parse_articles(first, now).unwrap();
+    assert_eq!(
+        store
+            .upsert_articles(&articles, Timestamp::now())
+            .await
+            .unwrap(),
+        (2, 0)
+    );
+
+    let again = "{\"url\": \"https://example.org/a\", \"title\": \"First, edited\", \"tags\": [\"email\"]}\n\n";
+    let articles = import::parse_articles(again, now).unwrap();
+    assert_eq!(
+        store
+            .upsert_articles(&articles, Timestamp::now())
+            .await
+            .unwrap(),
+        (0, 1)
+    );
+
+    let listed = store.list_articles(10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    let a = listed
+        .iter()
+        .find(|a| a.url == "https://example.org/a")
+        .unwrap();
+    assert_eq!(a.title, "First, edited");
+    assert_eq!(
+        store.article_tags(a.id).await.unwrap(),
+        vec!["email".to_string()]
+    );
+}
+
+async fn a_bad_article_record_names_its_line_and_nothing_is_imported(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = store(&db).await;
+    let ndjson = concat!(
+        "{\"url\": \"https://example.org/1\", \"title\": \"One\"}\n",
+        "{\"url\": \"https://example.org/2\", \"title\": \"Two\"}\n",
+        "{\"url\": \"https://example.org/3\", \"title\": \"Three\", \"published_at\": \"yesterday\"}\n",
+    );
+    let err = import::parse_articles(ndjson, Utc::now())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 3"), "{err}");
+    assert!(err.contains("published_at"), "{err}");
+
+    let array =
+        r#"[{"url": "https://example.org/1", "title": "One"}, {"url": "ftp://x", "title": "Two"}]"#;
+    let err = import::parse_articles(array, Utc::now())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("record 2"), "{err}");
+
+    let typo = r#"{"url": "https://example.org/1", "title": "One", "publishedAt": "2026-01-01T00:00:00Z"}"#;
+    let err = import::parse_articles(typo, Utc::now())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 1") && err.contains("publishedAt"),
+        "{err}"
+    );
+
+    assert!(store.list_articles(10).await.unwrap().is_empty());
+}
+
+fn daily() -> DigestName {
+    DigestName::parse("daily").unwrap()
+}
+
+async fn subscribers_are_unique_whatever_the_case_of_their_address(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = store(&db).await;
+    let add = |email: &str, name: Option<&str>| NewSubscriber {
+        email: EmailAddress::parse(email).unwrap(),
+        name: name.map(str::to_string),
+        digests: vec![daily()],
+    };
+    let counts = store
+        .upsert_subscribers(&[add("Ada@Example.org", Some("Ada"))], Timestamp::now())
+        .await
+        .unwrap();
+    assert_eq!(counts.added, 1);
+    let counts = store
+        .upsert_subscribers(&[add("ada@EXAMPLE.ORG", None)], Timestamp::now())
+        .await
+        .unwrap();
+    assert_eq!((counts.added, counts.updated), (0, 1));
+
+    let found = store
+        .find_subscriber(&EmailAddress::parse("ADA@example.org").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.email, "Ada@Example.org");
+    assert_eq!(
+        found.name.as_deref(),
+        Some("Ada"),
+        "a missing name keeps the stored one"
+    );
+    assert_eq!(found.status, "confirmed");
+    assert!(
+        found.unsubscribe_token.len() >= 32,
+        "token of at least 128 bits"
+    );
+}
+
+async fn a_subscriber_csv_with_a_bad_row_names_the_line_and_imports_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = store(&db).await;
+    let known = vec![daily(), DigestName::parse("weekly").unwrap()];
+    let csv = "email,name,digests\nada@example.org,Ada,daily\n\"grace@example.org\",\"Hopper, Grace\",daily;weekly\nnot-an-address,Bad,daily\n";
+    let err = import::parse_subscribers_csv(csv.as_bytes(), &known)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 4"), "{err}");
+    assert!(err.contains("not-an-address"), "{err}");
+
+    let csv = "email,name,digests\nada@example.org,Ada,monthly\n";
+    let err = import::parse_subscribers_csv(csv.as_bytes(), &known)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 2") && err.contains("unknown digest `monthly`"),
+        "{err}"
+    );
+
+    let mut rows = store.stream_subscribers(None);
+    use futures_util::TryStreamExt;
+    assert!(
+        rows.try_next().await.unwrap().is_none(),
+        "nothing was stored"
+    );
+
+    let csv = "email,name,digests\nada@example.org,Ada,\n\"grace@example.org\",\"Hopper, Grace\",weekly\n";
+    let subs = import::parse_subscribers_csv(csv.as_bytes(), &known).unwrap();
+    let counts = store
+        .upsert_subscribers(&subs, Timestamp::now())
+        .await
+        .unwrap();
+    assert_eq!(counts.added, 2);
+    let ada = store
+        .find_subscriber(&EmailAddress::parse("ada@example.org").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.subscriber_digests(ada.id).await.unwrap(),
+        vec!["daily", "weekly"],
+        "empty digests: all"
+    );
+    let grace = store
+        .find_subscriber(&EmailAddress::parse("grace@example.org").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(grace.name.as_deref(), Some("Hopper, Grace"));
+    assert_eq!(
+        store.subscriber_digests(grace.id).await.unwrap(),
+        vec!["weekly"]
+    );
+}
+
+async fn importing_never_resubscribes_someone_who_left(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = store(&db).await;
+    let email = EmailAddress::parse("gone@example.org").unwrap();
+    let sub = NewSubscriber {
+        email: email.clone(),
+        name: None,
+        digests: vec![daily()],
+    };
+    store
+        .upsert_subscribers(std::slice::from_ref(&sub), Timestamp::now())
+        .await
+        .unwrap();
+    store
+        .set_subscriber_status(
+            &email,
+            gazette::domain::SubscriberStatus::Unsubscribed,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let counts = store
+        .upsert_subscribers(&[sub], Timestamp::now())
+        .await
+        .unwrap();
+    assert_eq!(counts.kept_inactive, 1);
+    let found = store.find_subscriber(&email).await.unwrap().unwrap();
+    assert_eq!(found.status, "unsubscribed");
+}
+
+async fn article_selection_takes_the_window_tags_and_limit_newest_first(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = store(&db).await;
+    let now = Utc::now();
+    let hours_ago = |h: i64| (now - Duration::hours(h)).to_rfc3339();
+    let lines = [
+        ("old", 50, "rust"),
+        ("a", 5, "rust"),
+        ("b", 4, "email"),
+        ("c", 3, "rust"),
+        ("d", 2, "cooking"),
+        ("e", 1, "rust"),
+    ]
+    .map(|(slug, h, tag)| {
+        format!(
+            "{{\"url\": \"https://example.org/{slug}\", \"title\": \"{slug}\", \"tags\": [\"{tag}\"], \"published_at\": \"{}\"}}",
+            hours_ago(h)
+        )
+    })
+    .join("\n");
+    let articles = import::parse_articles(&lines, now).unwrap();
+    store
+        .upsert_articles(&articles, Timestamp::now())
+        .await
+        .unwrap();
+
+    let after = Timestamp::from(now - Duration::hours(24));
+    let picked = store
+        .select_articles(
+            after,
+            Timestamp::from(now),
+            &["rust".into(), "email".into()],
+            3,
+        )
+        .await
+        .unwrap();
+    let titles: Vec<&str> = picked.iter().map(|a| a.title.as_str()).collect();
+    assert_eq!(titles, ["e", "c", "b"]);
+    assert_eq!(picked[0].tags, vec!["rust".to_string()]);
+
+    let all = store
+        .select_articles(
+            after,
+            Timestamp::from(now - Duration::minutes(150)),
+            &[],
+            10,
+        )
+        .await
+        .unwrap();
+    let titles: Vec<&str> = all.iter().map(|a| a.title.as_str()).collect();
+    assert_eq!(titles, ["c", "b", "a"], "only articles up to the cutoff");
+}
