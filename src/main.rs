@@ -155,6 +155,14 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
         return app::check(settings).await;
     }
     let engine = app::open(settings).await?;
+    let _lock = match command {
+        Command::Run | Command::Demo | Command::Send { dry_run: false, .. } => Some(
+            engine
+                .store
+                .lock_for_delivery(&engine.settings.database.url)?,
+        ),
+        _ => None,
+    };
     let result = match command {
         Command::Check => unreachable!("handled above"),
         Command::Migrate => {

@@ -167,3 +167,115 @@ fn preview_prints_the_paths_it_wrote() {
     let html = std::fs::read_to_string(ws.dir.path().join("pv/daily.html")).unwrap();
     assert!(html.contains("Hello Sample Reader"), "{html}");
 }
+
+/// A `gazette run` child process, stopped with SIGTERM when dropped.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(ws: &Workspace) -> Self {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+            .arg("run")
+            .current_dir(ws.dir.path())
+            .env("GAZETTE_CONFIG", &ws.config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    fn terminate(mut self) -> std::process::Output {
+        let pid = self.0.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let child = std::mem::replace(
+            &mut self.0,
+            std::process::Command::new("true").spawn().unwrap(),
+        );
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_daemon_sends_the_due_slot_once_and_stops_cleanly_on_sigterm() {
+    let smtp = crate::helpers::SmtpServer::start();
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/g.db", db_dir.path().display());
+    // Every minute, in a zone with an odd offset: the current minute is due.
+    let section = digest_section("daily", "")
+        .replace("0 7 * * *", "* * * * *")
+        .replace("Europe/Berlin", "Asia/Kathmandu");
+    let ws = Workspace::new(&db, Some(smtp.port), &section);
+    assert!(
+        ws.run(&["subscribers", "add", "ada@example.org"])
+            .status
+            .success()
+    );
+    assert!(
+        ws.run(&["subscribers", "add", "grace@example.org"])
+            .status
+            .success()
+    );
+    let out = ws.run(&[
+        "articles",
+        "add",
+        "--url",
+        "https://example.org/d",
+        "--title",
+        "Daemon news",
+        "--published-at",
+        &(chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let daemon = Daemon::start(&ws);
+    wait_for("two messages", || smtp.received().len() >= 2);
+
+    // A second process on the same SQLite store is refused.
+    let second = ws.run(&["run"]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains("another gazette process is delivering"),
+        "{}",
+        stderr(&second)
+    );
+
+    let out = daemon.terminate();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("stopped"), "{}", stderr(&out));
+
+    // Restarted, it finds the slot planned (or nothing new in the next one).
+    let daemon = Daemon::start(&ws);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = daemon.terminate();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(smtp.received_by("ada@example.org").len(), 1);
+    assert_eq!(smtp.received_by("grace@example.org").len(), 1);
+    let m = smtp.received_by("ada@example.org")[0]
+        .parsed()
+        .body_text(0)
+        .unwrap()
+        .into_owned();
+    assert!(m.contains("Daemon news"), "{m}");
+}
