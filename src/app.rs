@@ -450,6 +450,105 @@ async fn dry_run_send(engine: &Engine, digest: &Digest, slot: DateTime<Utc>) -> 
     Ok(())
 }
 
+// -- status and retry -------------------------------------------------------
+
+/// `gazette status`: recent runs with their ledger counts.
+pub async fn status(engine: &Engine, limit: i64) -> Result<()> {
+    let runs = engine.store.recent_runs(limit).await?;
+    if runs.is_empty() {
+        println!("no runs yet");
+        return Ok(());
+    }
+    println!(
+        "{:>6}  {:<12} {:<22} {:<9} {:>8} {:>8} {:>8} {:>8}",
+        "run", "digest", "slot (UTC)", "status", "pending", "sent", "failed", "skipped"
+    );
+    for run in runs {
+        let c = engine.store.delivery_counts(run.id).await?;
+        println!(
+            "{:>6}  {:<12} {:<22} {:<9} {:>8} {:>8} {:>8} {:>8}",
+            run.id,
+            run.digest,
+            run.slot.0.format("%Y-%m-%d %H:%M:%S"),
+            run.status,
+            c.open(),
+            c.sent,
+            c.failed,
+            c.skipped
+        );
+    }
+    Ok(())
+}
+
+/// `gazette status RUN`: one run, and its failed deliveries with the reply.
+pub async fn run_status(engine: &Engine, run_id: i64) -> Result<()> {
+    let run = engine
+        .store
+        .run(run_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no run {run_id}"))?;
+    let c = engine.store.delivery_counts(run_id).await?;
+    println!(
+        "run {}: digest {}, slot {}, {}",
+        run.id,
+        run.digest,
+        run.slot.0.to_rfc3339(),
+        run.status
+    );
+    println!(
+        "articles published after {} up to {}: {}",
+        run.window_start.0.to_rfc3339(),
+        run.cutoff.0.to_rfc3339(),
+        engine.store.run_articles(run_id).await?.len()
+    );
+    println!(
+        "deliveries: {} pending, {} sending, {} sent, {} failed, {} skipped",
+        c.pending, c.sending, c.sent, c.failed, c.skipped
+    );
+    let failed = engine.store.failed_deliveries(run_id).await?;
+    if !failed.is_empty() {
+        println!("failed:");
+        for f in failed {
+            println!(
+                "  {}\t{} attempts\t{}",
+                f.email,
+                f.attempts,
+                f.last_error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `gazette retry RUN`: re-queues the run's failed deliveries and delivers them.
+pub async fn retry(engine: &Engine, run_id: i64) -> Result<()> {
+    let run = engine
+        .store
+        .run(run_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no run {run_id}"))?;
+    let digest = engine.settings.require_digest(&run.digest)?;
+    let n = engine
+        .store
+        .requeue_failed(run_id, Timestamp::now())
+        .await?;
+    println!("run {run_id}: {n} failed deliveries re-queued");
+    if n == 0 {
+        return Ok(());
+    }
+    let shutdown = shutdown_signal();
+    let counts =
+        delivery::deliver_unfinished(engine, Some(&digest.name), Drain::UntilFinished, &shutdown)
+            .await?;
+    if let Some(c) = counts.get(&run_id) {
+        println!(
+            "{}: run {run_id}: {} sent, {} failed, {} skipped",
+            digest.name, c.sent, c.failed, c.skipped
+        );
+    }
+    Ok(())
+}
+
 // -- check --------------------------------------------------------------------
 
 /// `gazette check`: configuration and templates were checked on load; this

@@ -173,6 +173,8 @@ impl Default for RawTemplates {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawDelivery {
+    concurrency: u32,
+    rate_per_second: f64,
     batch_size: u32,
     lease_secs: u64,
     max_attempts: u32,
@@ -183,6 +185,8 @@ struct RawDelivery {
 impl Default for RawDelivery {
     fn default() -> Self {
         Self {
+            concurrency: 0,
+            rate_per_second: 0.0,
             batch_size: 200,
             lease_secs: 300,
             max_attempts: 8,
@@ -307,6 +311,10 @@ pub struct WebSettings {
 
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
+    /// Workers, each with its own SMTP connection: messages in flight.
+    pub concurrency: usize,
+    /// Messages per second across this process's workers; `None`: unlimited.
+    pub rate_per_second: Option<f64>,
     pub batch_size: u32,
     pub lease: Duration,
     pub max_attempts: u32,
@@ -560,6 +568,21 @@ fn validate(raw: RawSettings, src: &Sources, shown: Vec<String>) -> Result<Setti
     if d.max_attempts == 0 {
         bad("delivery.max_attempts", "must be at least 1".into());
     }
+    if d.concurrency as usize > raw.smtp.pool_size as usize && raw.smtp.pool_size > 0 {
+        bad(
+            "delivery.concurrency",
+            format!(
+                "{} workers need {} SMTP connections but smtp.pool_size is {}: raise smtp.pool_size or set concurrency = 0 (one worker per connection)",
+                d.concurrency, d.concurrency, raw.smtp.pool_size
+            ),
+        );
+    }
+    if !(d.rate_per_second.is_finite() && d.rate_per_second >= 0.0) {
+        bad(
+            "delivery.rate_per_second",
+            "must be 0 (unlimited) or a positive number".into(),
+        );
+    }
     if d.lease_secs == 0 {
         bad("delivery.lease_secs", "must be at least 1".into());
     }
@@ -657,6 +680,12 @@ fn validate(raw: RawSettings, src: &Sources, shown: Vec<String>) -> Result<Setti
         web: WebSettings { base_url },
         templates_dir: raw.templates.dir,
         delivery: DeliverySettings {
+            concurrency: if d.concurrency == 0 {
+                raw.smtp.pool_size as usize
+            } else {
+                d.concurrency as usize
+            },
+            rate_per_second: (d.rate_per_second > 0.0).then_some(d.rate_per_second),
             batch_size: d.batch_size,
             lease: Duration::from_secs(d.lease_secs),
             max_attempts: d.max_attempts,

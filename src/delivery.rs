@@ -2,11 +2,14 @@
 //!
 //! Planning a (digest, slot) is one idempotent transaction in the store.
 //! Delivering claims batches of due ledger rows with a lease, renders and
-//! sends them on `smtp.pool_size` workers (each with its own connection),
-//! and records each outcome: sent, retry later (backoff), failed, skipped.
+//! sends them on `delivery.concurrency` workers (each with its own SMTP
+//! connection), and records each outcome: sent, retry later (backoff),
+//! failed, skipped. When the relay keeps failing, claiming pauses instead
+//! of burning every row's attempts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -116,6 +119,9 @@ struct RunJob {
 enum Outcome {
     Sent(i64),
     Skipped(i64),
+    /// Not attempted (the relay is failing, or shutting down): back to
+    /// pending without counting an attempt.
+    Deferred(i64),
     Retry {
         id: i64,
         attempts: i32,
@@ -127,16 +133,86 @@ enum Outcome {
     },
 }
 
-/// `smtp.pool_size` workers, each owning one [`Sender`] (one SMTP connection).
+/// A token bucket shared by the workers of a process.
+struct RateLimiter {
+    per_second: f64,
+    state: Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl RateLimiter {
+    fn new(per_second: f64) -> Self {
+        Self {
+            per_second,
+            // Start with one token: no burst beyond a second's worth.
+            state: Mutex::new((1.0, tokio::time::Instant::now())),
+        }
+    }
+
+    async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut state = self.state.lock().await;
+                let now = tokio::time::Instant::now();
+                let refill = now.duration_since(state.1).as_secs_f64() * self.per_second;
+                state.0 = (state.0 + refill).min(self.per_second.max(1.0));
+                state.1 = now;
+                if state.0 >= 1.0 {
+                    state.0 -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - state.0) / self.per_second)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Counts consecutive transient failures across workers. Past a threshold
+/// the relay is taken to be down: workers stop trying and the claimer
+/// pauses with backoff.
+struct Breaker {
+    consecutive: AtomicU32,
+    threshold: u32,
+}
+
+impl Breaker {
+    fn is_open(&self) -> bool {
+        self.consecutive.load(Ordering::Relaxed) >= self.threshold
+    }
+    fn record(&self, transient_failure: bool) {
+        if transient_failure {
+            self.consecutive.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+    }
+    fn reset(&self) {
+        self.consecutive.store(0, Ordering::Relaxed);
+    }
+}
+
+/// `delivery.concurrency` workers, each owning one [`Sender`] (one SMTP connection).
 pub struct Workers {
     jobs: mpsc::Sender<Job>,
     outcomes: mpsc::Receiver<Outcome>,
     handles: Vec<tokio::task::JoinHandle<()>>,
+    breaker: Arc<Breaker>,
+    /// How long the next pause lasts when the relay keeps failing.
+    pause: Duration,
 }
 
 impl Workers {
     pub fn start(engine: &Engine) -> Self {
-        let size = engine.settings.smtp.pool_size.max(1);
+        let size = engine.settings.delivery.concurrency.max(1);
+        let limiter = engine
+            .settings
+            .delivery
+            .rate_per_second
+            .map(|r| Arc::new(RateLimiter::new(r)));
+        let breaker = Arc::new(Breaker {
+            consecutive: AtomicU32::new(0),
+            threshold: (size as u32).max(3),
+        });
         let (jobs, job_rx) = mpsc::channel::<Job>(size * 2);
         let (outcome_tx, outcomes) = mpsc::channel::<Outcome>(size * 2);
         let job_rx = Arc::new(Mutex::new(job_rx));
@@ -145,12 +221,23 @@ impl Workers {
                 let job_rx = job_rx.clone();
                 let outcome_tx = outcome_tx.clone();
                 let engine = engine.clone();
+                let limiter = limiter.clone();
+                let breaker = breaker.clone();
                 tokio::spawn(async move {
                     let mut sender = Sender::new(&engine.settings);
                     loop {
                         let job = job_rx.lock().await.recv().await;
                         let Some(job) = job else { break };
-                        let outcome = deliver_one(&engine, &mut sender, &job).await;
+                        let outcome = if breaker.is_open() {
+                            Outcome::Deferred(job.claimed.id)
+                        } else {
+                            if let Some(limiter) = &limiter {
+                                limiter.acquire().await;
+                            }
+                            let outcome = deliver_one(&engine, &mut sender, &job).await;
+                            breaker.record(matches!(outcome, Outcome::Retry { .. }));
+                            outcome
+                        };
                         if outcome_tx.send(outcome).await.is_err() {
                             break;
                         }
@@ -163,6 +250,8 @@ impl Workers {
             jobs,
             outcomes,
             handles,
+            breaker,
+            pause: Duration::from_secs(1),
         }
     }
 
@@ -264,22 +353,31 @@ pub async fn deliver_run(
             break;
         }
         let now = Utc::now();
-        store.release_expired_leases(Timestamp::from(now)).await?;
-        let claimed = store
-            .claim(
-                Some(run.id),
-                Timestamp::from(now),
-                Timestamp::from(now + lease),
-                settings.delivery.batch_size,
-            )
-            .await?;
+        let claimed = retrying("claim deliveries", shutdown, || async {
+            store.release_expired_leases(Timestamp::from(now)).await?;
+            store
+                .claim(
+                    Some(run.id),
+                    Timestamp::from(now),
+                    Timestamp::from(now + lease),
+                    settings.delivery.batch_size,
+                )
+                .await
+        })
+        .await?;
         if claimed.is_empty() {
-            let counts = store.delivery_counts(run.id).await?;
+            let (counts, next) = retrying("read the ledger", shutdown, || async {
+                Ok((
+                    store.delivery_counts(run.id).await?,
+                    store.next_attempt_at(run.id).await?,
+                ))
+            })
+            .await?;
             if counts.open() == 0 || drain == Drain::DueNow {
                 break;
             }
             // Rows waiting for a retry, or leased by another process.
-            let wait = match store.next_attempt_at(run.id).await? {
+            let wait = match next {
                 Some(at) => (at.0 - Utc::now()).to_std().unwrap_or_default(),
                 None => Duration::from_secs(1),
             }
@@ -291,51 +389,153 @@ pub async fn deliver_run(
             }
             continue;
         }
-        let n = claimed.len();
-        let feed = async {
-            for c in claimed {
-                if workers
-                    .jobs
-                    .send(Job {
-                        claimed: c,
-                        run: job.clone(),
-                    })
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
+        run_batch(engine, workers, claimed, &job, shutdown).await?;
+        if workers.breaker.is_open() {
+            warn!(
+                pause_secs = workers.pause.as_secs(),
+                "the SMTP relay keeps failing: pausing deliveries"
+            );
+            let mut shutdown = shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(workers.pause) => {}
+                _ = shutdown.changed() => {}
             }
-        };
-        let collect = async {
-            let mut outcomes = Vec::with_capacity(n);
-            while outcomes.len() < n {
-                match workers.outcomes.recv().await {
-                    Some(o) => outcomes.push(o),
-                    None => break,
-                }
-            }
-            outcomes
-        };
-        let ((), outcomes) = tokio::join!(feed, collect);
-        record(engine, outcomes).await?;
+            workers.pause = (workers.pause * 2).min(Duration::from_secs(60));
+            workers.breaker.reset();
+        } else if workers.pause > Duration::from_secs(1) {
+            info!("the SMTP relay accepts messages again: deliveries resumed");
+            workers.pause = Duration::from_secs(1);
+        }
     }
-    store.finish_run_if_done(run.id, Timestamp::now()).await?;
-    store.delivery_counts(run.id).await
+    retrying("finish the run", shutdown, || async {
+        store.finish_run_if_done(run.id, Timestamp::now()).await?;
+        store.delivery_counts(run.id).await
+    })
+    .await
 }
 
-async fn record(engine: &Engine, outcomes: Vec<Outcome>) -> Result<()> {
+/// Runs a store operation until it succeeds: the database may restart or
+/// drop connections mid-run, and nothing may be lost meanwhile. Logs once
+/// when it starts failing and once when it recovers; gives up only on
+/// shutdown.
+async fn retrying<T, F, Fut>(what: &str, shutdown: &watch::Receiver<bool>, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut delay = Duration::from_millis(250);
+    let mut failures = 0u32;
+    loop {
+        match op().await {
+            Ok(v) => {
+                if failures > 0 {
+                    info!("database reachable again: {what} succeeded");
+                }
+                return Ok(v);
+            }
+            Err(e) => {
+                if failures == 0 {
+                    warn!("cannot {what}, retrying with backoff: {e:#}");
+                }
+                failures += 1;
+                if *shutdown.borrow() {
+                    return Err(e.context(format!("cannot {what}")));
+                }
+                let mut stop = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.changed() => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Hands a claimed batch to the workers and records outcomes as they come
+/// (in small batches: after a crash, at most the unrecorded ones are sent
+/// again). On shutdown the rows not yet handed out are released, and the
+/// ones in flight are waited for.
+async fn run_batch(
+    engine: &Engine,
+    workers: &mut Workers,
+    claimed: Vec<Claimed>,
+    job: &Arc<RunJob>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<()> {
+    let flush_at = engine.settings.delivery.concurrency.max(1);
+    let mut queue: std::collections::VecDeque<Claimed> = claimed.into();
+    let mut buffer = Vec::with_capacity(flush_at);
+    let mut in_flight = 0usize;
+    let mut stop = shutdown.clone();
+    let mut watching = true;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        if *stop.borrow() {
+            buffer.extend(queue.drain(..).map(|c| Outcome::Deferred(c.id)));
+        }
+        if queue.is_empty() && in_flight == 0 {
+            break;
+        }
+        let can_feed = !queue.is_empty();
+        tokio::select! {
+            permit = workers.jobs.reserve(), if can_feed => {
+                let Ok(permit) = permit else {
+                    buffer.extend(queue.drain(..).map(|c| Outcome::Deferred(c.id)));
+                    continue;
+                };
+                let claimed = queue.pop_front().expect("queue is not empty");
+                permit.send(Job { claimed, run: job.clone() });
+                in_flight += 1;
+            }
+            outcome = workers.outcomes.recv(), if in_flight > 0 => {
+                in_flight -= 1;
+                if let Some(o) = outcome {
+                    buffer.push(o);
+                }
+                if buffer.len() >= flush_at {
+                    let outcomes = std::mem::take(&mut buffer);
+                    record(engine, outcomes, shutdown).await?;
+                }
+            }
+            _ = tick.tick() => {
+                if !buffer.is_empty() {
+                    let outcomes = std::mem::take(&mut buffer);
+                    record(engine, outcomes, shutdown).await?;
+                }
+            }
+            changed = stop.changed(), if can_feed && watching => watching = changed.is_ok(),
+        }
+    }
+    record(engine, buffer, shutdown).await
+}
+
+/// Writes a batch of outcomes to the ledger: one statement for all the
+/// sent rows, one for the skipped, one for the released; failures and
+/// retries row by row (they carry their own reply).
+async fn record(
+    engine: &Engine,
+    outcomes: Vec<Outcome>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<()> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
     let store = &engine.store;
     let max_attempts = engine.settings.delivery.max_attempts as i32;
     let mut sent = Vec::new();
     let mut skipped = Vec::new();
+    let mut deferred = Vec::new();
+    let mut failed = Vec::new();
+    let mut retries = Vec::new();
     for o in outcomes {
         match o {
             Outcome::Sent(id) => sent.push(id),
             Outcome::Skipped(id) => skipped.push(id),
+            Outcome::Deferred(id) => deferred.push(id),
             Outcome::Failed { id, error } => {
                 warn!(delivery = id, %error, "delivery failed");
-                store.mark_failed(id, &error).await?;
+                failed.push((id, error));
             }
             Outcome::Retry {
                 id,
@@ -343,9 +543,7 @@ async fn record(engine: &Engine, outcomes: Vec<Outcome>) -> Result<()> {
                 error,
             } if attempts >= max_attempts => {
                 warn!(delivery = id, %error, attempts, "delivery failed: no attempts left");
-                store
-                    .mark_failed(id, &format!("{error} (gave up after {attempts} attempts)"))
-                    .await?;
+                failed.push((id, format!("{error} (gave up after {attempts} attempts)")));
             }
             Outcome::Retry {
                 id,
@@ -354,13 +552,24 @@ async fn record(engine: &Engine, outcomes: Vec<Outcome>) -> Result<()> {
             } => {
                 let at = Utc::now() + backoff(&engine.settings, attempts);
                 warn!(delivery = id, %error, attempts, retry_at = %at, "delivery will be retried");
-                store.mark_retry(id, Timestamp::from(at), &error).await?;
+                retries.push((id, Timestamp::from(at), error));
             }
         }
     }
-    store.mark_sent(&sent, Timestamp::now()).await?;
-    store.mark_skipped(&skipped).await?;
-    Ok(())
+    let now = Timestamp::now();
+    retrying("record delivery outcomes", shutdown, || async {
+        store.mark_sent(&sent, now).await?;
+        store.mark_skipped(&skipped).await?;
+        store.release(&deferred).await?;
+        for (id, error) in &failed {
+            store.mark_failed(*id, error).await?;
+        }
+        for (id, at, error) in &retries {
+            store.mark_retry(*id, *at, error).await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Delivers every unfinished run (of one digest, or all), oldest first.

@@ -61,6 +61,16 @@ enum Command {
     /// Manage subscribers.
     #[command(subcommand)]
     Subscribers(SubscribersCommand),
+    /// List recent runs with their delivery counts, or one run's failed deliveries.
+    Status {
+        /// A run id: show its failed deliveries with the SMTP reply.
+        run: Option<i64>,
+        /// How many recent runs to list.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Re-queue a run's failed deliveries and deliver them now.
+    Retry { run: i64 },
     /// Apply database migrations.
     Migrate,
     /// Check the configuration and templates, and reach the database and SMTP relay.
@@ -156,7 +166,10 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
     }
     let engine = app::open(settings).await?;
     let _lock = match command {
-        Command::Run | Command::Demo | Command::Send { dry_run: false, .. } => Some(
+        Command::Run
+        | Command::Demo
+        | Command::Retry { .. }
+        | Command::Send { dry_run: false, .. } => Some(
             engine
                 .store
                 .lock_for_delivery(&engine.settings.database.url)?,
@@ -170,6 +183,9 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
             Ok(())
         }
         Command::Demo => app::demo(&engine).await,
+        Command::Status { run: None, limit } => app::status(&engine, limit).await,
+        Command::Status { run: Some(run), .. } => app::run_status(&engine, run).await,
+        Command::Retry { run } => app::retry(&engine, run).await,
         Command::Run => scheduler::run(&engine, app::shutdown_signal()).await,
         Command::Send {
             digest,

@@ -720,6 +720,49 @@ impl Store {
         self.finish_deliveries(ids, "skipped", None).await
     }
 
+    /// Returns claimed rows to pending without counting an attempt.
+    pub async fn release(&self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, pool => {
+            let mut q = QueryBuilder::new(
+                "update deliveries set status = 'pending', lease_until = null where status = 'sending' and id in (",
+            );
+            let mut list = q.separated(", ");
+            for id in ids {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build().execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// Re-queues the failed deliveries of a run (`gazette retry`) with fresh
+    /// attempts, and reopens the run. Returns how many.
+    pub async fn requeue_failed(&self, run_id: i64, now: Timestamp) -> Result<u64> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "update deliveries set status = 'pending', attempts = 0, next_attempt_at = $2, lease_until = null \
+                 where run_id = $1 and status = 'failed'",
+            )
+            .bind(run_id).bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                sqlx::query("update digest_runs set status = 'sending', finished_at = null where id = $1")
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(n)
+        })
+    }
+
     async fn finish_deliveries(
         &self,
         ids: &[i64],

@@ -1,6 +1,6 @@
 //! The `gazette` binary as an operator uses it.
 
-use crate::helpers::{Workspace, digest_section, stderr, stdout};
+use crate::helpers::{Workspace, digest_section, stderr, stdout, wait_for};
 
 fn workspace() -> (tempfile::TempDir, Workspace) {
     let db_dir = tempfile::tempdir().unwrap();
@@ -203,17 +203,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

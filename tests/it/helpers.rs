@@ -2,14 +2,12 @@
 //! dir, or its own Postgres database), an SMTP server on loopback that
 //! records what it receives, and a configuration written to a temp dir.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use gazette::config::{self, Settings};
 use gazette::delivery::Engine;
-use mailin_embedded::response::{self, Response};
-use mailin_embedded::{Handler, Server, SslConfig};
+
+pub use crate::smtp::SmtpServer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -113,110 +111,6 @@ impl Drop for TestDb {
     }
 }
 
-/// One message as the SMTP server received it.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub from: String,
-    pub to: Vec<String>,
-    pub data: Vec<u8>,
-}
-
-impl Received {
-    pub fn parsed(&self) -> mail_parser::Message<'_> {
-        mail_parser::MessageParser::default()
-            .parse(&self.data)
-            .expect("the received message does not parse as MIME")
-    }
-}
-
-#[derive(Clone, Default)]
-struct Recorder {
-    inbox: Arc<Mutex<Vec<Received>>>,
-    /// Recipients answered with a 550 at RCPT.
-    reject: Arc<Vec<String>>,
-    current: Option<Received>,
-}
-
-impl Handler for Recorder {
-    fn rcpt(&mut self, to: &str) -> Response {
-        if self.reject.iter().any(|r| r.eq_ignore_ascii_case(to)) {
-            response::NO_MAILBOX
-        } else {
-            response::OK
-        }
-    }
-
-    fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> Response {
-        self.current = Some(Received {
-            from: from.to_string(),
-            to: to.to_vec(),
-            data: Vec::new(),
-        });
-        response::OK
-    }
-
-    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        if let Some(c) = self.current.as_mut() {
-            c.data.extend_from_slice(buf);
-        }
-        Ok(())
-    }
-
-    fn data_end(&mut self) -> Response {
-        if let Some(c) = self.current.take() {
-            self.inbox.lock().unwrap().push(c);
-        }
-        response::OK
-    }
-}
-
-/// A real SMTP server on a loopback port, recording every message.
-pub struct SmtpServer {
-    pub port: u16,
-    inbox: Arc<Mutex<Vec<Received>>>,
-}
-
-impl SmtpServer {
-    pub fn start() -> Self {
-        Self::start_rejecting(&[])
-    }
-
-    /// Answers 550 to RCPT for the given addresses.
-    pub fn start_rejecting(reject: &[&str]) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let recorder = Recorder {
-            reject: Arc::new(reject.iter().map(|s| s.to_string()).collect()),
-            ..Recorder::default()
-        };
-        let inbox = recorder.inbox.clone();
-        let mut server = Server::new(recorder);
-        server
-            .with_name("smtp.test")
-            .with_ssl(SslConfig::None)
-            .unwrap()
-            .with_num_threads(4)
-            .with_tcp_listener(listener);
-        // The server lives as long as the test process.
-        std::thread::spawn(move || {
-            let _ = server.serve();
-        });
-        Self { port, inbox }
-    }
-
-    pub fn received(&self) -> Vec<Received> {
-        self.inbox.lock().unwrap().clone()
-    }
-
-    /// The messages addressed to `email` (envelope recipient).
-    pub fn received_by(&self, email: &str) -> Vec<Received> {
-        self.received()
-            .into_iter()
-            .filter(|m| m.to.iter().any(|t| t.eq_ignore_ascii_case(email)))
-            .collect()
-    }
-}
-
 pub fn templates_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("templates")
 }
@@ -230,6 +124,21 @@ pub struct Workspace {
 
 impl Workspace {
     pub fn new(db_url: &str, smtp_port: Option<u16>, extra: &str) -> Self {
+        Self::with_delivery(
+            db_url,
+            smtp_port,
+            "retry_base_ms = 50\nretry_max_ms = 200\nmax_attempts = 3",
+            extra,
+        )
+    }
+
+    /// `delivery` holds the keys of the `[delivery]` table.
+    pub fn with_delivery(
+        db_url: &str,
+        smtp_port: Option<u16>,
+        delivery: &str,
+        extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("gazette.toml");
         let transport = match smtp_port {
@@ -255,9 +164,7 @@ base_url = "https://news.example.org/"
 [templates]
 dir = "{templates}"
 [delivery]
-retry_base_ms = 50
-retry_max_ms = 200
-max_attempts = 3
+{delivery}
 {extra}
 "#,
             outbox = dir.path().join("outbox").display(),
@@ -281,6 +188,49 @@ max_attempts = 3
 
     pub fn outbox(&self) -> PathBuf {
         self.dir.path().join("outbox")
+    }
+
+    /// Writes a subscribers CSV of `n` readers (`reader{i}@example.org`)
+    /// and imports it with the binary.
+    pub fn import_readers(&self, n: usize) {
+        let mut csv = String::from("email,name,digests\n");
+        for i in 0..n {
+            csv.push_str(&format!("reader{i}@example.org,Reader {i},\n"));
+        }
+        let path = self.dir.path().join("readers.csv");
+        std::fs::write(&path, csv).unwrap();
+        let out = self.run(&["subscribers", "import", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    /// Adds one article published a minute ago.
+    pub fn add_article(&self, title: &str) {
+        let at = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+        let url = format!("https://example.org/{}", title.replace(' ', "-"));
+        let out = self.run(&[
+            "articles",
+            "add",
+            "--url",
+            &url,
+            "--title",
+            title,
+            "--published-at",
+            &at,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    /// Starts the `gazette` binary in this workspace without waiting.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("GAZETTE_CONFIG", &self.config)
+            .env_remove("GAZETTE_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cannot start the gazette binary")
     }
 
     /// Runs the `gazette` binary in this workspace.
@@ -308,6 +258,35 @@ window = "7d"
 {extra}
 "#
     )
+}
+
+/// Polls `done` until it holds (at most 60 s).
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// How many messages beyond one each reader got, checking that every copy
+/// of a message carries the same Message-ID (so receivers can drop it).
+pub fn duplicates(smtp: &SmtpServer, readers: usize) -> usize {
+    let mut extra = 0;
+    for i in 0..readers {
+        let got = smtp.received_by(&format!("reader{i}@example.org"));
+        assert!(!got.is_empty(), "reader{i} received nothing");
+        let first = got[0].message_id();
+        assert!(
+            got.iter().all(|m| m.message_id() == first),
+            "copies with different Message-IDs"
+        );
+        extra += got.len() - 1;
+    }
+    extra
 }
 
 pub fn stdout(o: &std::process::Output) -> String {

@@ -2,9 +2,11 @@
 //! real SMTP server on loopback, and the `gazette` binary itself.
 
 mod helpers;
+mod smtp;
 
 mod cli;
 mod config_errors;
+mod faults;
 mod pipeline;
 mod scheduling;
 mod store;

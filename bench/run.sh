@@ -1,0 +1,356 @@
+#!/usr/bin/env bash
+# Throughput and memory benchmark of `gazette send` over SMTP.
+#
+#   bench/run.sh [N]          N subscribers (default 100000)
+#
+# Seeds a fresh Postgres database with 8 articles and N confirmed
+# subscribers, sends one digest to all of them through Postfix's smtp-sink
+# on 127.0.0.1 (which accepts and discards every message), and measures wall
+# time and peak resident memory with /usr/bin/time -v. Then it measures the
+# ceiling: Postfix's smtp-source sending N messages of the same size to the
+# same sink with the same concurrency. Prints both rates, their ratio and
+# the peak RSS. See docs/benchmarks.md.
+#
+# Environment:
+#   GAZETTE_BIN        a prebuilt gazette binary (default: build it with
+#                      `cargo build --release` into CARGO_TARGET_DIR)
+#   CARGO_TARGET_DIR   where to build (default: <repo>/target)
+#   BENCH_DB           database name (default: gazette_bench; dropped and
+#                      recreated)
+#   BENCH_PG           server URL without database
+#                      (default: postgres://postgres@127.0.0.1:5432)
+#   BENCH_PORT         first port tried for smtp-sink (default: 2525; the
+#                      first free port from there is used)
+#   BENCH_POOL         smtp.pool_size and smtp-source sessions (default: 8)
+#   BENCH_TIMEOUT      limit in seconds for each step (default: 1800)
+#   BENCH_MAX_LOAD     if set (e.g. 1.5), wait before measuring until the
+#                      1-minute load average is below it ...
+#   BENCH_LOAD_WAIT    ... for at most this many seconds (default: 600),
+#                      then measure anyway
+#
+# Everything it sends goes to 127.0.0.1. Exit code 0 only if every message
+# was sent.
+
+set -euo pipefail
+
+N=${1:-100000}
+if ! [[ $N =~ ^[1-9][0-9]*$ ]]; then
+    echo "usage: $0 [N]   (N: number of subscribers, a positive integer)" >&2
+    exit 2
+fi
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DB=${BENCH_DB:-gazette_bench}
+PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
+POOL=${BENCH_POOL:-8}
+STEP_TIMEOUT=${BENCH_TIMEOUT:-1800}
+ARTICLES=8
+export PATH="$PATH:/usr/sbin:/sbin"
+
+if ! [[ $DB =~ ^[a-z_][a-z0-9_]*$ ]]; then
+    echo "BENCH_DB must be a plain lowercase identifier" >&2
+    exit 2
+fi
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() {
+    printf 'bench: FAILED: %s\n' "$*" >&2
+    exit 1
+}
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+now_ns() { date +%s%N; }
+# Seconds between two date +%s%N readings, with millisecond precision.
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
+# CPU seconds (user+system, including reaped children) of a process.
+cpu_secs() {
+    awk -v hz="$(getconf CLK_TCK)" '{
+        sub(/^.*\) /, "")            # drop "pid (comm) "; fields shift by 2
+        printf "%.2f", ($12 + $13 + $14 + $15) / hz
+    }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+# CPU seconds of the Postgres server: the postmaster, its live children
+# and every child it has reaped (backends of closed connections).
+pg_cpu_secs() {
+    local total=0 pid
+    [ -n "${PGMASTER:-}" ] || {
+        echo 0
+        return
+    }
+    for pid in "$PGMASTER" $(pgrep -P "$PGMASTER" || true); do
+        total=$(awk -v t="$total" -v c="$(cpu_secs "$pid")" 'BEGIN { printf "%.2f", t + c }')
+    done
+    echo "$total"
+}
+
+# -- prerequisites ------------------------------------------------------------
+
+apt_install() {
+    say "installing $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >/dev/null ||
+        { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >/dev/null; }
+}
+
+command -v timeout >/dev/null || die "timeout (coreutils) is required"
+command -v psql >/dev/null || apt_install postgresql-client
+[ -x /usr/bin/time ] || apt_install time
+if ! command -v smtp-sink >/dev/null || ! command -v smtp-source >/dev/null; then
+    apt_install postfix
+    # Only the test programs are needed: do not leave the mail system running.
+    if postfix status >/dev/null 2>&1; then
+        postfix stop >/dev/null 2>&1 || true
+    fi
+fi
+command -v smtp-sink >/dev/null || die "smtp-sink not found after installing postfix"
+
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    say "starting Postgres"
+    for version in $(ls /etc/postgresql); do
+        pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    done
+    for _ in $(seq 30); do
+        pg_isready -q -h 127.0.0.1 -p 5432 && break
+        sleep 1
+    done
+    pg_isready -q -h 127.0.0.1 -p 5432 || die "Postgres is not reachable on 127.0.0.1:5432"
+fi
+
+psql_admin() { timeout "$STEP_TIMEOUT" psql -X -q -v ON_ERROR_STOP=1 "$PG/postgres" "$@"; }
+psql_bench() { timeout "$STEP_TIMEOUT" psql -X -q -v ON_ERROR_STOP=1 "$PG/$DB" "$@"; }
+
+if [ -n "${GAZETTE_BIN:-}" ]; then
+    BIN=$GAZETTE_BIN
+else
+    TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+    case $TARGET in /*) ;; *) TARGET=$REPO/$TARGET ;; esac
+    say "building gazette (release) into $TARGET"
+    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET timeout "$STEP_TIMEOUT" cargo build --release --quiet) ||
+        die "cargo build failed"
+    BIN=$TARGET/release/gazette
+fi
+[ -x "$BIN" ] || die "no gazette binary at $BIN"
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+
+# -- clean-up -----------------------------------------------------------------
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gazette-bench.XXXXXX")
+SINK_PID=
+cleanup() {
+    local rc=$?
+    set +e
+    if [ -n "$SINK_PID" ]; then
+        kill "$SINK_PID" 2>/dev/null
+        wait "$SINK_PID" 2>/dev/null
+    fi
+    timeout 60 psql -X -q "$PG/postgres" -c "drop database if exists $DB with (force)" >/dev/null 2>&1
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# -- smtp-sink ----------------------------------------------------------------
+
+port_free() {
+    if command -v ss >/dev/null; then
+        ! ss -Htln "sport = :$1" | grep -q .
+    else
+        ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
+PORT=${BENCH_PORT:-2525}
+for _ in $(seq 100); do
+    port_free "$PORT" && break
+    PORT=$((PORT + 1))
+done
+port_free "$PORT" || die "no free port found from ${BENCH_PORT:-2525}"
+
+# -c: counters (sessions, QUIT, messages) written to the log; -m: at most
+# this many simultaneous connections; backlog 1000.
+smtp-sink -u nobody -c -h bench-sink -m 64 "127.0.0.1:$PORT" 1000 >"$WORK/sink.log" 2>&1 &
+SINK_PID=$!
+for _ in $(seq 50); do
+    port_free "$PORT" || break
+    sleep 0.1
+done
+kill -0 "$SINK_PID" 2>/dev/null || die "smtp-sink did not start: $(cat "$WORK/sink.log")"
+port_free "$PORT" && die "smtp-sink is not listening on 127.0.0.1:$PORT"
+# Messages received so far: the last "messages" counter smtp-sink printed.
+sink_messages() { tr '\r' '\n' <"$WORK/sink.log" | awk 'NF >= 3 { m = $3 } END { print m + 0 }'; }
+
+# -- database, configuration, data ---------------------------------------------
+
+say "database $DB, smtp-sink on 127.0.0.1:$PORT, work dir $WORK"
+psql_admin -c "drop database if exists $DB with (force)" -c "create database $DB"
+
+CONFIG=$WORK/bench.toml
+cat >"$CONFIG" <<EOF
+[database]
+url = "$PG/$DB"
+
+[mail]
+transport = "smtp"
+from = "Gazette Bench <digest@bench.example.org>"
+
+[smtp]
+host = "127.0.0.1"
+port = $PORT
+tls = "none"
+pool_size = $POOL
+timeout_secs = 30
+hello_name = "gazette-bench"
+
+[web]
+base_url = "https://news.bench.example.org"
+
+[templates]
+dir = "$REPO/templates"
+
+[[digests]]
+name = "bench"
+title = "The Bench Digest"
+schedule = "0 7 * * *"
+timezone = "UTC"
+window = "7d"
+max_articles = 10
+EOF
+
+# gazette reads config/default.toml relative to the working directory: run
+# it from the empty work directory so that only the built-in defaults and
+# the file above apply.
+cd "$WORK"
+gz() { timeout "$STEP_TIMEOUT" "$BIN" --config "$CONFIG" "$@"; }
+
+gz migrate >/dev/null 2>"$WORK/migrate.log" || die "gazette migrate: $(cat "$WORK/migrate.log")"
+
+# Eight articles published in the last hour, each with a summary of about
+# 600 characters: one email is about 11 KB.
+LOREM="Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation ullamco laboris nisi ut aliquip ex ea commodo consequat. Duis aute irure dolor in reprehenderit in voluptate velit esse cillum dolore eu fugiat nulla pariatur. Excepteur sint occaecat cupidatat non proident, sunt in culpa qui officia deserunt mollit anim id est laborum. Curabitur pretium tincidunt lacus, nulla gravida orci a odio, et tempus feugiat nisl pretium fusce id velit ut tortor pretium viverra suspendisse potenti."
+for i in $(seq "$ARTICLES"); do
+    printf '{"url":"https://bench.example.org/articles/%d","title":"Benchmark article number %d: measuring a digest mailer","summary":"%s","author":"Author %d","tags":["bench","news"],"published_at":"%s"}\n' \
+        "$i" "$i" "$LOREM" "$i" "$(date -u -d "-$((i * 5)) minutes" +%Y-%m-%dT%H:%M:%SZ)"
+done >"$WORK/articles.ndjson"
+gz articles import "$WORK/articles.ndjson" >/dev/null 2>"$WORK/import.log" ||
+    die "gazette articles import: $(cat "$WORK/import.log")"
+
+say "seeding $N subscribers"
+psql_bench <<EOF
+insert into subscribers (email, email_key, name, status, unsubscribe_token, created_at, updated_at)
+select 'user' || g || '@bench.example.org', 'user' || g || '@bench.example.org',
+       'Reader ' || g, 'confirmed', md5(random()::text) || md5(random()::text), now(), now()
+from generate_series(1, $N) as g;
+insert into subscriptions (subscriber_id, digest, created_at)
+select id, 'bench', now() from subscribers;
+analyze;
+EOF
+[ "$(psql_bench -Atc 'select count(*) from subscriptions')" = "$N" ] || die "seeding did not create $N subscriptions"
+
+# The size of one real message: the email `send` would deliver to the first subscriber.
+gz preview bench --out "$WORK/preview" >/dev/null 2>"$WORK/preview.log" ||
+    die "gazette preview: $(cat "$WORK/preview.log")"
+SIZE=$(stat -c %s "$WORK/preview/bench.eml")
+say "one message is $SIZE bytes"
+
+PGMASTER=$(head -1 "$(psql_admin -Atc 'show data_directory')/postmaster.pid" 2>/dev/null || true)
+
+wait_for_low_load() {
+    [ -n "${BENCH_MAX_LOAD:-}" ] || return 0
+    local waited=0 limit=${BENCH_LOAD_WAIT:-600}
+    while awk -v l="$(cut -d' ' -f1 /proc/loadavg)" -v m="$BENCH_MAX_LOAD" 'BEGIN { exit !(l >= m) }'; do
+        if [ "$waited" -ge "$limit" ]; then
+            say "load average still $(loadavg) after ${waited}s: measuring anyway"
+            return 0
+        fi
+        say "load average $(loadavg) >= $BENCH_MAX_LOAD: waiting"
+        sleep 15
+        waited=$((waited + 15))
+    done
+}
+
+# -- gazette send -------------------------------------------------------------
+
+wait_for_low_load
+LOAD_OURS=$(loadavg)
+say "gazette send bench to $N subscribers (load average $LOAD_OURS)"
+SINK_BEFORE=$(sink_messages)
+SINK_CPU0=$(cpu_secs "$SINK_PID")
+PG_CPU0=$(pg_cpu_secs)
+T0=$(now_ns)
+set +e
+timeout "$STEP_TIMEOUT" /usr/bin/time -v -o "$WORK/time.txt" \
+    "$BIN" --config "$CONFIG" send bench >"$WORK/send.out" 2>"$WORK/send.err"
+RC=$?
+set -e
+T1=$(now_ns)
+SINK_CPU1=$(cpu_secs "$SINK_PID")
+PG_CPU1=$(pg_cpu_secs)
+sleep 0.5 # let smtp-sink print its last counters
+SINK_AFTER=$(sink_messages)
+cat "$WORK/send.out"
+if [ "$RC" -ne 0 ]; then
+    tail -20 "$WORK/send.err" >&2
+    die "gazette send exited with $RC"
+fi
+grep -Eq "^bench: run [0-9]+: $N sent, 0 failed, 0 skipped$" "$WORK/send.out" ||
+    { tail -20 "$WORK/send.err" >&2; die "not every message was sent (expected \"$N sent, 0 failed, 0 skipped\")"; }
+[ $((SINK_AFTER - SINK_BEFORE)) -eq "$N" ] ||
+    die "smtp-sink counted $((SINK_AFTER - SINK_BEFORE)) messages, expected $N"
+
+WALL=$(secs "$T0" "$T1")
+RSS_KB=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$WORK/time.txt")
+USER_S=$(awk -F': ' '/User time \(seconds\)/ { print $2 }' "$WORK/time.txt")
+SYS_S=$(awk -F': ' '/System time \(seconds\)/ { print $2 }' "$WORK/time.txt")
+PG_CPU=$(awk -v a="$PG_CPU0" -v b="$PG_CPU1" 'BEGIN { printf "%.2f", b - a }')
+SINK_CPU=$(awk -v a="$SINK_CPU0" -v b="$SINK_CPU1" 'BEGIN { printf "%.2f", b - a }')
+# Planning (the run, its article snapshot and N ledger rows) ends with the
+# "planned" log line; delivery is the rest.
+PLAN_S=$(awk -v t0="$T0" '
+    /planned/ && !done {
+        ts = $1; gsub(/\x1b\[[0-9;]*m/, "", ts)
+        cmd = "date -d " ts " +%s%N"; cmd | getline ns; close(cmd)
+        if (ns != "") { printf "%.3f", (ns - t0) / 1e9; done = 1 }
+    }' "$WORK/send.err")
+RATE=$(awk -v n="$N" -v w="$WALL" 'BEGIN { printf "%.0f", n / w }')
+RSS_MB=$(awk -v k="$RSS_KB" 'BEGIN { printf "%.1f", k / 1024 }')
+
+# -- ceiling: smtp-source -------------------------------------------------------
+
+LOAD_CEIL=$(loadavg)
+say "ceiling: smtp-source, $N messages of $SIZE bytes, $POOL sessions (load average $LOAD_CEIL)"
+SINK_BEFORE=$(sink_messages)
+S0=$(now_ns)
+timeout "$STEP_TIMEOUT" smtp-source -d -s "$POOL" -m "$N" -l "$SIZE" \
+    -f bench@bench.example.org -t sink@bench.example.org -M bench-source \
+    "127.0.0.1:$PORT" >"$WORK/source.log" 2>&1 ||
+    die "smtp-source failed: $(tail -5 "$WORK/source.log")"
+S1=$(now_ns)
+sleep 0.5
+SINK_AFTER=$(sink_messages)
+[ $((SINK_AFTER - SINK_BEFORE)) -eq "$N" ] ||
+    die "smtp-sink counted $((SINK_AFTER - SINK_BEFORE)) messages from smtp-source, expected $N"
+CEIL_WALL=$(secs "$S0" "$S1")
+CEIL_RATE=$(awk -v n="$N" -v w="$CEIL_WALL" 'BEGIN { printf "%.0f", n / w }')
+RATIO=$(awk -v a="$N" -v w="$WALL" -v c="$CEIL_WALL" 'BEGIN { printf "%.2f", (a / w) / (a / c) }')
+
+# -- report -------------------------------------------------------------------
+
+DATE=$(date -u +%Y-%m-%d)
+COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    COMMIT="$COMMIT+changes"
+fi
+cat <<EOF
+
+gazette send, $N subscribers, $ARTICLES articles, pool_size $POOL, message $SIZE bytes ($(nproc) CPUs, commit $COMMIT)
+  gazette:  $WALL s wall, $RATE messages/s, peak RSS $RSS_MB MB ($RSS_KB kB)
+            CPU: gazette ${USER_S} s user + ${SYS_S} s system, Postgres $PG_CPU s, smtp-sink $SINK_CPU s
+            planning (run + $N ledger rows) done ${PLAN_S:-?} s after start
+            load average before: $LOAD_OURS
+  ceiling:  smtp-source -d -s $POOL -m $N -l $SIZE: $CEIL_WALL s wall, $CEIL_RATE messages/s
+            load average before: $LOAD_CEIL
+  ratio:    $RATIO (gazette / ceiling)
+
+| N | messages/s | ceiling messages/s | ratio | peak RSS MB | message bytes | load average | date |
+|---|---|---|---|---|---|---|---|
+| $N | $RATE | $CEIL_RATE | $RATIO | $RSS_MB | $SIZE | $LOAD_OURS | $DATE |
+EOF
