@@ -20,6 +20,8 @@ on_both_backends!(
     a_rejected_recipient_fails_alone_with_the_relay_reply,
     the_outbox_gets_one_eml_file_per_subscriber,
     preview_writes_the_email_that_send_delivers,
+    a_reader_who_leaves_after_planning_is_skipped_not_mailed,
+    the_rate_limit_spaces_messages_out,
 );
 
 const HOSTILE_TITLE: &str =
@@ -384,4 +386,71 @@ async fn preview_writes_the_email_that_send_delivers(backend: Backend) {
     let eml = std::fs::read(&again.eml).unwrap();
     let again = mail_parser::MessageParser::default().parse(&eml).unwrap();
     assert_eq!(again.message_id(), sent.message_id());
+}
+
+async fn a_reader_who_leaves_after_planning_is_skipped_not_mailed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpServer::start();
+    let ws = Workspace::new(&db.url, Some(smtp.port), &digest_section("daily", ""));
+    let engine = seed(&ws).await;
+    let digest = engine.settings.digest("daily").unwrap().clone();
+    let gazette::store::PlanOutcome::Planned { run_id, deliveries } =
+        gazette::delivery::plan(&engine.store, &digest, Utc::now(), Utc::now())
+            .await
+            .unwrap()
+    else {
+        panic!("not planned");
+    };
+    assert_eq!(deliveries, 3);
+    engine
+        .store
+        .set_subscriber_status(
+            &EmailAddress::parse("ada@example.org").unwrap(),
+            SubscriberStatus::Unsubscribed,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    gazette::delivery::deliver_unfinished(
+        &engine,
+        None,
+        gazette::delivery::Drain::UntilFinished,
+        &shutdown,
+    )
+    .await
+    .unwrap();
+
+    assert!(smtp.received_by("ada@example.org").is_empty());
+    assert_eq!(smtp.received().len(), 2);
+    let counts = engine.store.delivery_counts(run_id).await.unwrap();
+    assert_eq!((counts.sent, counts.skipped), (2, 1));
+}
+
+async fn the_rate_limit_spaces_messages_out(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpServer::start();
+    let ws = Workspace::with_delivery(
+        &db.url,
+        Some(smtp.port),
+        "rate_per_second = 10",
+        &digest_section("daily", ""),
+    );
+    let engine = seed(&ws).await;
+    for i in 0..7 {
+        app::subscribers_add(&engine, &format!("extra{i}@example.org"), None, &[])
+            .await
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    app::send(&engine, "daily", None, false).await.unwrap();
+    // 10 messages at 10 per second: the first goes at once, the last after
+    // at least 0.9 s (a lower bound only: a slow machine only adds time).
+    assert_eq!(smtp.received().len(), 10);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(850),
+        "{:?}",
+        started.elapsed()
+    );
 }
