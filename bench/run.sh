@@ -3,7 +3,7 @@
 #
 #   bench/run.sh [N]          N subscribers (default 100000)
 #
-# Seeds a fresh Postgres database with 8 articles and N confirmed
+# Seeds a fresh Postgres database with 5 articles and N confirmed
 # subscribers, sends one digest to all of them through Postfix's smtp-sink
 # on 127.0.0.1 (which accepts and discards every message), and measures wall
 # time and peak resident memory with /usr/bin/time -v. Then it measures the
@@ -44,8 +44,9 @@ DB=${BENCH_DB:-gazette_bench}
 PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 POOL=${BENCH_POOL:-8}
 STEP_TIMEOUT=${BENCH_TIMEOUT:-1800}
-ARTICLES=8
+ARTICLES=5
 export PATH="$PATH:/usr/sbin:/sbin"
+export PGOPTIONS="-c client_min_messages=warning"
 
 if ! [[ $DB =~ ^[a-z_][a-z0-9_]*$ ]]; then
     echo "BENCH_DB must be a plain lowercase identifier" >&2
@@ -176,7 +177,8 @@ done
 kill -0 "$SINK_PID" 2>/dev/null || die "smtp-sink did not start: $(cat "$WORK/sink.log")"
 port_free "$PORT" && die "smtp-sink is not listening on 127.0.0.1:$PORT"
 # Messages received so far: the last "messages" counter smtp-sink printed.
-sink_messages() { tr '\r' '\n' <"$WORK/sink.log" | awk 'NF >= 3 { m = $3 } END { print m + 0 }'; }
+# The log is a stream of "sess=S quit=Q mesg=M" lines ended by carriage returns.
+sink_messages() { tr '\r' '\n' <"$WORK/sink.log" | awk -F'mesg=' 'NF > 1 { m = $2 } END { print m + 0 }'; }
 
 # -- database, configuration, data ---------------------------------------------
 
@@ -223,9 +225,10 @@ gz() { timeout "$STEP_TIMEOUT" "$BIN" --config "$CONFIG" "$@"; }
 
 gz migrate >/dev/null 2>"$WORK/migrate.log" || die "gazette migrate: $(cat "$WORK/migrate.log")"
 
-# Eight articles published in the last hour, each with a summary of about
-# 600 characters: one email is about 11 KB.
-LOREM="Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation ullamco laboris nisi ut aliquip ex ea commodo consequat. Duis aute irure dolor in reprehenderit in voluptate velit esse cillum dolore eu fugiat nulla pariatur. Excepteur sint occaecat cupidatat non proident, sunt in culpa qui officia deserunt mollit anim id est laborum. Curabitur pretium tincidunt lacus, nulla gravida orci a odio, et tempus feugiat nisl pretium fusce id velit ut tortor pretium viverra suspendisse potenti."
+# Five articles published in the last hour, each with a title, an author,
+# two tags and a summary of 191 characters: with the templates as they are,
+# one email (text and HTML, quoted-printable) is about 11.7 KB.
+LOREM="Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation ullamco laboris."
 for i in $(seq "$ARTICLES"); do
     printf '{"url":"https://bench.example.org/articles/%d","title":"Benchmark article number %d: measuring a digest mailer","summary":"%s","author":"Author %d","tags":["bench","news"],"published_at":"%s"}\n' \
         "$i" "$i" "$LOREM" "$i" "$(date -u -d "-$((i * 5)) minutes" +%Y-%m-%dT%H:%M:%SZ)"
@@ -339,9 +342,14 @@ COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
     COMMIT="$COMMIT+changes"
 fi
+if [ -n "${GAZETTE_BIN:-}" ]; then
+    BUILT="prebuilt $BIN; repository at $COMMIT"
+else
+    BUILT="built from $COMMIT"
+fi
 cat <<EOF
 
-gazette send, $N subscribers, $ARTICLES articles, pool_size $POOL, message $SIZE bytes ($(nproc) CPUs, commit $COMMIT)
+gazette send, $N subscribers, $ARTICLES articles, pool_size $POOL, message $SIZE bytes ($(nproc) CPUs, $BUILT)
   gazette:  $WALL s wall, $RATE messages/s, peak RSS $RSS_MB MB ($RSS_KB kB)
             CPU: gazette ${USER_S} s user + ${SYS_S} s system, Postgres $PG_CPU s, smtp-sink $SINK_CPU s
             planning (run + $N ledger rows) done ${PLAN_S:-?} s after start

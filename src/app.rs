@@ -27,6 +27,35 @@ pub async fn open(settings: Settings) -> Result<Engine> {
     })
 }
 
+/// `gazette run`: the scheduler and the web server, until SIGINT/SIGTERM.
+pub async fn run(engine: &Engine) -> Result<()> {
+    engine.renderer.check_web()?;
+    let shutdown = shutdown_signal();
+    let listener = bind(engine).await?;
+    let web = tokio::spawn(crate::web::serve(
+        engine.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+    let result = crate::scheduler::run(engine, shutdown).await;
+    web.await.context("the web server stopped")??;
+    result
+}
+
+/// `gazette serve`: the web pages alone.
+pub async fn serve(engine: &Engine) -> Result<()> {
+    engine.renderer.check_web()?;
+    let listener = bind(engine).await?;
+    crate::web::serve(engine.clone(), listener, shutdown_signal()).await
+}
+
+async fn bind(engine: &Engine) -> Result<tokio::net::TcpListener> {
+    let addr = engine.settings.web.bind;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (web.bind)"))
+}
+
 /// A watch that turns true on SIGINT or SIGTERM.
 pub fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
@@ -292,8 +321,10 @@ pub async fn preview(
             to_email: &email,
             to_name: name.as_deref(),
             message_id: mail::message_id(from, digest.name.as_str(), run, id),
-            list_id: mail::list_id(from, digest.name.as_str(), &digest.title),
-            unsubscribe_url: engine.renderer.unsubscribe_url(&token),
+            list: Some(mail::ListHeaders {
+                list_id: mail::list_id(from, digest.name.as_str(), &digest.title),
+                unsubscribe_url: engine.renderer.unsubscribe_url(&token),
+            }),
             date: now,
         },
         &rendered,
@@ -433,8 +464,10 @@ async fn dry_run_send(engine: &Engine, digest: &Digest, slot: DateTime<Utc>) -> 
                 to_email: &s.email,
                 to_name: s.name.as_deref(),
                 message_id: mail::message_id(from, digest.name.as_str(), None, s.id),
-                list_id: mail::list_id(from, digest.name.as_str(), &digest.title),
-                unsubscribe_url: engine.renderer.unsubscribe_url(&s.unsubscribe_token),
+                list: Some(mail::ListHeaders {
+                    list_id: mail::list_id(from, digest.name.as_str(), &digest.title),
+                    unsubscribe_url: engine.renderer.unsubscribe_url(&s.unsubscribe_token),
+                }),
                 date: slot,
             },
             &rendered,
@@ -557,6 +590,7 @@ pub async fn check(settings: Settings) -> Result<()> {
     let sources = settings.sources.join(", ");
     println!("configuration: ok ({sources})");
     let renderer = Renderer::new(&settings)?;
+    renderer.check_web()?;
     drop(renderer);
     println!(
         "templates: ok ({} digests, {})",

@@ -146,12 +146,18 @@ impl fmt::Debug for RawSmtp {
 #[serde(deny_unknown_fields, default)]
 struct RawWeb {
     base_url: String,
+    bind: String,
+    confirm_ttl: String,
+    subscribe_per_hour: u32,
 }
 
 impl Default for RawWeb {
     fn default() -> Self {
         Self {
             base_url: "http://127.0.0.1:8080".into(),
+            bind: "127.0.0.1:8080".into(),
+            confirm_ttl: "48h".into(),
+            subscribe_per_hour: 20,
         }
     }
 }
@@ -241,6 +247,8 @@ struct RawDigest {
     skip_if_empty: bool,
     #[serde(default = "default_catch_up")]
     catch_up: String,
+    #[serde(default)]
+    public: bool,
 }
 
 // ---------------------------------------------------------------------------
@@ -307,6 +315,11 @@ pub struct SmtpSettings {
 pub struct WebSettings {
     /// Without a trailing slash.
     pub base_url: String,
+    pub bind: std::net::SocketAddr,
+    /// How long a confirmation link works.
+    pub confirm_ttl: Duration,
+    /// Subscribe requests accepted per client address per hour.
+    pub subscribe_per_hour: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -367,6 +380,8 @@ pub struct Digest {
     pub skip_if_empty: bool,
     /// A slot missed by at most this much (downtime) is still sent.
     pub catch_up: Duration,
+    /// Listed in the web archive (`/archive`).
+    pub public: bool,
 }
 
 impl Settings {
@@ -561,6 +576,22 @@ fn validate(raw: RawSettings, src: &Sources, shown: Vec<String>) -> Result<Setti
         );
     }
 
+    let bind = raw
+        .web
+        .bind
+        .trim()
+        .parse::<std::net::SocketAddr>()
+        .map_err(|_| {
+            bad(
+                "web.bind",
+                format!(
+                    "`{}` is not an address and port such as 127.0.0.1:8080",
+                    raw.web.bind
+                ),
+            )
+        });
+    let confirm_ttl = parse_duration(&raw.web.confirm_ttl).map_err(|e| bad("web.confirm_ttl", e));
+
     let d = &raw.delivery;
     if d.batch_size == 0 {
         bad("delivery.batch_size", "must be at least 1".into());
@@ -652,6 +683,7 @@ fn validate(raw: RawSettings, src: &Sources, shown: Vec<String>) -> Result<Setti
                 tags: rd.tags.clone(),
                 skip_if_empty: rd.skip_if_empty,
                 catch_up,
+                public: rd.public,
             });
         }
     }
@@ -677,7 +709,12 @@ fn validate(raw: RawSettings, src: &Sources, shown: Vec<String>) -> Result<Setti
             timeout: Duration::from_secs(raw.smtp.timeout_secs),
             hello_name: non_empty(raw.smtp.hello_name.trim()),
         },
-        web: WebSettings { base_url },
+        web: WebSettings {
+            base_url,
+            bind: bind.expect("validated above"),
+            confirm_ttl: confirm_ttl.expect("validated above"),
+            subscribe_per_hour: raw.web.subscribe_per_hour,
+        },
         templates_dir: raw.templates.dir,
         delivery: DeliverySettings {
             concurrency: if d.concurrency == 0 {

@@ -214,7 +214,9 @@ impl Workers {
             threshold: (size as u32).max(3),
         });
         let (jobs, job_rx) = mpsc::channel::<Job>(size * 2);
-        let (outcome_tx, outcomes) = mpsc::channel::<Outcome>(size * 2);
+        // At most `size` outcomes wait unrecorded: this bounds the duplicates
+        // after a crash (see `run_batch`).
+        let (outcome_tx, outcomes) = mpsc::channel::<Outcome>(size);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let handles = (0..size)
             .map(|_| {
@@ -282,8 +284,10 @@ async fn deliver_one(engine: &Engine, sender: &mut Sender, job: &Job) -> Outcome
             to_email: &c.email,
             to_name: c.name.as_deref(),
             message_id: mail::message_id(from, &job.run.digest, Some(c.run_id), c.subscriber_id),
-            list_id: mail::list_id(from, &job.run.digest, &job.run.title),
-            unsubscribe_url: engine.renderer.unsubscribe_url(&c.unsubscribe_token),
+            list: Some(mail::ListHeaders {
+                list_id: mail::list_id(from, &job.run.digest, &job.run.title),
+                unsubscribe_url: engine.renderer.unsubscribe_url(&c.unsubscribe_token),
+            }),
             date: Utc::now(),
         };
         mail::build_message(&meta, &rendered)
@@ -452,9 +456,10 @@ where
     }
 }
 
-/// Hands a claimed batch to the workers and records outcomes as they come
-/// (in small batches: after a crash, at most the unrecorded ones are sent
-/// again). On shutdown the rows not yet handed out are released, and the
+/// Hands a claimed batch to the workers and records outcomes as they come,
+/// every `concurrency` outcomes or 100 ms. After a crash the messages sent
+/// but not yet recorded are sent again: at most one being written, one
+/// waiting in the channel and one just sent per worker, so 3 × concurrency. On shutdown the rows not yet handed out are released, and the
 /// ones in flight are waited for.
 async fn run_batch(
     engine: &Engine,

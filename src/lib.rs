@@ -22,3 +22,4 @@ pub mod mail;
 pub mod render;
 pub mod scheduler;
 pub mod store;
+pub mod web;

@@ -24,9 +24,16 @@ pub struct MessageMeta<'a> {
     pub to_email: &'a str,
     pub to_name: Option<&'a str>,
     pub message_id: String,
+    /// List-Id and List-Unsubscribe: digests have them, a confirmation
+    /// email does not.
+    pub list: Option<ListHeaders>,
+    pub date: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListHeaders {
     pub list_id: String,
     pub unsubscribe_url: String,
-    pub date: DateTime<Utc>,
 }
 
 /// `<digest.run.subscriber@domain>`: the same for every attempt of a
@@ -52,21 +59,25 @@ pub fn build_message(env: &MessageMeta<'_>, body: &Rendered) -> Result<lettre::M
         .parse()
         .with_context(|| format!("invalid recipient address `{}`", env.to_email))?;
     let to = Mailbox::new(env.to_name.map(one_line).filter(|n| !n.is_empty()), address);
-    let message = lettre::Message::builder()
+    let mut builder = lettre::Message::builder()
         .from(env.from.clone())
         .to(to)
         .subject(one_line(&body.subject))
         .date(env.date.into())
-        .message_id(Some(env.message_id.clone()))
-        .raw_header(raw_header("List-Id", env.list_id.clone()))
-        .raw_header(raw_header(
-            "List-Unsubscribe",
-            format!("<{}>", env.unsubscribe_url),
-        ))
-        .raw_header(raw_header(
-            "List-Unsubscribe-Post",
-            "List-Unsubscribe=One-Click".into(),
-        ))
+        .message_id(Some(env.message_id.clone()));
+    if let Some(list) = &env.list {
+        builder = builder
+            .raw_header(raw_header("List-Id", list.list_id.clone()))
+            .raw_header(raw_header(
+                "List-Unsubscribe",
+                format!("<{}>", list.unsubscribe_url),
+            ))
+            .raw_header(raw_header(
+                "List-Unsubscribe-Post",
+                "List-Unsubscribe=One-Click".into(),
+            ));
+    }
+    let message = builder
         .multipart(MultiPart::alternative_plain_html(
             body.text.clone(),
             body.html.clone(),

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use gazette::{app, config, scheduler};
+use gazette::{app, config};
 
 /// Gazette: a newsletter digest mailer.
 ///
@@ -29,8 +29,11 @@ struct Cli {
 enum Command {
     /// Load sample articles and subscribers and send a digest into the outbox.
     Demo,
-    /// Run the daemon: send each digest on its schedule until SIGINT/SIGTERM.
+    /// Run the daemon: send each digest on its schedule and serve the web
+    /// pages (subscribe, confirm, unsubscribe) until SIGINT/SIGTERM.
     Run,
+    /// Serve only the web pages (subscribe, confirm, unsubscribe, preferences).
+    Serve,
     /// Plan one run of a digest now and deliver it to every confirmed subscriber.
     Send {
         /// The digest's name, as in the configuration.
@@ -186,7 +189,8 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
         Command::Status { run: None, limit } => app::status(&engine, limit).await,
         Command::Status { run: Some(run), .. } => app::run_status(&engine, run).await,
         Command::Retry { run } => app::retry(&engine, run).await,
-        Command::Run => scheduler::run(&engine, app::shutdown_signal()).await,
+        Command::Run => app::run(&engine).await,
+        Command::Serve => app::serve(&engine).await,
         Command::Send {
             digest,
             dry_run,

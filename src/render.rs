@@ -178,8 +178,53 @@ impl Renderer {
         Ok(())
     }
 
+    /// The templates of the web pages and the confirmation email, checked
+    /// before `run` or `serve` starts (and by `gazette check`).
+    pub const WEB_TEMPLATES: [&'static str; 7] = [
+        "web/subscribe.html.j2",
+        "web/message.html.j2",
+        "web/unsubscribe.html.j2",
+        "web/preferences.html.j2",
+        "web/archive.html.j2",
+        "confirm.html.j2",
+        "confirm.txt.j2",
+    ];
+
+    pub fn check_web(&self) -> Result<()> {
+        for name in Self::WEB_TEMPLATES {
+            self.env
+                .get_template(name)
+                .map_err(|e| anyhow::anyhow!("{name}: {}", describe(&e)))?;
+        }
+        Ok(())
+    }
+
     pub fn unsubscribe_url(&self, token: &str) -> String {
         format!("{}/unsubscribe/{token}", self.base_url)
+    }
+
+    pub fn preferences_url(&self, token: &str) -> String {
+        format!("{}/preferences/{token}", self.base_url)
+    }
+
+    pub fn web_view_url(&self, run: i64, token: &str) -> String {
+        format!("{}/digests/{run}/{token}", self.base_url)
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Renders any template under the templates directory (web pages,
+    /// the confirmation email) with `ctx`.
+    pub fn render_template(&self, name: &str, ctx: &Value) -> Result<String> {
+        let template = self
+            .env
+            .get_template(name)
+            .map_err(|e| anyhow::anyhow!("{name}: {}", describe(&e)))?;
+        template
+            .render(ctx)
+            .map_err(|e| anyhow::anyhow!("{name}: {}", describe(&e)))
     }
 
     /// Renders one subscriber's email of a run.
@@ -190,7 +235,11 @@ impl Renderer {
             articles => run.articles.clone(),
             run => context! { id => run.run_id },
             subscriber => context! { name => to.name, email => to.email },
-            links => context! { unsubscribe => self.unsubscribe_url(to.unsubscribe_token) },
+            links => context! {
+                unsubscribe => self.unsubscribe_url(to.unsubscribe_token),
+                preferences => self.preferences_url(to.unsubscribe_token),
+                web_view => run.run_id.map(|r| self.web_view_url(r, to.unsubscribe_token)),
+            },
         };
         let render = |name: &str| -> Result<String> {
             let template = self

@@ -87,7 +87,12 @@ fn a_missing_template_is_named() {
 /// A templates directory with one broken template.
 fn broken_templates(html: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for f in ["layout.html.j2", "digest.txt.j2"] {
+    std::fs::create_dir(dir.path().join("web")).unwrap();
+    for f in gazette::render::Renderer::WEB_TEMPLATES.iter().chain(&[
+        "layout.html.j2",
+        "digest.txt.j2",
+        "web/layout.html.j2",
+    ]) {
         std::fs::copy(templates_dir().join(f), dir.path().join(f)).unwrap();
     }
     std::fs::write(dir.path().join("digest.html.j2"), html).unwrap();

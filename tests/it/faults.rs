@@ -186,9 +186,9 @@ async fn crash_at(point: usize) {
         stdout(&out)
     );
     let extra = duplicates(&smtp, readers);
-    // In flight at the crash: one message per connection (pool_size = 3)
-    // plus the outcomes not yet written (flushed every 3).
-    assert!(extra <= 6, "{extra} duplicates after a crash");
+    // Sent but not yet recorded at the crash: per worker (3 of them), one
+    // outcome being written, one waiting to be, one just sent.
+    assert!(extra <= 9, "{extra} duplicates after a crash");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,5 +271,5 @@ async fn a_run_survives_its_database_connections_being_killed() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("run 1: 300 sent"), "{}", stdout(&out));
-    assert!(duplicates(&smtp, readers) <= 6);
+    assert!(duplicates(&smtp, readers) <= 9);
 }

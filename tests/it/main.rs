@@ -10,3 +10,4 @@ mod faults;
 mod pipeline;
 mod scheduling;
 mod store;
+mod web;

@@ -23,6 +23,7 @@ fn digest(schedule: &str, tz: &str) -> Digest {
         tags: vec![],
         skip_if_empty: false,
         catch_up: std::time::Duration::from_secs(7_200),
+        public: false,
     }
 }
 

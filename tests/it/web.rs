@@ -1,0 +1,561 @@
+//! The readers' web pages, over real HTTP on a loopback port, with a real
+//! database and the recording SMTP server: double opt-in, one-click
+//! unsubscribe, preferences, the web view, and bad input.
+
+use chrono::Utc;
+use gazette::domain::EmailAddress;
+use gazette::store::Store;
+use reqwest::StatusCode;
+
+use crate::helpers::{Backend, SmtpServer, TestDb, Workspace, digest_section};
+use crate::on_both_backends;
+
+pub struct WebApp {
+    pub base: String,
+    pub smtp: SmtpServer,
+    pub ws: Workspace,
+    pub engine: gazette::delivery::Engine,
+    pub http: reqwest::Client,
+    _stop: tokio::sync::watch::Sender<bool>,
+    _db: TestDb,
+}
+
+impl WebApp {
+    pub async fn start(backend: Backend, web: &str) -> Self {
+        let db = TestDb::new(backend).await;
+        let smtp = SmtpServer::start();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let sections = format!(
+            "{}{}",
+            digest_section("daily", ""),
+            digest_section("weekly", "").replace("The weekly Digest", "The Weekly Roundup")
+        );
+        let ws = Workspace::new(&db.url, Some(smtp.port), &sections);
+        let config = std::fs::read_to_string(&ws.config).unwrap().replace(
+            "base_url = \"https://news.example.org/\"",
+            &format!("base_url = \"{base}\"\n{web}"),
+        );
+        std::fs::write(&ws.config, config).unwrap();
+        let engine = ws.engine().await;
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(gazette::web::serve(engine.clone(), listener, shutdown));
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self {
+            base,
+            smtp,
+            ws,
+            engine,
+            http,
+            _stop: stop,
+            _db: db,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+
+    pub async fn post_form(&self, path: &str, body: &str) -> (StatusCode, String) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+
+    pub async fn status_of(&self, email: &str) -> Option<String> {
+        self.engine
+            .store
+            .find_subscriber(&EmailAddress::parse(email).unwrap())
+            .await
+            .unwrap()
+            .map(|s| s.status)
+    }
+
+    /// The link in the latest confirmation email to `email`.
+    pub fn confirmation_link(&self, email: &str) -> String {
+        let mails = self.smtp.received_by(email);
+        let mail = mails.last().expect("no confirmation email");
+        let m = mail.parsed();
+        assert!(
+            m.subject()
+                .unwrap()
+                .starts_with("Confirm your subscription")
+        );
+        assert!(m.header("List-Unsubscribe").is_none());
+        let text = m.body_text(0).unwrap().into_owned();
+        let start = text
+            .find(&format!("{}/confirm/", self.base))
+            .expect("no link in the email");
+        text[start..].split_whitespace().next().unwrap().to_string()
+    }
+
+    pub async fn add_article(&self, title: &str) {
+        gazette::app::articles_add(
+            &self.engine,
+            gazette::import::ArticleInput {
+                url: format!("https://example.org/{}", title.replace(' ', "-")),
+                title: title.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+fn path_of(url: &str) -> &str {
+    let after = url.find("://").map_or(0, |i| i + 3);
+    &url[after + url[after..].find('/').unwrap()..]
+}
+
+on_both_backends!(
+    a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click,
+    preferences_change_digests_and_name,
+    the_web_view_shows_the_digest_to_its_reader_only,
+);
+
+async fn a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click(backend: Backend) {
+    let app = WebApp::start(backend, "").await;
+    let (status, page) = app.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("name=\"digest\" value=\"daily\" checked"),
+        "{page}"
+    );
+    assert!(page.contains("The Weekly Roundup"));
+
+    let (status, page) = app
+        .post_form(
+            "/subscribe",
+            "email=ada%40example.org&name=Ada&digest=daily",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Check your inbox"), "{page}");
+    assert_eq!(
+        app.status_of("ada@example.org").await.as_deref(),
+        Some("pending")
+    );
+
+    // No digest before confirming.
+    app.add_article("Before confirming").await;
+    gazette::app::send(&app.engine, "daily", None, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        app.smtp.received_by("ada@example.org").len(),
+        1,
+        "only the confirmation"
+    );
+
+    let link = app.confirmation_link("ada@example.org");
+    let (status, page) = app.get(path_of(&link)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("You are subscribed"), "{page}");
+    assert_eq!(
+        app.status_of("ada@example.org").await.as_deref(),
+        Some("confirmed")
+    );
+
+    app.add_article("After confirming").await;
+    gazette::app::send(&app.engine, "daily", None, false)
+        .await
+        .unwrap();
+    gazette::app::send(&app.engine, "weekly", None, false)
+        .await
+        .unwrap();
+    let mails = app.smtp.received_by("ada@example.org");
+    assert_eq!(
+        mails.len(),
+        2,
+        "the confirmation and one daily digest, no weekly"
+    );
+    let digest = mails[1].parsed();
+    assert!(digest.body_text(0).unwrap().contains("After confirming"));
+    let unsubscribe = digest
+        .header_raw("List-Unsubscribe")
+        .unwrap()
+        .trim()
+        .trim_matches(['<', '>'])
+        .to_string();
+    assert!(unsubscribe.starts_with(&format!("{}/unsubscribe/", app.base)));
+
+    // What Gmail's button does (RFC 8058).
+    let r = app
+        .http
+        .post(&unsubscribe)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        app.status_of("ada@example.org").await.as_deref(),
+        Some("unsubscribed")
+    );
+
+    app.add_article("After leaving").await;
+    gazette::app::send(&app.engine, "daily", None, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        app.smtp.received_by("ada@example.org").len(),
+        2,
+        "no mail after leaving"
+    );
+
+    // Subscribing again and confirming resumes the digests.
+    let (status, _) = app
+        .post_form("/subscribe", "email=ada%40example.org&digest=daily")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        app.status_of("ada@example.org").await.as_deref(),
+        Some("unsubscribed"),
+        "not before confirming"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+}
+
+async fn preferences_change_digests_and_name(backend: Backend) {
+    let app = WebApp::start(backend, "").await;
+    gazette::app::subscribers_add(
+        &app.engine,
+        "grace@example.org",
+        Some("Grace".into()),
+        &["daily".into()],
+    )
+    .await
+    .unwrap();
+    let sub = app
+        .engine
+        .store
+        .find_subscriber(&EmailAddress::parse("grace@example.org").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let path = format!("/preferences/{}", sub.unsubscribe_token);
+    let (status, page) = app.get(&path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("value=\"daily\" checked"), "{page}");
+    assert!(page.contains("value=\"weekly\">"), "{page}");
+
+    let (status, page) = app
+        .post_form(&path, "name=Grace+H.&digest=weekly&action=save")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Saved."), "{page}");
+    assert_eq!(
+        app.engine.store.subscriber_digests(sub.id).await.unwrap(),
+        vec!["weekly"]
+    );
+    let found = app
+        .engine
+        .store
+        .find_subscriber(&EmailAddress::parse("grace@example.org").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.name.as_deref(), Some("Grace H."));
+
+    let (status, page) = app
+        .post_form(&path, "name=Grace&digest=weekly&action=unsubscribe")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("You will receive no digests"), "{page}");
+    assert_eq!(
+        app.status_of("grace@example.org").await.as_deref(),
+        Some("unsubscribed")
+    );
+}
+
+async fn the_web_view_shows_the_digest_to_its_reader_only(backend: Backend) {
+    let app = WebApp::start(backend, "").await;
+    gazette::app::subscribers_add(&app.engine, "ada@example.org", None, &[])
+        .await
+        .unwrap();
+    gazette::app::subscribers_add(&app.engine, "bob@example.org", None, &["weekly".into()])
+        .await
+        .unwrap();
+    app.add_article("Web view <news>").await;
+    let run = gazette::app::send(&app.engine, "daily", None, false)
+        .await
+        .unwrap()
+        .unwrap();
+    let received = app.smtp.received_by("ada@example.org");
+    let text = received[0].parsed().body_text(0).unwrap().into_owned();
+    let start = text.find("View in your browser: ").unwrap() + "View in your browser: ".len();
+    let link = text[start..].split_whitespace().next().unwrap().to_string();
+    assert!(link.contains(&format!("/digests/{run}/")), "{link}");
+
+    let (status, page) = app.get(path_of(&link)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Web view &lt;news&gt;"), "{page}");
+
+    // Bob was not sent this run: his token does not open it.
+    let bob = app
+        .engine
+        .store
+        .find_subscriber(&EmailAddress::parse("bob@example.org").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, _) = app
+        .get(&format!("/digests/{run}/{}", bob.unsubscribe_token))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, page) = app.get("/archive").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !page.contains("Web view &lt;news&gt;"),
+        "daily is not public in this configuration"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_address_gets_a_readable_422_that_keeps_what_was_typed() {
+    let app = WebApp::start(Backend::Sqlite, "").await;
+    let (status, page) = app
+        .post_form(
+            "/subscribe",
+            "email=not-an-address&name=%3Cb%3EBold%3C%2Fb%3E&digest=weekly",
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("Please enter a valid email address"),
+        "{page}"
+    );
+    assert!(page.contains("value=\"not-an-address\""), "{page}");
+    assert!(page.contains("&lt;b&gt;Bold&lt;&#x2f;b&gt;"), "{page}");
+    assert!(!page.contains("<b>Bold"));
+    assert!(
+        page.contains("value=\"weekly\" checked") && page.contains("value=\"daily\">"),
+        "{page}"
+    );
+
+    let (status, page) = app.post_form("/subscribe", "email=ada%40example.org").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("choose at least one"), "{page}");
+    assert!(app.smtp.received().is_empty());
+    assert_eq!(app.status_of("ada@example.org").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_is_the_same_whatever_the_address_state() {
+    let app = WebApp::start(Backend::Postgres, "").await;
+    gazette::app::subscribers_add(&app.engine, "confirmed@example.org", None, &[])
+        .await
+        .unwrap();
+    gazette::app::subscribers_add(&app.engine, "left@example.org", None, &[])
+        .await
+        .unwrap();
+    app.engine
+        .store
+        .set_subscriber_status(
+            &EmailAddress::parse("left@example.org").unwrap(),
+            gazette::domain::SubscriberStatus::Unsubscribed,
+            gazette::store::Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    app.post_form("/subscribe", "email=pending%40example.org&digest=daily")
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+
+    let mut answers = Vec::new();
+    for email in [
+        "new@example.org",
+        "pending@example.org",
+        "confirmed@example.org",
+        "left@example.org",
+    ] {
+        answers.push(
+            app.post_form(
+                "/subscribe",
+                &format!("email={}&digest=daily", email.replace('@', "%40")),
+            )
+            .await,
+        );
+    }
+    for a in &answers[1..] {
+        assert_eq!(a, &answers[0]);
+    }
+    assert_eq!(answers[0].0, StatusCode::OK);
+    // The pending address asked twice within minutes: one email only.
+    assert_eq!(app.smtp.received_by("pending@example.org").len(), 1);
+    assert_eq!(app.smtp.received_by("confirmed@example.org").len(), 1);
+    assert_eq!(
+        app.status_of("confirmed@example.org").await.as_deref(),
+        Some("confirmed")
+    );
+
+    // JSON works too, with the same answer for every state.
+    let r = app
+        .http
+        .post(format!("{}/subscribe", app.base))
+        .header("content-type", "application/json")
+        .body(r#"{"email": "json@example.org", "digests": ["weekly"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("confirmation link")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_reused_and_unknown_tokens_get_a_friendly_404() {
+    let app = WebApp::start(Backend::Postgres, "").await;
+    app.post_form("/subscribe", "email=ada%40example.org&digest=daily")
+        .await;
+    let link = app.confirmation_link("ada@example.org");
+    let (status, _) = app.get(path_of(&link)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, page) = app.get(path_of(&link)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a token works once");
+    assert!(page.contains("Subscribe again"), "{page}");
+
+    app.post_form("/subscribe", "email=late%40example.org&digest=daily")
+        .await;
+    let link = app.confirmation_link("late@example.org");
+    let Store::Postgres(pool) = &app.engine.store else {
+        unreachable!()
+    };
+    sqlx::query("update confirmations set expires_at = $1")
+        .bind(Utc::now() - chrono::Duration::minutes(1))
+        .execute(pool)
+        .await
+        .unwrap();
+    let (status, page) = app.get(path_of(&link)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("expired"), "{page}");
+    assert_eq!(
+        app.status_of("late@example.org").await.as_deref(),
+        Some("pending")
+    );
+
+    for path in [
+        "/confirm/nope".to_string(),
+        format!("/unsubscribe/{}", "ab".repeat(32)),
+        format!("/preferences/{}", "0".repeat(64)),
+        "/no/such/page".to_string(),
+    ] {
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(!page.contains("example.org"), "{page}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_an_unsubscribe_link_changes_nothing_until_the_button_is_pressed() {
+    let app = WebApp::start(Backend::Sqlite, "").await;
+    gazette::app::subscribers_add(&app.engine, "ada@example.org", None, &[])
+        .await
+        .unwrap();
+    let sub = app
+        .engine
+        .store
+        .find_subscriber(&EmailAddress::parse("ada@example.org").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let path = format!("/unsubscribe/{}", sub.unsubscribe_token);
+    let (status, page) = app.get(&path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<form method=\"post\""), "{page}");
+    assert_eq!(
+        app.status_of("ada@example.org").await.as_deref(),
+        Some("confirmed")
+    );
+
+    let (status, page) = app.post_form(&path, "List-Unsubscribe=One-Click").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("You are unsubscribed"), "{page}");
+    assert_eq!(
+        app.status_of("ada@example.org").await.as_deref(),
+        Some("unsubscribed")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_posts_oversized_bodies_and_floods_are_refused() {
+    let app = WebApp::start(Backend::Sqlite, "subscribe_per_hour = 3").await;
+    let r = app
+        .http
+        .post(format!("{}/subscribe", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", "https://evil.example")
+        .body("email=victim%40example.org&digest=daily")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(app.status_of("victim@example.org").await, None);
+
+    let r = app
+        .http
+        .post(format!("{}/subscribe", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", app.base.clone())
+        .body(format!(
+            "email=a%40example.org&digest=daily&name={}",
+            "x".repeat(64 * 1024)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    for i in 0..3 {
+        let (status, _) = app
+            .post_form(
+                "/subscribe",
+                &format!("email=r{i}%40example.org&digest=daily"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _) = app
+        .post_form("/subscribe", "email=r9%40example.org&digest=daily")
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(app.status_of("r9@example.org").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_answer() {
+    let app = WebApp::start(Backend::Postgres, "").await;
+    assert_eq!(
+        app.get("/healthz").await,
+        (StatusCode::OK, "ok".to_string())
+    );
+    assert_eq!(
+        app.get("/readyz").await,
+        (StatusCode::OK, "ready".to_string())
+    );
+    let _ = &app.ws;
+}
