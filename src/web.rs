@@ -158,6 +158,15 @@ fn link_not_found(state: &WebState) -> Response {
     )
 }
 
+/// The reader a link's token belongs to, or the page to answer instead.
+async fn reader_or_404(state: &WebState, token: &str) -> Result<crate::store::Reader, Response> {
+    match state.engine.store.reader_by_token(token).await {
+        Ok(Some(reader)) => Ok(reader),
+        Ok(None) => Err(link_not_found(state)),
+        Err(e) => Err(server_error(state, e)),
+    }
+}
+
 fn server_error(state: &WebState, e: anyhow::Error) -> Response {
     error!("request failed: {e:#}");
     message(
@@ -516,61 +525,58 @@ async fn unsubscribe_page(
     Path(token): Path<String>,
 ) -> Response {
     // A GET never changes anything: link scanners follow links.
-    match state.engine.store.reader_by_token(&token).await {
-        Ok(Some(reader)) => page(
-            &state,
-            StatusCode::OK,
-            "web/unsubscribe.html.j2",
-            context! {
-                email => reader.email,
-                status => reader.status,
-                action => format!("/unsubscribe/{token}"),
-                preferences => format!("/preferences/{token}"),
-            },
-        ),
-        Ok(None) => link_not_found(&state),
-        Err(e) => server_error(&state, e),
-    }
+    let reader = match reader_or_404(&state, &token).await {
+        Ok(r) => r,
+        Err(answer) => return answer,
+    };
+    page(
+        &state,
+        StatusCode::OK,
+        "web/unsubscribe.html.j2",
+        context! {
+            email => reader.email,
+            status => reader.status,
+            action => format!("/unsubscribe/{token}"),
+            preferences => format!("/preferences/{token}"),
+        },
+    )
 }
 
 async fn unsubscribe(State(state): State<Arc<WebState>>, Path(token): Path<String>) -> Response {
     // RFC 8058: mail providers POST `List-Unsubscribe=One-Click` here; the
     // page's own button posts the same. The token is the credential.
-    match state.engine.store.reader_by_token(&token).await {
-        Ok(Some(reader)) => {
-            if let Err(e) = state
-                .engine
-                .store
-                .unsubscribe(reader.id, Timestamp::now())
-                .await
-            {
-                return server_error(&state, e);
-            }
-            info!(subscriber = reader.id, "unsubscribed");
-            message(
-                &state,
-                StatusCode::OK,
-                "You are unsubscribed",
-                &format!("{} will receive no more digests.", reader.email),
-                Some((
-                    &format!("/preferences/{token}"),
-                    "Changed your mind? Choose newsletters again",
-                )),
-            )
-        }
-        Ok(None) => link_not_found(&state),
-        Err(e) => server_error(&state, e),
+    let reader = match reader_or_404(&state, &token).await {
+        Ok(r) => r,
+        Err(answer) => return answer,
+    };
+    if let Err(e) = state
+        .engine
+        .store
+        .unsubscribe(reader.id, Timestamp::now())
+        .await
+    {
+        return server_error(&state, e);
     }
+    info!(subscriber = reader.id, "unsubscribed");
+    message(
+        &state,
+        StatusCode::OK,
+        "You are unsubscribed",
+        &format!("{} will receive no more digests.", reader.email),
+        Some((
+            &format!("/preferences/{token}"),
+            "Changed your mind? Choose newsletters again",
+        )),
+    )
 }
 
 async fn preferences_page(
     State(state): State<Arc<WebState>>,
     Path(token): Path<String>,
 ) -> Response {
-    let reader = match state.engine.store.reader_by_token(&token).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return link_not_found(&state),
-        Err(e) => return server_error(&state, e),
+    let reader = match reader_or_404(&state, &token).await {
+        Ok(r) => r,
+        Err(answer) => return answer,
     };
     let chosen = if reader.status == "confirmed" {
         match state.engine.store.subscriber_digests(reader.id).await {
@@ -603,10 +609,9 @@ async fn save_preferences(
     if cross_site(&state, &headers) {
         return forbidden(&state);
     }
-    let reader = match state.engine.store.reader_by_token(&token).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return link_not_found(&state),
-        Err(e) => return server_error(&state, e),
+    let reader = match reader_or_404(&state, &token).await {
+        Ok(r) => r,
+        Err(answer) => return answer,
     };
     let fields = form_fields(&body);
     let unsubscribe_all = field(&fields, "action") == Some("unsubscribe");

@@ -722,21 +722,7 @@ impl Store {
 
     /// Returns claimed rows to pending without counting an attempt.
     pub async fn release(&self, ids: &[i64]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        on_pool!(self, pool => {
-            let mut q = QueryBuilder::new(
-                "update deliveries set status = 'pending', lease_until = null where status = 'sending' and id in (",
-            );
-            let mut list = q.separated(", ");
-            for id in ids {
-                list.push_bind(*id);
-            }
-            q.push(")");
-            q.build().execute(pool).await?;
-            Ok(())
-        })
+        self.finish_deliveries(ids, "pending", None).await
     }
 
     /// Re-queues the failed deliveries of a run (`gazette retry`) with fresh

@@ -273,3 +273,59 @@ async fn a_run_survives_its_database_connections_being_killed() {
     assert!(stdout(&out).contains("run 1: 300 sent"), "{}", stdout(&out));
     assert!(duplicates(&smtp, readers) <= 9);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_re_sends_only_the_failed_deliveries_of_a_run() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let first = SmtpServer::start_rejecting(&["reader3@example.org", "reader5@example.org"]);
+    let ws = Workspace::with_delivery(
+        &db.url,
+        Some(first.port),
+        FAST_RETRIES,
+        &digest_section("daily", ""),
+    );
+    ws.import_readers(8);
+    ws.add_article("Retry news");
+    let out = ws.run(&["send", "daily"]);
+    assert!(
+        stdout(&out).contains("run 1: 6 sent, 2 failed"),
+        "{}",
+        stdout(&out)
+    );
+
+    // The mailboxes exist now, on a relay that accepts them.
+    let second = SmtpServer::start();
+    let config = std::fs::read_to_string(&ws.config).unwrap().replace(
+        &format!("port = {}", first.port),
+        &format!("port = {}", second.port),
+    );
+    std::fs::write(&ws.config, config).unwrap();
+
+    let out = ws.run(&["retry", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("2 failed deliveries re-queued"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("run 1: 8 sent, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+    let to: Vec<String> = second
+        .received()
+        .iter()
+        .flat_map(|m| m.to.clone())
+        .collect();
+    assert_eq!(to, ["reader3@example.org", "reader5@example.org"]);
+    assert_eq!(first.received().len(), 6);
+
+    let out = ws.run(&["status"]);
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("finished"), "{line}");
+}

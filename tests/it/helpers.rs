@@ -161,6 +161,7 @@ pool_size = 3
 timeout_secs = 10
 [web]
 base_url = "https://news.example.org/"
+bind = "127.0.0.1:0"
 [templates]
 dir = "{templates}"
 [delivery]
