@@ -4,6 +4,7 @@
 mod helpers;
 mod smtp;
 
+mod browser;
 mod cli;
 mod config_errors;
 mod faults;
