@@ -839,7 +839,7 @@ pub struct SubscriptionRequest<'a> {
     pub token_hash: &'a str,
     pub now: Timestamp,
     pub expires: Timestamp,
-    /// A confirmation created after this stops a new one being sent.
+    /// An unused confirmation created after this stops a new one being sent.
     pub recent: Timestamp,
 }
 
@@ -898,7 +898,7 @@ impl Store {
                     .fetch_one(&mut *tx)
                     .await?;
             let (recent_count,): (i64,) = sqlx::query_as(
-                "select count(*) from confirmations where subscriber_id = $1 and created_at > $2",
+                "select count(*) from confirmations where subscriber_id = $1 and created_at > $2 and used_at is null",
             )
             .bind(subscriber_id).bind(recent)
             .fetch_one(&mut *tx)

@@ -232,6 +232,26 @@ async fn a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click(b
         "not before confirming"
     );
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let link = app.confirmation_link("ada@example.org");
+    let (status, _) = app.get(path_of(&link)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        app.status_of("ada@example.org").await.as_deref(),
+        Some("confirmed")
+    );
+    app.add_article("Welcome back").await;
+    gazette::app::send(&app.engine, "daily", None, false)
+        .await
+        .unwrap();
+    let mails = app.smtp.received_by("ada@example.org");
+    assert_eq!(mails.len(), 4, "two confirmations and two digests");
+    assert!(
+        mails[3]
+            .parsed()
+            .body_text(0)
+            .unwrap()
+            .contains("Welcome back")
+    );
 }
 
 async fn preferences_change_digests_and_name(backend: Backend) {
