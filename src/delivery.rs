@@ -215,7 +215,7 @@ impl Workers {
         });
         let (jobs, job_rx) = mpsc::channel::<Job>(size * 2);
         // At most `size` outcomes wait unrecorded: this bounds the duplicates
-        // after a crash (see `run_batch`).
+        // after a crash (see `Writer`).
         let (outcome_tx, outcomes) = mpsc::channel::<Outcome>(size);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let handles = (0..size)
@@ -352,24 +352,62 @@ pub async fn deliver_run(
     });
     let lease =
         chrono::Duration::from_std(settings.delivery.lease).unwrap_or(chrono::Duration::minutes(5));
+    let flush_at = settings.delivery.concurrency.max(1);
+    // Claim again before the workers run dry, so batches follow each other
+    // without a pause.
+    let refill_at = (settings.delivery.concurrency * 2).max(1);
+    let mut queue: std::collections::VecDeque<Claimed> = std::collections::VecDeque::new();
+    let mut in_flight = 0usize;
+    let mut writer = Writer::default();
+    // The last claim found nothing due: wait for the rows in hand first.
+    let mut dry = false;
+    let mut stop = shutdown.clone();
+    let mut watching = true;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
-        if *shutdown.borrow() {
-            break;
+        let stopping = *shutdown.borrow();
+        if stopping {
+            // Rows not yet handed to a worker go back to pending.
+            writer
+                .buffer
+                .extend(queue.drain(..).map(|c| Outcome::Deferred(c.id)));
+        } else if !dry && queue.len() < refill_at {
+            let now = Utc::now();
+            let claimed = retrying("claim deliveries", shutdown, || async {
+                store.release_expired_leases(Timestamp::from(now)).await?;
+                store
+                    .claim(
+                        Some(run.id),
+                        Timestamp::from(now),
+                        Timestamp::from(now + lease),
+                        settings.delivery.batch_size,
+                    )
+                    .await
+            })
+            .await?;
+            dry = claimed.is_empty();
+            queue.extend(claimed);
         }
-        let now = Utc::now();
-        let claimed = retrying("claim deliveries", shutdown, || async {
-            store.release_expired_leases(Timestamp::from(now)).await?;
-            store
-                .claim(
-                    Some(run.id),
-                    Timestamp::from(now),
-                    Timestamp::from(now + lease),
-                    settings.delivery.batch_size,
-                )
-                .await
-        })
-        .await?;
-        if claimed.is_empty() {
+        if queue.is_empty() && in_flight == 0 {
+            writer.finish(engine, shutdown).await?;
+            if stopping {
+                break;
+            }
+            if workers.breaker.is_open() {
+                warn!(
+                    pause_secs = workers.pause.as_secs(),
+                    "the SMTP relay keeps failing: pausing deliveries"
+                );
+                let mut shutdown = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(workers.pause) => {}
+                    _ = shutdown.changed() => {}
+                }
+                workers.pause = (workers.pause * 2).min(Duration::from_secs(60));
+                workers.breaker.reset();
+                dry = false;
+                continue;
+            }
             let (counts, next) = retrying("read the ledger", shutdown, || async {
                 Ok((
                     store.delivery_counts(run.id).await?,
@@ -391,24 +429,38 @@ pub async fn deliver_run(
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => {}
             }
+            dry = false;
             continue;
         }
-        run_batch(engine, workers, claimed, &job, shutdown).await?;
-        if workers.breaker.is_open() {
-            warn!(
-                pause_secs = workers.pause.as_secs(),
-                "the SMTP relay keeps failing: pausing deliveries"
-            );
-            let mut shutdown = shutdown.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(workers.pause) => {}
-                _ = shutdown.changed() => {}
+        let can_feed = !queue.is_empty() && !stopping;
+        tokio::select! {
+            permit = workers.jobs.reserve(), if can_feed => {
+                let Ok(permit) = permit else {
+                    anyhow::bail!("the delivery workers stopped");
+                };
+                let claimed = queue.pop_front().expect("queue is not empty");
+                permit.send(Job { claimed, run: job.clone() });
+                in_flight += 1;
             }
-            workers.pause = (workers.pause * 2).min(Duration::from_secs(60));
-            workers.breaker.reset();
-        } else if workers.pause > Duration::from_secs(1) {
-            info!("the SMTP relay accepts messages again: deliveries resumed");
-            workers.pause = Duration::from_secs(1);
+            outcome = workers.outcomes.recv(), if in_flight > 0 => {
+                in_flight -= 1;
+                if let Some(o) = outcome {
+                    if matches!(o, Outcome::Sent(_)) && workers.pause > Duration::from_secs(1) {
+                        info!("the SMTP relay accepts messages again: deliveries resumed");
+                        workers.pause = Duration::from_secs(1);
+                    }
+                    writer.buffer.push(o);
+                }
+                if writer.buffer.len() >= flush_at {
+                    writer.flush(engine, shutdown).await?;
+                }
+            }
+            _ = tick.tick() => {
+                if !writer.buffer.is_empty() {
+                    writer.flush(engine, shutdown).await?;
+                }
+            }
+            changed = stop.changed(), if can_feed && watching => watching = changed.is_ok(),
         }
     }
     retrying("finish the run", shutdown, || async {
@@ -456,63 +508,45 @@ where
     }
 }
 
-/// Hands a claimed batch to the workers and records outcomes as they come,
-/// every `concurrency` outcomes or 100 ms. After a crash the messages sent
-/// but not yet recorded are sent again: at most one being written, one
-/// waiting in the channel and one just sent per worker, so 3 × concurrency. On shutdown the rows not yet handed out are released, and the
-/// ones in flight are waited for.
-async fn run_batch(
-    engine: &Engine,
-    workers: &mut Workers,
-    claimed: Vec<Claimed>,
-    job: &Arc<RunJob>,
-    shutdown: &watch::Receiver<bool>,
-) -> Result<()> {
-    let flush_at = engine.settings.delivery.concurrency.max(1);
-    let mut queue: std::collections::VecDeque<Claimed> = claimed.into();
-    let mut buffer = Vec::with_capacity(flush_at);
-    let mut in_flight = 0usize;
-    let mut stop = shutdown.clone();
-    let mut watching = true;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        if *stop.borrow() {
-            buffer.extend(queue.drain(..).map(|c| Outcome::Deferred(c.id)));
+/// Writes outcomes to the ledger in the background, one write at a time,
+/// so the workers never wait for the database. Outcomes are written every
+/// `concurrency` messages or 100 ms. After a crash the messages sent but
+/// not yet recorded are sent again: per worker at most one being written,
+/// one buffered, one in the channel and one just sent, so 4 × concurrency.
+#[derive(Default)]
+struct Writer {
+    buffer: Vec<Outcome>,
+    pending: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl Writer {
+    /// Starts writing the buffer once the previous write is done.
+    async fn flush(&mut self, engine: &Engine, shutdown: &watch::Receiver<bool>) -> Result<()> {
+        self.wait().await?;
+        let outcomes = std::mem::take(&mut self.buffer);
+        if outcomes.is_empty() {
+            return Ok(());
         }
-        if queue.is_empty() && in_flight == 0 {
-            break;
-        }
-        let can_feed = !queue.is_empty();
-        tokio::select! {
-            permit = workers.jobs.reserve(), if can_feed => {
-                let Ok(permit) = permit else {
-                    buffer.extend(queue.drain(..).map(|c| Outcome::Deferred(c.id)));
-                    continue;
-                };
-                let claimed = queue.pop_front().expect("queue is not empty");
-                permit.send(Job { claimed, run: job.clone() });
-                in_flight += 1;
-            }
-            outcome = workers.outcomes.recv(), if in_flight > 0 => {
-                in_flight -= 1;
-                if let Some(o) = outcome {
-                    buffer.push(o);
-                }
-                if buffer.len() >= flush_at {
-                    let outcomes = std::mem::take(&mut buffer);
-                    record(engine, outcomes, shutdown).await?;
-                }
-            }
-            _ = tick.tick() => {
-                if !buffer.is_empty() {
-                    let outcomes = std::mem::take(&mut buffer);
-                    record(engine, outcomes, shutdown).await?;
-                }
-            }
-            changed = stop.changed(), if can_feed && watching => watching = changed.is_ok(),
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        self.pending = Some(tokio::spawn(async move {
+            record(&engine, outcomes, &shutdown).await
+        }));
+        Ok(())
+    }
+
+    async fn wait(&mut self) -> Result<()> {
+        match self.pending.take() {
+            Some(write) => write.await.context("the ledger writer stopped")?,
+            None => Ok(()),
         }
     }
-    record(engine, buffer, shutdown).await
+
+    /// Writes everything buffered and waits for it.
+    async fn finish(&mut self, engine: &Engine, shutdown: &watch::Receiver<bool>) -> Result<()> {
+        self.flush(engine, shutdown).await?;
+        self.wait().await
+    }
 }
 
 /// Writes a batch of outcomes to the ledger: one statement for all the

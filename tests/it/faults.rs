@@ -187,8 +187,8 @@ async fn crash_at(point: usize) {
     );
     let extra = duplicates(&smtp, readers);
     // Sent but not yet recorded at the crash: per worker (3 of them), one
-    // outcome being written, one waiting to be, one just sent.
-    assert!(extra <= 9, "{extra} duplicates after a crash");
+    // outcome being written, one buffered, one in the channel, one just sent.
+    assert!(extra <= 12, "{extra} duplicates after a crash");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +271,7 @@ async fn a_run_survives_its_database_connections_being_killed() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("run 1: 300 sent"), "{}", stdout(&out));
-    assert!(duplicates(&smtp, readers) <= 9);
+    assert!(duplicates(&smtp, readers) <= 12);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
