@@ -27,6 +27,8 @@
 #                      1-minute load average is below it ...
 #   BENCH_LOAD_WAIT    ... for at most this many seconds (default: 600),
 #                      then measure anyway
+#   BENCH_LOG_DIR      if set, the configuration, gazette's output and logs
+#                      and the raw measurements are copied there at the end
 #
 # Everything it sends goes to 127.0.0.1. Exit code 0 only if every message
 # was sent.
@@ -69,8 +71,9 @@ cpu_secs() {
         printf "%.2f", ($12 + $13 + $14 + $15) / hz
     }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
-# CPU seconds of the Postgres server: the postmaster, its live children
-# and every child it has reaped (backends of closed connections).
+# CPU seconds of the whole Postgres server: the postmaster, its live
+# children and every child it has reaped (backends of closed connections).
+# This includes any other activity on the cluster.
 pg_cpu_secs() {
     local total=0 pid
     [ -n "${PGMASTER:-}" ] || {
@@ -130,19 +133,38 @@ else
 fi
 [ -x "$BIN" ] || die "no gazette binary at $BIN"
 BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+# What was measured: the commit, "+changes" if what goes into the binary or
+# the emails differs from it.
+COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock build.rs migrations templates 2>/dev/null)" ]; then
+    COMMIT="$COMMIT+changes"
+fi
+if [ -n "${GAZETTE_BIN:-}" ]; then
+    BUILT="prebuilt $BIN; repository at $COMMIT"
+else
+    BUILT="built from $COMMIT"
+fi
 
 # -- clean-up -----------------------------------------------------------------
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gazette-bench.XXXXXX")
 SINK_PID=
+POLL_PID=
 cleanup() {
     local rc=$?
     set +e
+    if [ -n "$POLL_PID" ]; then
+        kill "$POLL_PID" 2>/dev/null
+        wait "$POLL_PID" 2>/dev/null
+    fi
     if [ -n "$SINK_PID" ]; then
         kill "$SINK_PID" 2>/dev/null
         wait "$SINK_PID" 2>/dev/null
     fi
     timeout 60 psql -X -q "$PG/postgres" -c "drop database if exists $DB with (force)" >/dev/null 2>&1
+    if [ -n "${BENCH_LOG_DIR:-}" ]; then
+        mkdir -p "$BENCH_LOG_DIR" && cp -r "$WORK"/. "$BENCH_LOG_DIR"/
+    fi
     rm -rf "$WORK"
     exit "$rc"
 }
@@ -256,6 +278,21 @@ say "one message is $SIZE bytes"
 
 PGMASTER=$(head -1 "$(psql_admin -Atc 'show data_directory')/postmaster.pid" 2>/dev/null || true)
 
+# The CPU of the backends serving the bench database only: every second,
+# the CPU time of each of its backends is written down; a backend's last
+# reading counts (so up to a second of work per backend before it exits
+# is missed: a lower bound).
+poll_backends() {
+    while :; do
+        for pid in $(psql -X -Atq "$PG/postgres" -c "select pid from pg_stat_activity where datname = '$DB'" 2>/dev/null); do
+            printf '%s %s\n' "$pid" "$(cpu_secs "$pid")"
+        done
+        sleep 1
+    done
+}
+backend_cpu_secs() { awk '$2 > m[$1] { m[$1] = $2 } END { for (p in m) t += m[p]; printf "%.2f", t }' "$1"; }
+commits() { psql_admin -Atc "select xact_commit from pg_stat_database where datname = '$DB'"; }
+
 wait_for_low_load() {
     [ -n "${BENCH_MAX_LOAD:-}" ] || return 0
     local waited=0 limit=${BENCH_LOAD_WAIT:-600}
@@ -278,17 +315,26 @@ say "gazette send bench to $N subscribers (load average $LOAD_OURS)"
 SINK_BEFORE=$(sink_messages)
 SINK_CPU0=$(cpu_secs "$SINK_PID")
 PG_CPU0=$(pg_cpu_secs)
+COMMITS0=$(commits)
+poll_backends >"$WORK/backends.txt" 2>/dev/null &
+POLL_PID=$!
 T0=$(now_ns)
 set +e
-timeout "$STEP_TIMEOUT" /usr/bin/time -v -o "$WORK/time.txt" \
+# time(1) outside timeout(1), so that a timeout stops gazette itself; the
+# figures time reports include timeout's own, which are negligible.
+/usr/bin/time -v -o "$WORK/time.txt" timeout "$STEP_TIMEOUT" \
     "$BIN" --config "$CONFIG" send bench >"$WORK/send.out" 2>"$WORK/send.err"
 RC=$?
 set -e
 T1=$(now_ns)
 SINK_CPU1=$(cpu_secs "$SINK_PID")
 PG_CPU1=$(pg_cpu_secs)
-sleep 0.5 # let smtp-sink print its last counters
+kill "$POLL_PID" 2>/dev/null
+wait "$POLL_PID" 2>/dev/null || true
+POLL_PID=
+sleep 1 # let smtp-sink print its last counters, and the backends flush their statistics
 SINK_AFTER=$(sink_messages)
+COMMITS1=$(commits)
 cat "$WORK/send.out"
 if [ "$RC" -ne 0 ]; then
     tail -20 "$WORK/send.err" >&2
@@ -304,6 +350,8 @@ RSS_KB=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$WORK/time.txt")
 USER_S=$(awk -F': ' '/User time \(seconds\)/ { print $2 }' "$WORK/time.txt")
 SYS_S=$(awk -F': ' '/System time \(seconds\)/ { print $2 }' "$WORK/time.txt")
 PG_CPU=$(awk -v a="$PG_CPU0" -v b="$PG_CPU1" 'BEGIN { printf "%.2f", b - a }')
+PG_DB_CPU=$(backend_cpu_secs "$WORK/backends.txt")
+COMMITS=$((COMMITS1 - COMMITS0))
 SINK_CPU=$(awk -v a="$SINK_CPU0" -v b="$SINK_CPU1" 'BEGIN { printf "%.2f", b - a }')
 # Planning (the run, its article snapshot and N ledger rows) ends with the
 # "planned" log line; delivery is the rest.
@@ -338,20 +386,13 @@ RATIO=$(awk -v a="$N" -v w="$WALL" -v c="$CEIL_WALL" 'BEGIN { printf "%.2f", (a 
 # -- report -------------------------------------------------------------------
 
 DATE=$(date -u +%Y-%m-%d)
-COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-    COMMIT="$COMMIT+changes"
-fi
-if [ -n "${GAZETTE_BIN:-}" ]; then
-    BUILT="prebuilt $BIN; repository at $COMMIT"
-else
-    BUILT="built from $COMMIT"
-fi
 cat <<EOF
 
 gazette send, $N subscribers, $ARTICLES articles, pool_size $POOL, message $SIZE bytes ($(nproc) CPUs, $BUILT)
   gazette:  $WALL s wall, $RATE messages/s, peak RSS $RSS_MB MB ($RSS_KB kB)
-            CPU: gazette ${USER_S} s user + ${SYS_S} s system, Postgres $PG_CPU s, smtp-sink $SINK_CPU s
+            CPU: gazette ${USER_S} s user + ${SYS_S} s system, smtp-sink $SINK_CPU s,
+                 Postgres backends of $DB at least $PG_DB_CPU s (whole server $PG_CPU s)
+            Postgres transactions committed in $DB: $COMMITS
             planning (run + $N ledger rows) done ${PLAN_S:-?} s after start
             load average before: $LOAD_OURS
   ceiling:  smtp-source -d -s $POOL -m $N -l $SIZE: $CEIL_WALL s wall, $CEIL_RATE messages/s
