@@ -361,6 +361,8 @@ pub async fn deliver_run(
     let mut writer = Writer::default();
     // The last claim found nothing due: wait for the rows in hand first.
     let mut dry = false;
+    // The highest id claimed so far: claims walk the run forward.
+    let mut after = 0i64;
     let mut stop = shutdown.clone();
     let mut watching = true;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -377,7 +379,8 @@ pub async fn deliver_run(
                 store.release_expired_leases(Timestamp::from(now)).await?;
                 store
                     .claim(
-                        Some(run.id),
+                        run.id,
+                        after,
                         Timestamp::from(now),
                         Timestamp::from(now + lease),
                         settings.delivery.batch_size,
@@ -385,7 +388,13 @@ pub async fn deliver_run(
                     .await
             })
             .await?;
-            dry = claimed.is_empty();
+            match claimed.last() {
+                Some(last) => after = last.id,
+                // Past the end: go round once more from the start for the
+                // rows left behind, then wait.
+                None if after > 0 => after = 0,
+                None => dry = true,
+            }
             queue.extend(claimed);
         }
         if queue.is_empty() && in_flight == 0 {

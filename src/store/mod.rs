@@ -667,31 +667,36 @@ impl Store {
         on_pool!(self, pool => Ok(sqlx::query(sql).bind(now).execute(pool).await?.rows_affected()))
     }
 
-    /// Claims up to `limit` due deliveries (of `run`, or of any run), marking
-    /// them `sending` until `lease_until`. Replicas on Postgres claim
-    /// disjoint rows (`for update skip locked`).
+    /// Claims up to `limit` due deliveries of `run` with an id above
+    /// `after`, marking them `sending` until `lease_until`. Replicas on
+    /// Postgres claim disjoint rows (`for update skip locked`). Walking the
+    /// run forward from the last id claimed keeps each claim as cheap at the
+    /// end of a long run as at its start; a claim from 0 picks up the rows
+    /// left behind (retries, expired leases).
     pub async fn claim(
         &self,
-        run: Option<i64>,
+        run: i64,
+        after: i64,
         now: Timestamp,
         lease_until: Timestamp,
         limit: u32,
     ) -> Result<Vec<Claimed>> {
-        let run_filter = if run.is_some() { "and run_id = $4" } else { "" };
         let lock = match self {
             Store::Postgres(_) => "for update skip locked",
             Store::Sqlite(_) => "",
         };
         let claim = format!(
             "update deliveries set status = 'sending', lease_until = $1 where id in \
-             (select id from deliveries where status = 'pending' and next_attempt_at <= $2 {run_filter} \
-              order by id limit $3 {lock}) returning id"
+             (select id from deliveries where run_id = $4 and id > $5 and status = 'pending' \
+              and next_attempt_at <= $2 order by id limit $3 {lock}) returning id"
         );
         on_pool!(self, pool => {
-            let mut q = sqlx::query_as::<_, (i64,)>(&claim).bind(lease_until).bind(now).bind(i64::from(limit));
-            if let Some(run) = run {
-                q = q.bind(run);
-            }
+            let q = sqlx::query_as::<_, (i64,)>(&claim)
+                .bind(lease_until)
+                .bind(now)
+                .bind(i64::from(limit))
+                .bind(run)
+                .bind(after);
             let ids: Vec<i64> = q.fetch_all(pool).await?.into_iter().map(|(id,)| id).collect();
             if ids.is_empty() {
                 return Ok(Vec::new());
@@ -758,9 +763,19 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
+        // Only rows still `sending` change. The condition sits in the CASEs,
+        // not the WHERE, so the rows are found through the primary key and
+        // never through the partial indexes on status, whose dead entries
+        // pile up during a long run.
         on_pool!(self, pool => {
-            let mut q = QueryBuilder::new("update deliveries set lease_until = null, status = ");
-            q.push_bind(status).push(", sent_at = ").push_bind(sent_at).push(" where status = 'sending' and id in (");
+            let mut q = QueryBuilder::new(
+                "update deliveries set lease_until = case when status = 'sending' then null else lease_until end, \
+                 sent_at = case when status = 'sending' then ",
+            );
+            q.push_bind(sent_at)
+                .push(" else sent_at end, status = case when status = 'sending' then ")
+                .push_bind(status)
+                .push(" else status end where id in (");
             let mut list = q.separated(", ");
             for id in ids {
                 list.push_bind(*id);
