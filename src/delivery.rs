@@ -373,7 +373,9 @@ pub async fn deliver_run(
             writer
                 .buffer
                 .extend(queue.drain(..).map(|c| Outcome::Deferred(c.id)));
-        } else if !dry && queue.len() < refill_at {
+        } else if !dry && queue.len() < refill_at && !workers.breaker.is_open() {
+            // (While the relay keeps failing, nothing more is claimed: the
+            // rows in hand are released and the loop pauses below.)
             let now = Utc::now();
             let claimed = retrying("claim deliveries", shutdown, || async {
                 store.release_expired_leases(Timestamp::from(now)).await?;
