@@ -763,17 +763,24 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        // Only rows still `sending` change. The condition sits in the CASEs,
-        // not the WHERE, so the rows are found through the primary key and
-        // never through the partial indexes on status, whose dead entries
-        // pile up during a long run.
+        // Only rows still `sending` change; a message that was sent is also
+        // recorded when its lease ran out meanwhile (the row went back to
+        // `pending`), so it is not sent again. The condition sits in the
+        // CASEs, not the WHERE, so the rows are found through the primary
+        // key and never through the partial indexes on status, whose dead
+        // entries pile up during a long run.
+        let open = if status == "sent" {
+            "status in ('sending', 'pending')"
+        } else {
+            "status = 'sending'"
+        };
         on_pool!(self, pool => {
-            let mut q = QueryBuilder::new(
-                "update deliveries set lease_until = case when status = 'sending' then null else lease_until end, \
-                 sent_at = case when status = 'sending' then ",
-            );
+            let mut q = QueryBuilder::new(format!(
+                "update deliveries set lease_until = case when {open} then null else lease_until end, \
+                 sent_at = case when {open} then "
+            ));
             q.push_bind(sent_at)
-                .push(" else sent_at end, status = case when status = 'sending' then ")
+                .push(format!(" else sent_at end, status = case when {open} then "))
                 .push_bind(status)
                 .push(" else status end where id in (");
             let mut list = q.separated(", ");

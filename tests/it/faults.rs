@@ -17,7 +17,7 @@ use crate::helpers::{
 use crate::smtp::{Behaviour, Fault, SmtpServer, closed_port};
 
 const FAST_RETRIES: &str =
-    "retry_base_ms = 20\nretry_max_ms = 100\nmax_attempts = 10\nlease_secs = 2";
+    "retry_base_ms = 20\nretry_max_ms = 100\nmax_attempts = 10\nlease_secs = 2\nbatch_size = 20";
 
 fn kill_9(child: &mut std::process::Child) {
     let status = std::process::Command::new("kill")
