@@ -154,7 +154,9 @@ async fn a_relay_that_is_down_pauses_delivery_instead_of_burning_attempts() {
     assert_eq!(smtp.received().len(), readers);
 }
 
-async fn crash_at(point: usize) {
+/// A Postgres database, a relay that answers after 5 ms, and 300 readers
+/// with one new article: a run that lasts long enough to interrupt.
+async fn slow_run_setup(title: &str) -> (TestDb, SmtpServer, Workspace, usize) {
     let db = TestDb::new(Backend::Postgres).await;
     let smtp = SmtpServer::start_with(Behaviour {
         delay: Duration::from_millis(5),
@@ -168,7 +170,12 @@ async fn crash_at(point: usize) {
     );
     let readers = 300;
     ws.import_readers(readers);
-    ws.add_article("Crash news");
+    ws.add_article(title);
+    (db, smtp, ws, readers)
+}
+
+async fn crash_at(point: usize) {
+    let (_db, smtp, ws, readers) = slow_run_setup("Crash news").await;
 
     let mut child = ws.spawn(&["send", "daily"]);
     wait_for("the run to get going", || smtp.received().len() >= point);
@@ -237,20 +244,7 @@ async fn three_replicas_share_one_run_and_send_each_reader_one_email() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_survives_its_database_connections_being_killed() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let smtp = SmtpServer::start_with(Behaviour {
-        delay: Duration::from_millis(5),
-        ..Behaviour::default()
-    });
-    let ws = Workspace::with_delivery(
-        &db.url,
-        Some(smtp.port),
-        FAST_RETRIES,
-        &digest_section("daily", ""),
-    );
-    let readers = 300;
-    ws.import_readers(readers);
-    ws.add_article("Database news");
+    let (db, smtp, ws, readers) = slow_run_setup("Database news").await;
     let name = db.url.rsplit('/').next().unwrap().to_string();
 
     let child = ws.spawn(&["send", "daily"]);

@@ -104,6 +104,14 @@ impl WebApp {
         text[start..].split_whitespace().next().unwrap().to_string()
     }
 
+    /// Publishes an article and sends the digest now.
+    pub async fn publish_and_send(&self, title: &str, digest: &str) {
+        self.add_article(title).await;
+        gazette::app::send(&self.engine, digest, None, false)
+            .await
+            .unwrap();
+    }
+
     pub async fn add_article(&self, title: &str) {
         gazette::app::articles_add(
             &self.engine,
@@ -154,10 +162,7 @@ async fn a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click(b
     );
 
     // No digest before confirming.
-    app.add_article("Before confirming").await;
-    gazette::app::send(&app.engine, "daily", None, false)
-        .await
-        .unwrap();
+    app.publish_and_send("Before confirming", "daily").await;
     assert_eq!(
         app.smtp.received_by("ada@example.org").len(),
         1,
@@ -173,10 +178,7 @@ async fn a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click(b
         Some("confirmed")
     );
 
-    app.add_article("After confirming").await;
-    gazette::app::send(&app.engine, "daily", None, false)
-        .await
-        .unwrap();
+    app.publish_and_send("After confirming", "daily").await;
     gazette::app::send(&app.engine, "weekly", None, false)
         .await
         .unwrap();
@@ -211,10 +213,7 @@ async fn a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click(b
         Some("unsubscribed")
     );
 
-    app.add_article("After leaving").await;
-    gazette::app::send(&app.engine, "daily", None, false)
-        .await
-        .unwrap();
+    app.publish_and_send("After leaving", "daily").await;
     assert_eq!(
         app.smtp.received_by("ada@example.org").len(),
         2,
@@ -239,10 +238,7 @@ async fn a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click(b
         app.status_of("ada@example.org").await.as_deref(),
         Some("confirmed")
     );
-    app.add_article("Welcome back").await;
-    gazette::app::send(&app.engine, "daily", None, false)
-        .await
-        .unwrap();
+    app.publish_and_send("Welcome back", "daily").await;
     let mails = app.smtp.received_by("ada@example.org");
     assert_eq!(mails.len(), 4, "two confirmations and two digests");
     assert!(
