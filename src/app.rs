@@ -12,7 +12,7 @@ use crate::config::{Digest, Settings, TransportKind};
 use crate::delivery::{self, Drain, Engine};
 use crate::domain::{DigestName, EmailAddress, SubscriberStatus};
 use crate::import;
-use crate::mail::{self, MessageMeta};
+use crate::mail;
 use crate::render::{Recipient, Renderer, RunContext};
 use crate::store::{NewSubscriber, PlanOutcome, Store, Timestamp};
 
@@ -306,29 +306,12 @@ pub async fn preview(
         ),
     };
     let ctx = RunContext::new(digest, slot, &articles, run);
-    let rendered = engine.renderer.render(
-        &ctx,
-        &Recipient {
-            name: name.as_deref(),
-            email: &email,
-            unsubscribe_token: &token,
-        },
-    )?;
-    let from = &settings.mail.from;
-    let message = mail::build_message(
-        &MessageMeta {
-            from,
-            to_email: &email,
-            to_name: name.as_deref(),
-            message_id: mail::message_id(from, digest.name.as_str(), run, id),
-            list: Some(mail::ListHeaders {
-                list_id: mail::list_id(from, digest.name.as_str(), &digest.title),
-                unsubscribe_url: engine.renderer.unsubscribe_url(&token),
-            }),
-            date: now,
-        },
-        &rendered,
-    )?;
+    let reader = Recipient {
+        name: name.as_deref(),
+        email: &email,
+        unsubscribe_token: &token,
+    };
+    let (rendered, message) = delivery::compose(engine, &ctx, &reader, id, now)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let files = PreviewFiles {
         html: out.join(format!("{}.html", digest.name)),
@@ -446,33 +429,16 @@ async fn dry_run_send(engine: &Engine, digest: &Digest, slot: DateTime<Utc>) -> 
         return Ok(());
     }
     let ctx = RunContext::new(digest, slot, &articles, None);
-    let from = &engine.settings.mail.from;
     let mut rows = engine.store.stream_confirmed_subscribers(&digest.name);
     let mut count = 0u64;
     while let Some(s) = rows.try_next().await? {
-        let rendered = engine.renderer.render(
-            &ctx,
-            &Recipient {
-                name: s.name.as_deref(),
-                email: &s.email,
-                unsubscribe_token: &s.unsubscribe_token,
-            },
-        )?;
-        mail::build_message(
-            &MessageMeta {
-                from,
-                to_email: &s.email,
-                to_name: s.name.as_deref(),
-                message_id: mail::message_id(from, digest.name.as_str(), None, s.id),
-                list: Some(mail::ListHeaders {
-                    list_id: mail::list_id(from, digest.name.as_str(), &digest.title),
-                    unsubscribe_url: engine.renderer.unsubscribe_url(&s.unsubscribe_token),
-                }),
-                date: slot,
-            },
-            &rendered,
-        )
-        .with_context(|| format!("cannot build the email to {}", s.email))?;
+        let reader = Recipient {
+            name: s.name.as_deref(),
+            email: &s.email,
+            unsubscribe_token: &s.unsubscribe_token,
+        };
+        delivery::compose(engine, &ctx, &reader, s.id, slot)
+            .with_context(|| format!("cannot build the email to {}", s.email))?;
         count += 1;
     }
     println!(

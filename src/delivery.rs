@@ -19,7 +19,7 @@ use tracing::{info, instrument, warn};
 
 use crate::config::{Digest, Settings};
 use crate::mail::{self, MessageMeta, SendError, Sender};
-use crate::render::{Recipient, Renderer, RunContext};
+use crate::render::{Recipient, Rendered, Renderer, RunContext};
 use crate::store::{
     Claimed, DeliveryCounts, PlanOutcome, Run, RunArticle, RunPlan, Store, Timestamp,
 };
@@ -61,6 +61,14 @@ pub async fn plan(
     slot: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<PlanOutcome> {
+    // Every tick plans the due slot again: once it exists, there is nothing
+    // to select. (The insert below stays the authority when two planners race.)
+    if let Some((run_id, status)) = store
+        .run_for_slot(&digest.name, Timestamp::from(slot))
+        .await?
+    {
+        return Ok(PlanOutcome::Exists { run_id, status });
+    }
     let (window_start, cutoff, articles) = select_for_slot(store, digest, slot).await?;
     let outcome = store
         .plan_run(&RunPlan {
@@ -106,14 +114,36 @@ pub enum Drain {
 /// One unit of work for a worker.
 struct Job {
     claimed: Claimed,
-    run: Arc<RunJob>,
+    run: Arc<RunContext>,
 }
 
-/// What every delivery of a run shares.
-struct RunJob {
-    digest: String,
-    title: String,
-    context: RunContext,
+/// The digest email of a run for one reader: what `send` delivers,
+/// `preview` writes and `send --dry-run` builds, made in one place so that
+/// they cannot differ.
+pub fn compose(
+    engine: &Engine,
+    run: &RunContext,
+    reader: &Recipient<'_>,
+    subscriber_id: i64,
+    date: DateTime<Utc>,
+) -> Result<(Rendered, lettre::Message)> {
+    let rendered = engine.renderer.render(run, reader)?;
+    let from = &engine.settings.mail.from;
+    let message = mail::build_message(
+        &MessageMeta {
+            from,
+            to_email: reader.email,
+            to_name: reader.name,
+            message_id: mail::message_id(from, run.name(), run.run_id(), subscriber_id),
+            list: Some(mail::ListHeaders {
+                list_id: mail::list_id(from, run.name(), run.title()),
+                unsubscribe_url: engine.renderer.unsubscribe_url(reader.unsubscribe_token),
+            }),
+            date,
+        },
+        &rendered,
+    )?;
+    Ok((rendered, message))
 }
 
 enum Outcome {
@@ -271,29 +301,14 @@ async fn deliver_one(engine: &Engine, sender: &mut Sender, job: &Job) -> Outcome
     if c.subscriber_status != "confirmed" {
         return Outcome::Skipped(c.id);
     }
-    let message = (|| {
-        let recipient = Recipient {
-            name: c.name.as_deref(),
-            email: &c.email,
-            unsubscribe_token: &c.unsubscribe_token,
-        };
-        let rendered = engine.renderer.render(&job.run.context, &recipient)?;
-        let from = &engine.settings.mail.from;
-        let meta = MessageMeta {
-            from,
-            to_email: &c.email,
-            to_name: c.name.as_deref(),
-            message_id: mail::message_id(from, &job.run.digest, Some(c.run_id), c.subscriber_id),
-            list: Some(mail::ListHeaders {
-                list_id: mail::list_id(from, &job.run.digest, &job.run.title),
-                unsubscribe_url: engine.renderer.unsubscribe_url(&c.unsubscribe_token),
-            }),
-            date: Utc::now(),
-        };
-        mail::build_message(&meta, &rendered)
-    })();
+    let reader = Recipient {
+        name: c.name.as_deref(),
+        email: &c.email,
+        unsubscribe_token: &c.unsubscribe_token,
+    };
+    let message = compose(engine, &job.run, &reader, c.subscriber_id, Utc::now());
     let message = match message {
-        Ok(m) => m,
+        Ok((_, m)) => m,
         Err(e) => {
             return Outcome::Failed {
                 id: c.id,
@@ -301,7 +316,7 @@ async fn deliver_one(engine: &Engine, sender: &mut Sender, job: &Job) -> Outcome
             };
         }
     };
-    let stem = format!("{}-{}-{}", job.run.digest, c.run_id, c.subscriber_id);
+    let stem = format!("{}-{}-{}", job.run.name(), c.run_id, c.subscriber_id);
     match sender.send(&message, &stem).await {
         Ok(()) => Outcome::Sent(c.id),
         Err(SendError::Permanent(error)) => Outcome::Failed { id: c.id, error },
@@ -345,11 +360,7 @@ pub async fn deliver_run(
         return store.delivery_counts(run.id).await;
     };
     let articles = store.run_articles(run.id).await?;
-    let job = Arc::new(RunJob {
-        digest: digest.name.to_string(),
-        title: digest.title.clone(),
-        context: RunContext::new(digest, run.slot.0, &articles, Some(run.id)),
-    });
+    let job = Arc::new(RunContext::new(digest, run.slot.0, &articles, Some(run.id)));
     let lease =
         chrono::Duration::from_std(settings.delivery.lease).unwrap_or(chrono::Duration::minutes(5));
     let flush_at = settings.delivery.concurrency.max(1);

@@ -175,13 +175,6 @@ impl SmtpSender {
         }
     }
 
-    fn client_id(&self) -> ClientId {
-        match &self.settings.hello_name {
-            Some(name) => ClientId::Domain(name.clone()),
-            None => ClientId::default(),
-        }
-    }
-
     /// Opens a connection: our own TCP stream with TCP_NODELAY (lettre
     /// leaves Nagle on, which costs ~40 ms per message), then STARTTLS and
     /// AUTH as configured.
@@ -262,7 +255,7 @@ impl SmtpSender {
 
     async fn send(&mut self, envelope: &Envelope, bytes: &[u8]) -> Result<(), SendError> {
         if self.conn.as_ref().is_none_or(|c| c.has_broken()) {
-            self.conn = Some(Self::connect(&self.settings, &self.client_id()).await?);
+            self.conn = Some(Self::connect(&self.settings, &hello_name(&self.settings)).await?);
         }
         let conn = self.conn.as_mut().expect("connected above");
         match with_timeout(self.settings.timeout, conn.send(envelope, bytes)).await {
@@ -330,14 +323,18 @@ fn classify(context: &str, e: &TimeoutOr) -> SendError {
     }
 }
 
+/// The name sent in EHLO: `smtp.hello_name`, or this machine's host name.
+fn hello_name(settings: &SmtpSettings) -> ClientId {
+    match &settings.hello_name {
+        Some(name) => ClientId::Domain(name.clone()),
+        None => ClientId::default(),
+    }
+}
+
 /// Connects to the relay (and authenticates) without sending anything:
 /// what `gazette check` does.
 pub async fn check_relay(settings: &SmtpSettings) -> Result<(), SendError> {
-    let hello = match &settings.hello_name {
-        Some(name) => ClientId::Domain(name.clone()),
-        None => ClientId::default(),
-    };
-    let mut conn = SmtpSender::connect(settings, &hello).await?;
+    let mut conn = SmtpSender::connect(settings, &hello_name(settings)).await?;
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.quit()).await;
     Ok(())
 }

@@ -62,11 +62,15 @@ struct ArticleValue<'a> {
 
 /// The per-run part of the template context, built once per run.
 pub struct RunContext {
+    name: String,
+    title: String,
     digest: Value,
     date: Value,
     articles: Value,
     run_id: Option<i64>,
-    template: String,
+    /// The names of the run's three templates, resolved once per run.
+    html_template: String,
+    text_template: String,
     subject_template: String,
 }
 
@@ -104,13 +108,32 @@ impl RunContext {
             })
             .collect();
         Self {
+            name: digest.name.to_string(),
+            title: digest.title.clone(),
             digest: Value::from_serialize(&digest_value),
             date: Value::from(date),
             articles: Value::from_serialize(&articles),
             run_id,
-            template: digest.template.clone(),
+            html_template: format!("{}.html.j2", digest.template),
+            text_template: format!("{}.txt.j2", digest.template),
             subject_template: subject_template_name(digest),
         }
+    }
+}
+
+impl RunContext {
+    /// The digest's name, as configured.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn title(&self) -> &str {
+        &self.title
+    }
+
+    /// The run; `None` for a preview of what is new now.
+    pub fn run_id(&self) -> Option<i64> {
+        self.run_id
     }
 }
 
@@ -251,8 +274,8 @@ impl Renderer {
                 .map_err(|e| anyhow::anyhow!("{name}: {}", describe(&e)))
         };
         let subject = one_line(&render(&run.subject_template)?);
-        let html = render(&format!("{}.html.j2", run.template))?;
-        let text = render(&format!("{}.txt.j2", run.template))?;
+        let html = render(&run.html_template)?;
+        let text = render(&run.text_template)?;
         Ok(Rendered {
             subject,
             html,

@@ -521,6 +521,16 @@ impl Store {
 
     // -- runs -------------------------------------------------------------
 
+    /// The run of (digest, slot), if that slot was planned (or missed) before.
+    pub async fn run_for_slot(
+        &self,
+        digest: &DigestName,
+        slot: Timestamp,
+    ) -> Result<Option<(i64, String)>> {
+        let sql = "select id, status from digest_runs where digest = $1 and slot = $2";
+        on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(digest.as_str()).bind(slot).fetch_optional(pool).await?))
+    }
+
     /// Where the next run of `digest` starts looking: the cutoff of its
     /// latest run before `slot`.
     pub async fn previous_cutoff(

@@ -27,6 +27,19 @@ on_both_backends!(
 const HOSTILE_TITLE: &str =
     "Breaking: <script>alert(\"x\")</script> & \"quotes\"\r\nBcc: victim@example.org";
 
+/// A fresh database, `smtp` as the relay, the daily digest (with `extra`
+/// keys), and the articles and readers of [`seed`].
+async fn fixture(
+    backend: Backend,
+    smtp: SmtpServer,
+    extra: &str,
+) -> (TestDb, SmtpServer, Workspace, gazette::delivery::Engine) {
+    let db = TestDb::new(backend).await;
+    let ws = Workspace::new(&db.url, Some(smtp.port), &digest_section("daily", extra));
+    let engine = seed(&ws).await;
+    (db, smtp, ws, engine)
+}
+
 /// Articles (one of them hostile) and three subscribers, one with a
 /// non-ASCII name and one with no name.
 async fn seed(ws: &Workspace) -> gazette::delivery::Engine {
@@ -69,12 +82,9 @@ fn lf(text: &str) -> String {
 }
 
 async fn each_subscriber_receives_exactly_one_correct_digest_over_smtp(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let smtp = SmtpServer::start();
     // The subject template uses an article title: it must stay one header.
     let subject = r#"subject = "{{ digest.title }} — {{ articles[0].title }}""#;
-    let ws = Workspace::new(&db.url, Some(smtp.port), &digest_section("daily", subject));
-    let engine = seed(&ws).await;
+    let (_db, smtp, _ws, engine) = fixture(backend, SmtpServer::start(), subject).await;
 
     let run_id = app::send(&engine, "daily", None, false)
         .await
@@ -183,14 +193,8 @@ async fn each_subscriber_receives_exactly_one_correct_digest_over_smtp(backend: 
 }
 
 async fn a_digest_with_nothing_new_is_skipped_and_sends_nothing(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let smtp = SmtpServer::start();
-    let ws = Workspace::new(
-        &db.url,
-        Some(smtp.port),
-        &digest_section("daily", "tags = [\"gardening\"]"),
-    );
-    let engine = seed(&ws).await;
+    let (_db, smtp, _ws, engine) =
+        fixture(backend, SmtpServer::start(), "tags = [\"gardening\"]").await;
 
     let run_id = app::send(&engine, "daily", None, false)
         .await
@@ -204,14 +208,8 @@ async fn a_digest_with_nothing_new_is_skipped_and_sends_nothing(backend: Backend
 }
 
 async fn sending_the_same_slot_twice_sends_nothing_the_second_time(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let smtp = SmtpServer::start();
-    let ws = Workspace::new(
-        &db.url,
-        Some(smtp.port),
-        &digest_section("daily", "skip_if_empty = false"),
-    );
-    let engine = seed(&ws).await;
+    let (_db, smtp, _ws, engine) =
+        fixture(backend, SmtpServer::start(), "skip_if_empty = false").await;
     let slot: DateTime<Utc> = Utc::now() - Duration::minutes(1);
 
     let first = app::send(&engine, "daily", Some(slot), false)
@@ -226,10 +224,7 @@ async fn sending_the_same_slot_twice_sends_nothing_the_second_time(backend: Back
 }
 
 async fn a_second_send_without_new_articles_sends_nothing(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let smtp = SmtpServer::start();
-    let ws = Workspace::new(&db.url, Some(smtp.port), &digest_section("daily", ""));
-    let engine = seed(&ws).await;
+    let (_db, smtp, _ws, engine) = fixture(backend, SmtpServer::start(), "").await;
 
     app::send(
         &engine,
@@ -278,10 +273,7 @@ async fn a_second_send_without_new_articles_sends_nothing(backend: Backend) {
 }
 
 async fn unsubscribed_readers_receive_nothing(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let smtp = SmtpServer::start();
-    let ws = Workspace::new(&db.url, Some(smtp.port), &digest_section("daily", ""));
-    let engine = seed(&ws).await;
+    let (_db, smtp, _ws, engine) = fixture(backend, SmtpServer::start(), "").await;
     engine
         .store
         .set_subscriber_status(
@@ -299,10 +291,12 @@ async fn unsubscribed_readers_receive_nothing(backend: Backend) {
 }
 
 async fn a_rejected_recipient_fails_alone_with_the_relay_reply(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let smtp = SmtpServer::start_rejecting(&["anon@example.org"]);
-    let ws = Workspace::new(&db.url, Some(smtp.port), &digest_section("daily", ""));
-    let engine = seed(&ws).await;
+    let (_db, smtp, _ws, engine) = fixture(
+        backend,
+        SmtpServer::start_rejecting(&["anon@example.org"]),
+        "",
+    )
+    .await;
 
     let run_id = app::send(&engine, "daily", None, false)
         .await
@@ -350,10 +344,7 @@ async fn the_outbox_gets_one_eml_file_per_subscriber(backend: Backend) {
 }
 
 async fn preview_writes_the_email_that_send_delivers(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let smtp = SmtpServer::start();
-    let ws = Workspace::new(&db.url, Some(smtp.port), &digest_section("daily", ""));
-    let engine = seed(&ws).await;
+    let (_db, smtp, ws, engine) = fixture(backend, SmtpServer::start(), "").await;
     let out = ws.dir.path().join("preview");
 
     let files = app::preview(&engine, "daily", Some("zoe@example.org"), &out, None)
@@ -416,10 +407,7 @@ fn without_web_view(body: &str) -> String {
 }
 
 async fn a_reader_who_leaves_after_planning_is_skipped_not_mailed(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let smtp = SmtpServer::start();
-    let ws = Workspace::new(&db.url, Some(smtp.port), &digest_section("daily", ""));
-    let engine = seed(&ws).await;
+    let (_db, smtp, _ws, engine) = fixture(backend, SmtpServer::start(), "").await;
     let digest = engine.settings.digest("daily").unwrap().clone();
     let gazette::store::PlanOutcome::Planned { run_id, deliveries } =
         gazette::delivery::plan(&engine.store, &digest, Utc::now(), Utc::now())

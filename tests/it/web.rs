@@ -13,7 +13,7 @@ use crate::on_both_backends;
 pub struct WebApp {
     pub base: String,
     pub smtp: SmtpServer,
-    pub ws: Workspace,
+    _ws: Workspace,
     pub engine: gazette::delivery::Engine,
     pub http: reqwest::Client,
     _stop: tokio::sync::watch::Sender<bool>,
@@ -47,7 +47,7 @@ impl WebApp {
         Self {
             base,
             smtp,
-            ws,
+            _ws: ws,
             engine,
             http,
             _stop: stop,
@@ -77,13 +77,24 @@ impl WebApp {
         (r.status(), r.text().await.unwrap())
     }
 
-    pub async fn status_of(&self, email: &str) -> Option<String> {
+    /// Adds a confirmed subscriber, as an operator would.
+    pub async fn add_reader(&self, email: &str, name: Option<&str>, digests: &[&str]) {
+        let digests: Vec<String> = digests.iter().map(|d| d.to_string()).collect();
+        gazette::app::subscribers_add(&self.engine, email, name.map(str::to_string), &digests)
+            .await
+            .unwrap();
+    }
+
+    pub async fn reader(&self, email: &str) -> Option<gazette::store::Subscriber> {
         self.engine
             .store
             .find_subscriber(&EmailAddress::parse(email).unwrap())
             .await
             .unwrap()
-            .map(|s| s.status)
+    }
+
+    pub async fn status_of(&self, email: &str) -> Option<String> {
+        self.reader(email).await.map(|s| s.status)
     }
 
     /// The link in the latest confirmation email to `email`.
@@ -252,21 +263,9 @@ async fn a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click(b
 
 async fn preferences_change_digests_and_name(backend: Backend) {
     let app = WebApp::start(backend, "").await;
-    gazette::app::subscribers_add(
-        &app.engine,
-        "grace@example.org",
-        Some("Grace".into()),
-        &["daily".into()],
-    )
-    .await
-    .unwrap();
-    let sub = app
-        .engine
-        .store
-        .find_subscriber(&EmailAddress::parse("grace@example.org").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    app.add_reader("grace@example.org", Some("Grace"), &["daily"])
+        .await;
+    let sub = app.reader("grace@example.org").await.unwrap();
     let path = format!("/preferences/{}", sub.unsubscribe_token);
     let (status, page) = app.get(&path).await;
     assert_eq!(status, StatusCode::OK);
@@ -282,13 +281,7 @@ async fn preferences_change_digests_and_name(backend: Backend) {
         app.engine.store.subscriber_digests(sub.id).await.unwrap(),
         vec!["weekly"]
     );
-    let found = app
-        .engine
-        .store
-        .find_subscriber(&EmailAddress::parse("grace@example.org").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let found = app.reader("grace@example.org").await.unwrap();
     assert_eq!(found.name.as_deref(), Some("Grace H."));
 
     let (status, page) = app
@@ -304,12 +297,8 @@ async fn preferences_change_digests_and_name(backend: Backend) {
 
 async fn the_web_view_shows_the_digest_to_its_reader_only(backend: Backend) {
     let app = WebApp::start(backend, "").await;
-    gazette::app::subscribers_add(&app.engine, "ada@example.org", None, &[])
-        .await
-        .unwrap();
-    gazette::app::subscribers_add(&app.engine, "bob@example.org", None, &["weekly".into()])
-        .await
-        .unwrap();
+    app.add_reader("ada@example.org", None, &[]).await;
+    app.add_reader("bob@example.org", None, &["weekly"]).await;
     app.add_article("Web view <news>").await;
     let run = gazette::app::send(&app.engine, "daily", None, false)
         .await
@@ -326,13 +315,7 @@ async fn the_web_view_shows_the_digest_to_its_reader_only(backend: Backend) {
     assert!(page.contains("Web view &lt;news&gt;"), "{page}");
 
     // Bob was not sent this run: his token does not open it.
-    let bob = app
-        .engine
-        .store
-        .find_subscriber(&EmailAddress::parse("bob@example.org").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let bob = app.reader("bob@example.org").await.unwrap();
     let (status, _) = app
         .get(&format!("/digests/{run}/{}", bob.unsubscribe_token))
         .await;
@@ -378,12 +361,8 @@ async fn an_invalid_address_gets_a_readable_422_that_keeps_what_was_typed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_answer_is_the_same_whatever_the_address_state() {
     let app = WebApp::start(Backend::Postgres, "").await;
-    gazette::app::subscribers_add(&app.engine, "confirmed@example.org", None, &[])
-        .await
-        .unwrap();
-    gazette::app::subscribers_add(&app.engine, "left@example.org", None, &[])
-        .await
-        .unwrap();
+    app.add_reader("confirmed@example.org", None, &[]).await;
+    app.add_reader("left@example.org", None, &[]).await;
     app.engine
         .store
         .set_subscriber_status(
@@ -489,16 +468,8 @@ async fn expired_reused_and_unknown_tokens_get_a_friendly_404() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn following_an_unsubscribe_link_changes_nothing_until_the_button_is_pressed() {
     let app = WebApp::start(Backend::Sqlite, "").await;
-    gazette::app::subscribers_add(&app.engine, "ada@example.org", None, &[])
-        .await
-        .unwrap();
-    let sub = app
-        .engine
-        .store
-        .find_subscriber(&EmailAddress::parse("ada@example.org").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    app.add_reader("ada@example.org", None, &[]).await;
+    let sub = app.reader("ada@example.org").await.unwrap();
     let path = format!("/unsubscribe/{}", sub.unsubscribe_token);
     let (status, page) = app.get(&path).await;
     assert_eq!(status, StatusCode::OK);
@@ -573,5 +544,4 @@ async fn health_and_readiness_answer() {
         app.get("/readyz").await,
         (StatusCode::OK, "ready".to_string())
     );
-    let _ = &app.ws;
 }
