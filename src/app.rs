@@ -12,7 +12,7 @@ use crate::config::{Digest, Settings, TransportKind};
 use crate::delivery::{self, Drain, Engine};
 use crate::domain::{DigestName, EmailAddress, SubscriberStatus};
 use crate::import;
-use crate::mail;
+use crate::mail::{self, BodyEncoder};
 use crate::render::{Recipient, Renderer, RunContext};
 use crate::store::{NewSubscriber, PlanOutcome, Store, Timestamp};
 
@@ -311,7 +311,8 @@ pub async fn preview(
         email: &email,
         unsubscribe_token: &token,
     };
-    let (rendered, message) = delivery::compose(engine, &ctx, &reader, id, now)?;
+    let (rendered, message) =
+        delivery::compose(engine, &ctx, &reader, id, now, &mut BodyEncoder::default())?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let files = PreviewFiles {
         html: out.join(format!("{}.html", digest.name)),
@@ -431,13 +432,14 @@ async fn dry_run_send(engine: &Engine, digest: &Digest, slot: DateTime<Utc>) -> 
     let ctx = RunContext::new(digest, slot, &articles, None);
     let mut rows = engine.store.stream_confirmed_subscribers(&digest.name);
     let mut count = 0u64;
+    let mut encoder = BodyEncoder::default();
     while let Some(s) = rows.try_next().await? {
         let reader = Recipient {
             name: s.name.as_deref(),
             email: &s.email,
             unsubscribe_token: &s.unsubscribe_token,
         };
-        delivery::compose(engine, &ctx, &reader, s.id, slot)
+        delivery::compose(engine, &ctx, &reader, s.id, slot, &mut encoder)
             .with_context(|| format!("cannot build the email to {}", s.email))?;
         count += 1;
     }

@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{info, instrument, warn};
 
 use crate::config::{Digest, Settings};
-use crate::mail::{self, MessageMeta, SendError, Sender};
+use crate::mail::{self, BodyEncoder, MessageMeta, SendError, Sender};
 use crate::render::{Recipient, Rendered, Renderer, RunContext};
 use crate::store::{
     Claimed, DeliveryCounts, PlanOutcome, Run, RunArticle, RunPlan, Store, Timestamp,
@@ -126,6 +126,7 @@ pub fn compose(
     reader: &Recipient<'_>,
     subscriber_id: i64,
     date: DateTime<Utc>,
+    encoder: &mut BodyEncoder,
 ) -> Result<(Rendered, lettre::Message)> {
     let rendered = engine.renderer.render(run, reader)?;
     let from = &engine.settings.mail.from;
@@ -142,6 +143,7 @@ pub fn compose(
             date,
         },
         &rendered,
+        encoder,
     )?;
     Ok((rendered, message))
 }
@@ -257,6 +259,7 @@ impl Workers {
                 let breaker = breaker.clone();
                 tokio::spawn(async move {
                     let mut sender = Sender::new(&engine.settings);
+                    let mut encoder = BodyEncoder::default();
                     loop {
                         let job = job_rx.lock().await.recv().await;
                         let Some(job) = job else { break };
@@ -266,7 +269,8 @@ impl Workers {
                             if let Some(limiter) = &limiter {
                                 limiter.acquire().await;
                             }
-                            let outcome = deliver_one(&engine, &mut sender, &job).await;
+                            let outcome =
+                                deliver_one(&engine, &mut sender, &mut encoder, &job).await;
                             breaker.record(matches!(outcome, Outcome::Retry { .. }));
                             outcome
                         };
@@ -296,7 +300,12 @@ impl Workers {
     }
 }
 
-async fn deliver_one(engine: &Engine, sender: &mut Sender, job: &Job) -> Outcome {
+async fn deliver_one(
+    engine: &Engine,
+    sender: &mut Sender,
+    encoder: &mut BodyEncoder,
+    job: &Job,
+) -> Outcome {
     let c = &job.claimed;
     if c.subscriber_status != "confirmed" {
         return Outcome::Skipped(c.id);
@@ -306,7 +315,14 @@ async fn deliver_one(engine: &Engine, sender: &mut Sender, job: &Job) -> Outcome
         email: &c.email,
         unsubscribe_token: &c.unsubscribe_token,
     };
-    let message = compose(engine, &job.run, &reader, c.subscriber_id, Utc::now());
+    let message = compose(
+        engine,
+        &job.run,
+        &reader,
+        c.subscriber_id,
+        Utc::now(),
+        encoder,
+    );
     let message = match message {
         Ok((_, m)) => m,
         Err(e) => {

@@ -1,17 +1,24 @@
 //! Turning a rendered digest into a MIME message, and sending it: over SMTP
 //! on long-lived connections, or into an outbox directory of `.eml` files.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use lettre::address::Envelope;
-use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::header::{ContentTransferEncoding, HeaderName, HeaderValue};
+use lettre::message::{Body, Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::Response;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::config::{Settings, SmtpSettings, TlsMode, TransportKind};
@@ -52,8 +59,67 @@ fn raw_header(name: &'static str, value: String) -> HeaderValue {
     HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
 }
 
-/// Builds the multipart/alternative message (text first, then HTML).
-pub fn build_message(env: &MessageMeta<'_>, body: &Rendered) -> Result<lettre::Message> {
+/// Encodes message bodies as quoted-printable with CRLF line ends, one line
+/// at a time, and remembers the lines it has encoded.
+///
+/// Quoted-printable is line-local: a hard line break ends every soft-wrapped
+/// line, so encoding a body line by line gives exactly the bytes of encoding
+/// it whole. The emails of one run share nearly all their lines (the
+/// articles, the layout), and only the few lines with a reader's name,
+/// address or links differ, so a worker that keeps one encoder encodes the
+/// shared lines once. The memory it holds is bounded: when full, it starts
+/// over.
+#[derive(Default)]
+pub struct BodyEncoder {
+    lines: HashMap<Box<str>, Box<[u8]>, foldhash::fast::RandomState>,
+    /// Bytes held in `lines`, keys and values.
+    held: usize,
+}
+
+impl BodyEncoder {
+    /// At most this many bytes of lines are remembered.
+    const MAX_HELD: usize = 256 << 10;
+
+    /// `text` as a quoted-printable body: LF and CRLF both end a line, and
+    /// every line ends in CRLF on the wire.
+    pub fn encode(&mut self, text: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(text.len() + text.len() / 16);
+        let mut lines = text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            match self.lines.get(line) {
+                Some(encoded) => out.extend_from_slice(encoded),
+                None => {
+                    let encoded = quoted_printable::encode(line);
+                    out.extend_from_slice(&encoded);
+                    let size = line.len() + encoded.len();
+                    if self.held + size > Self::MAX_HELD {
+                        self.lines.clear();
+                        self.held = 0;
+                    }
+                    self.held += size;
+                    self.lines.insert(line.into(), encoded.into());
+                }
+            }
+            if lines.peek().is_some() {
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out
+    }
+
+    fn body(&mut self, text: &str) -> Body {
+        Body::dangerous_pre_encoded(self.encode(text), ContentTransferEncoding::QuotedPrintable)
+    }
+}
+
+/// Builds the multipart/alternative message (text first, then HTML), both
+/// parts quoted-printable.
+pub fn build_message(
+    env: &MessageMeta<'_>,
+    body: &Rendered,
+    encoder: &mut BodyEncoder,
+) -> Result<lettre::Message> {
     let address = env
         .to_email
         .parse()
@@ -79,8 +145,8 @@ pub fn build_message(env: &MessageMeta<'_>, body: &Rendered) -> Result<lettre::M
     }
     let message = builder
         .multipart(MultiPart::alternative_plain_html(
-            body.text.clone(),
-            body.html.clone(),
+            encoder.body(&body.text),
+            encoder.body(&body.html),
         ))
         .context("cannot build the email message")?;
     Ok(message)
@@ -133,7 +199,7 @@ impl Sender {
                 .await
                 .map(|_| ())
                 .map_err(|e| SendError::Transient(format!("{e:#}"))),
-            Sender::Smtp(smtp) => smtp.send(message.envelope(), &message.formatted()).await,
+            Sender::Smtp(smtp) => smtp.send(message).await,
         }
     }
 
@@ -164,7 +230,66 @@ pub async fn write_eml(dir: &Path, stem: &str, bytes: &[u8]) -> Result<PathBuf> 
 /// One SMTP connection, opened on first use and reopened after a failure.
 pub struct SmtpSender {
     settings: SmtpSettings,
-    conn: Option<AsyncSmtpConnection>,
+    conn: Option<Connection>,
+    /// The bytes of one pipelined transaction, reused from message to message.
+    out: Vec<u8>,
+}
+
+/// An open SMTP session.
+pub struct Connection {
+    smtp: AsyncSmtpConnection,
+    /// The socket under a plain-text session whose relay offers PIPELINING
+    /// (RFC 2920): the transaction is then written in two writes instead of
+    /// four command-and-reply round trips (see [`SmtpSender::send_pipelined`]).
+    pipelined: Option<SharedTcp>,
+}
+
+/// A TCP stream shared between lettre's session, which reads every reply
+/// and sends the commands of the greeting, EHLO and AUTH, and our pipelined
+/// transactions, which write to it directly. Only one of them uses it at a
+/// time; the lock is never held across an await.
+#[derive(Debug, Clone)]
+struct SharedTcp(Arc<std::sync::Mutex<TcpStream>>);
+
+impl SharedTcp {
+    fn with<T>(&self, f: impl FnOnce(Pin<&mut TcpStream>) -> T) -> T {
+        let mut stream = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(Pin::new(&mut stream))
+    }
+}
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.with(|s| s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.with(|s| s.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        self.with(|s| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        self.with(|s| s.poll_shutdown(cx))
+    }
+}
+
+impl AsyncTokioStream for SharedTcp {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.with(|s| s.peer_addr())
+    }
 }
 
 impl SmtpSender {
@@ -172,6 +297,7 @@ impl SmtpSender {
         Self {
             settings,
             conn: None,
+            out: Vec::new(),
         }
     }
 
@@ -181,12 +307,13 @@ impl SmtpSender {
     pub async fn connect(
         settings: &SmtpSettings,
         hello: &ClientId,
-    ) -> Result<AsyncSmtpConnection, SendError> {
+    ) -> Result<Connection, SendError> {
         let s = settings;
         let addr = (s.host.as_str(), s.port);
         let transient = |what: &str, e: &dyn std::fmt::Display| {
             SendError::Transient(format!("{what} {}:{}: {e}", s.host, s.port))
         };
+        let mut shared = None;
         let mut conn = match s.tls {
             TlsMode::Tls => {
                 let tls = TlsParameters::new(s.host.clone())
@@ -212,6 +339,10 @@ impl SmtpSender {
                 stream
                     .set_nodelay(true)
                     .map_err(|e| transient("cannot configure connection to", &e))?;
+                let stream = SharedTcp(Arc::new(std::sync::Mutex::new(stream)));
+                if s.tls == TlsMode::None {
+                    shared = Some(stream.clone());
+                }
                 with_timeout(
                     s.timeout,
                     AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello),
@@ -219,6 +350,21 @@ impl SmtpSender {
                 .await
                 .map_err(|e| transient("SMTP greeting failed at", &e))?
             }
+        };
+        // lettre keeps only the extensions it uses: ask again, before AUTH
+        // (EHLO resets the session), whether the relay pipelines.
+        let pipelined = match shared {
+            Some(stream) => {
+                let reply = with_timeout(s.timeout, conn.command(Ehlo::new(hello.clone())))
+                    .await
+                    .map_err(|e| transient("SMTP EHLO failed at", &e))?;
+                reply
+                    .message()
+                    .skip(1)
+                    .any(|line| line.trim().eq_ignore_ascii_case("PIPELINING"))
+                    .then_some(stream)
+            }
+            None => None,
         };
         if s.tls == TlsMode::Starttls {
             if !conn.can_starttls() {
@@ -250,41 +396,143 @@ impl SmtpSender {
                     classify(&format!("SMTP authentication failed{hint}"), &e)
                 })?;
         }
-        Ok(conn)
+        Ok(Connection {
+            smtp: conn,
+            pipelined,
+        })
     }
 
-    async fn send(&mut self, envelope: &Envelope, bytes: &[u8]) -> Result<(), SendError> {
-        if self.conn.as_ref().is_none_or(|c| c.has_broken()) {
+    async fn send(&mut self, message: &lettre::Message) -> Result<(), SendError> {
+        if self.conn.as_ref().is_none_or(|c| c.smtp.has_broken()) {
             self.conn = Some(Self::connect(&self.settings, &hello_name(&self.settings)).await?);
         }
         let conn = self.conn.as_mut().expect("connected above");
-        match with_timeout(self.settings.timeout, conn.send(envelope, bytes)).await {
+        let envelope = message.envelope();
+        let bytes = message.formatted();
+        // Non-ASCII addresses or content need ESMTP parameters that lettre
+        // adds (SMTPUTF8, BODY=8BITMIME); our bodies are quoted-printable.
+        let pipelined = match &conn.pipelined {
+            Some(stream)
+                if bytes.is_ascii()
+                    && envelope
+                        .from()
+                        .is_none_or(|a| AsRef::<str>::as_ref(a).is_ascii())
+                    && envelope
+                        .to()
+                        .iter()
+                        .all(|a| AsRef::<str>::as_ref(a).is_ascii()) =>
+            {
+                Some(stream.clone())
+            }
+            _ => None,
+        };
+        let limit = self.settings.timeout;
+        let sent = match pipelined {
+            Some(stream) => {
+                let out = &mut self.out;
+                with_timeout(
+                    limit,
+                    Self::send_pipelined(&mut conn.smtp, stream, out, envelope, &bytes),
+                )
+                .await
+            }
+            None => with_timeout(limit, conn.smtp.send(envelope, &bytes)).await,
+        };
+        match sent {
             Ok(_) => Ok(()),
             Err(e) => {
                 // After any failure the SMTP session state is unknown: start
                 // the next message on a fresh connection.
                 if let Some(mut conn) = self.conn.take() {
-                    conn.abort().await;
+                    conn.smtp.abort().await;
                 }
                 Err(classify("SMTP relay refused the message", &e))
             }
         }
     }
 
+    /// One transaction in two writes (RFC 2920): MAIL, RCPT and DATA
+    /// together, then, once DATA is accepted, the dot-stuffed message and
+    /// its final dot. lettre reads and parses every reply.
+    async fn send_pipelined(
+        smtp: &mut AsyncSmtpConnection,
+        mut stream: SharedTcp,
+        out: &mut Vec<u8>,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<Response, TimeoutOr> {
+        out.clear();
+        let mut commands = Mail::new(envelope.from().cloned(), Vec::new()).to_string();
+        for to in envelope.to() {
+            commands.push_str(&Rcpt::new(to.clone(), Vec::new()).to_string());
+        }
+        commands.push_str(&Data.to_string());
+        write_all(&mut stream, commands.as_bytes()).await?;
+        // Every reply is read, so that the session stays in step even when
+        // one is negative; the first negative one is the error.
+        // (A relay that accepted DATA after refusing the sender or every
+        // recipient waits for a message: the caller drops the connection.)
+        let mut first_error = None;
+        for _ in 0..envelope.to().len() + 2 {
+            match smtp.read_response().await {
+                Ok(_) => {}
+                Err(e) if e.is_transient() || e.is_permanent() => {
+                    first_error.get_or_insert(e);
+                }
+                // The connection broke (after a 421, say): the reply that
+                // came before says why.
+                Err(e) => return Err(first_error.unwrap_or(e).into()),
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e.into());
+        }
+        dot_stuff(message, out);
+        write_all(&mut stream, out).await?;
+        Ok(smtp.read_response().await?)
+    }
+
     async fn close(&mut self) {
         if let Some(mut conn) = self.conn.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.quit()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.smtp.quit()).await;
         }
     }
 }
 
-async fn with_timeout<T>(
+async fn write_all(stream: &mut SharedTcp, bytes: &[u8]) -> Result<(), TimeoutOr> {
+    stream.write_all(bytes).await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+/// The DATA content for `message`: a dot doubled at the start of every line
+/// (RFC 5321, 4.5.2), then the final `CRLF . CRLF`.
+fn dot_stuff(message: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(message.len() + 8);
+    let mut start = 0;
+    if message.first() == Some(&b'.') {
+        out.push(b'.');
+    }
+    for at in memchr::memmem::find_iter(message, b"\r\n.") {
+        out.extend_from_slice(&message[start..at + 2]);
+        out.push(b'.');
+        start = at + 2;
+    }
+    out.extend_from_slice(&message[start..]);
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+}
+
+async fn with_timeout<T, E: Into<TimeoutOr>>(
     limit: Duration,
-    fut: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
+    fut: impl Future<Output = Result<T, E>>,
 ) -> Result<T, TimeoutOr> {
     match tokio::time::timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(TimeoutOr::Smtp(e)),
+        Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(TimeoutOr::Timeout(limit)),
     }
 }
@@ -292,14 +540,28 @@ async fn with_timeout<T>(
 #[derive(Debug)]
 enum TimeoutOr {
     Smtp(lettre::transport::smtp::Error),
+    /// Writing to the connection failed.
+    Io(std::io::Error),
     Timeout(Duration),
+}
+
+impl From<lettre::transport::smtp::Error> for TimeoutOr {
+    fn from(e: lettre::transport::smtp::Error) -> Self {
+        TimeoutOr::Smtp(e)
+    }
+}
+
+impl From<std::io::Error> for TimeoutOr {
+    fn from(e: std::io::Error) -> Self {
+        TimeoutOr::Io(e)
+    }
 }
 
 impl TimeoutOr {
     fn status(&self) -> Option<lettre::transport::smtp::response::Code> {
         match self {
             TimeoutOr::Smtp(e) => e.status(),
-            TimeoutOr::Timeout(_) => None,
+            TimeoutOr::Io(_) | TimeoutOr::Timeout(_) => None,
         }
     }
 }
@@ -308,6 +570,7 @@ impl std::fmt::Display for TimeoutOr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TimeoutOr::Smtp(e) => write!(f, "{e}"),
+            TimeoutOr::Io(e) => write!(f, "network error: {e}"),
             TimeoutOr::Timeout(d) => write!(f, "no answer within {}s", d.as_secs()),
         }
     }
@@ -335,6 +598,72 @@ fn hello_name(settings: &SmtpSettings) -> ClientId {
 /// what `gazette check` does.
 pub async fn check_relay(settings: &SmtpSettings) -> Result<(), SendError> {
     let mut conn = SmtpSender::connect(settings, &hello_name(settings)).await?;
-    let _ = tokio::time::timeout(Duration::from_secs(2), conn.quit()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.smtp.quit()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BodyEncoder;
+
+    /// What lettre would send for `text`: CRLF line ends, then
+    /// quoted-printable over the whole body.
+    fn whole(text: &str) -> Vec<u8> {
+        let crlf = text.replace("\r\n", "\n").replace('\n', "\r\n");
+        quoted_printable::encode(crlf)
+    }
+
+    #[test]
+    fn line_by_line_encoding_equals_encoding_the_whole_body() {
+        let long = "word ".repeat(40);
+        let samples = [
+            String::new(),
+            "one line".to_string(),
+            "ends with a newline\n".to_string(),
+            "Hello Zoë,\nhere are 3 new articles · today\n\n1. A = B\n".to_string(),
+            "trailing space \ntrailing tab\t\nCRLF\r\nmixed\n".to_string(),
+            format!("{long}\n{long}x\n.leading dot\n"),
+            "a lone \r carriage return\n\n\n".to_string(),
+            "€".repeat(60),
+        ];
+        let mut encoder = BodyEncoder::default();
+        for round in 0..2 {
+            for text in &samples {
+                assert_eq!(
+                    String::from_utf8(encoder.encode(text)).unwrap(),
+                    String::from_utf8(whole(text)).unwrap(),
+                    "round {round}, text {text:?}"
+                );
+                let decoded = quoted_printable::decode(
+                    encoder.encode(text),
+                    quoted_printable::ParseMode::Strict,
+                )
+                .unwrap();
+                assert_eq!(
+                    String::from_utf8(decoded).unwrap(),
+                    text.replace("\r\n", "\n").replace('\n', "\r\n")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dot_stuffing_doubles_leading_dots_and_ends_the_data() {
+        let mut out = Vec::new();
+        super::dot_stuff(b".a\r\nb.\r\n.\r\n..c\r\nd\n.e", &mut out);
+        assert_eq!(out, b"..a\r\nb.\r\n..\r\n...c\r\nd\n.e\r\n.\r\n");
+        super::dot_stuff(b"x\r\n", &mut out);
+        assert_eq!(out, b"x\r\n.\r\n");
+    }
+
+    #[test]
+    fn the_encoder_forgets_lines_once_it_holds_its_limit() {
+        let mut encoder = BodyEncoder::default();
+        for i in 0..50_000 {
+            let text = format!("reader number {i} of many, with a line long enough to add up\n");
+            assert_eq!(encoder.encode(&text), whole(&text));
+            assert!(encoder.held <= BodyEncoder::MAX_HELD);
+        }
+        assert!(encoder.lines.len() < 50_000);
+    }
 }

@@ -485,6 +485,7 @@ async fn send_confirmation(
             date: Utc::now(),
         },
         &rendered,
+        &mut mail::BodyEncoder::default(),
     )?;
     let mut sender = Sender::new(&engine.settings);
     let stem = format!("confirm-{subscriber_id}-{}", Utc::now().timestamp_millis());

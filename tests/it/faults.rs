@@ -44,7 +44,7 @@ async fn a_flaky_relay_delivers_everyone_and_fails_only_the_rejected() {
             8 | 20 => Fault::DropAfterData,
             _ => Fault::Accept,
         }),
-        delay: Duration::ZERO,
+        ..Behaviour::default()
     });
     let ws = Workspace::with_delivery(
         &db.url,

@@ -10,9 +10,11 @@ use mail_parser::MimeHeaders;
 
 use crate::helpers::{Backend, SmtpServer, TestDb, Workspace, digest_section};
 use crate::on_both_backends;
+use crate::smtp::Behaviour;
 
 on_both_backends!(
     each_subscriber_receives_exactly_one_correct_digest_over_smtp,
+    a_relay_without_pipelining_gets_the_same_digests_one_command_at_a_time,
     a_digest_with_nothing_new_is_skipped_and_sends_nothing,
     sending_the_same_slot_twice_sends_nothing_the_second_time,
     a_second_send_without_new_articles_sends_nothing,
@@ -46,7 +48,7 @@ async fn seed(ws: &Workspace) -> gazette::delivery::Engine {
     let engine = ws.engine().await;
     let now = Utc::now();
     let json = serde_json::json!([
-        {"url": "https://example.org/one", "title": "Ünïcode headlines — déjà vu", "summary": "First summary", "author": "Zoë", "published_at": (now - Duration::hours(3)).to_rfc3339()},
+        {"url": "https://example.org/one", "title": "Ünïcode headlines — déjà vu", "summary": "First summary\n. A line that starts with a dot", "author": "Zoë", "published_at": (now - Duration::hours(3)).to_rfc3339()},
         {"url": "https://example.org/two", "title": HOSTILE_TITLE, "summary": "<img src=x onerror=alert(1)> 'single'", "published_at": (now - Duration::hours(2)).to_rfc3339()},
         {"url": "https://example.org/old", "title": "Too old", "published_at": (now - Duration::days(30)).to_rfc3339()},
     ]);
@@ -82,9 +84,25 @@ fn lf(text: &str) -> String {
 }
 
 async fn each_subscriber_receives_exactly_one_correct_digest_over_smtp(backend: Backend) {
+    let smtp = digests_are_correct_through(backend, SmtpServer::start()).await;
+    assert_eq!(smtp.pipelined(), 3, "the relay offers PIPELINING");
+}
+
+async fn a_relay_without_pipelining_gets_the_same_digests_one_command_at_a_time(backend: Backend) {
+    let smtp = SmtpServer::start_with(Behaviour {
+        pipelining: false,
+        ..Behaviour::default()
+    });
+    let smtp = digests_are_correct_through(backend, smtp).await;
+    assert_eq!(smtp.pipelined(), 0, "commands sent before their reply");
+}
+
+/// Sends the daily digest to the three readers of [`seed`] through `smtp`
+/// and checks every message as their mail clients would see it.
+async fn digests_are_correct_through(backend: Backend, smtp: SmtpServer) -> SmtpServer {
     // The subject template uses an article title: it must stay one header.
     let subject = r#"subject = "{{ digest.title }} — {{ articles[0].title }}""#;
-    let (_db, smtp, _ws, engine) = fixture(backend, SmtpServer::start(), subject).await;
+    let (_db, smtp, _ws, engine) = fixture(backend, smtp, subject).await;
 
     let run_id = app::send(&engine, "daily", None, false)
         .await
@@ -163,6 +181,11 @@ async fn each_subscriber_receives_exactly_one_correct_digest_over_smtp(backend: 
         let text = m.body_text(0).unwrap();
         let html = m.body_html(0).unwrap();
         assert!(text.contains("Ünïcode headlines — déjà vu"), "{text}");
+        // SMTP doubles a dot at the start of a line, and the relay undoes it.
+        assert!(
+            lf(&text).contains("\n. A line that starts with a dot\n"),
+            "{text}"
+        );
         assert!(text.contains(&unsubscribe));
         assert!(!text.contains("Too old"));
         let greeting = match name {
@@ -190,6 +213,7 @@ async fn each_subscriber_receives_exactly_one_correct_digest_over_smtp(backend: 
     let run = engine.store.run(run_id).await.unwrap().unwrap();
     assert_eq!(run.status, "finished");
     assert_eq!(engine.store.run_articles(run_id).await.unwrap().len(), 2);
+    smtp
 }
 
 async fn a_digest_with_nothing_new_is_skipped_and_sends_nothing(backend: Backend) {

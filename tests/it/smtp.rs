@@ -60,6 +60,8 @@ pub struct Behaviour {
     pub policy: Policy,
     /// Waited before answering the end of DATA (a slow relay).
     pub delay: Duration,
+    /// Offer PIPELINING (RFC 2920) in the EHLO reply, as Postfix does.
+    pub pipelining: bool,
 }
 
 impl Default for Behaviour {
@@ -68,6 +70,7 @@ impl Default for Behaviour {
             reject: Vec::new(),
             policy: Arc::new(|_| Fault::Accept),
             delay: Duration::ZERO,
+            pipelining: true,
         }
     }
 }
@@ -75,6 +78,9 @@ impl Default for Behaviour {
 struct State {
     inbox: Mutex<Vec<Received>>,
     transactions: AtomicU64,
+    /// MAIL commands that arrived with more commands behind them, sent
+    /// before their reply.
+    pipelined: AtomicU64,
     faults: Mutex<Vec<Fault>>,
     behaviour: Behaviour,
 }
@@ -107,6 +113,7 @@ impl SmtpServer {
         let state = Arc::new(State {
             inbox: Mutex::new(Vec::new()),
             transactions: AtomicU64::new(0),
+            pipelined: AtomicU64::new(0),
             faults: Mutex::new(Vec::new()),
             behaviour,
         });
@@ -152,6 +159,12 @@ impl SmtpServer {
     }
 
     /// How many times each fault was applied.
+    /// How many transactions the client pipelined (wrote MAIL FROM and
+    /// what follows before reading the reply).
+    pub fn pipelined(&self) -> u64 {
+        self.state.pipelined.load(Ordering::SeqCst)
+    }
+
     pub fn faults(&self, fault: Fault) -> usize {
         self.state
             .faults
@@ -185,10 +198,17 @@ async fn session(stream: TcpStream, _peer: SocketAddr, state: Arc<State>) -> std
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let upper = text.to_ascii_uppercase();
         let reply: &[u8] = if upper.starts_with("EHLO") {
-            b"250-smtp.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 10485760\r\n"
+            if state.behaviour.pipelining {
+                b"250-smtp.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 10485760\r\n"
+            } else {
+                b"250-smtp.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 10485760\r\n"
+            }
         } else if upper.starts_with("HELO") {
             b"250 smtp.test\r\n"
         } else if upper.starts_with("MAIL FROM:") {
+            if !reader.buffer().is_empty() {
+                state.pipelined.fetch_add(1, Ordering::SeqCst);
+            }
             from = address(&text[10..]);
             to.clear();
             b"250 2.1.0 OK\r\n"
