@@ -380,12 +380,14 @@ pub async fn deliver_run(
     let lease =
         chrono::Duration::from_std(settings.delivery.lease).unwrap_or(chrono::Duration::minutes(5));
     let flush_at = settings.delivery.concurrency.max(1);
-    // Claim again before the workers run dry, so batches follow each other
-    // without a pause.
-    let refill_at = (settings.delivery.concurrency * 2).max(1);
+    // Claim again, in the background, well before the workers run dry, so
+    // batches follow each other without a pause.
+    let refill_at =
+        (settings.delivery.concurrency * 2).max(settings.delivery.batch_size as usize / 2);
     let mut queue: std::collections::VecDeque<Claimed> = std::collections::VecDeque::new();
     let mut in_flight = 0usize;
     let mut writer = Writer::default();
+    let mut claiming: Option<tokio::task::JoinHandle<Result<Vec<Claimed>>>> = None;
     // The last claim found nothing due: wait for the rows in hand first.
     let mut dry = false;
     // The highest id claimed so far: claims walk the run forward.
@@ -396,35 +398,47 @@ pub async fn deliver_run(
     loop {
         let stopping = *shutdown.borrow();
         if stopping {
-            // Rows not yet handed to a worker go back to pending.
+            // Rows not yet handed to a worker go back to pending (those of
+            // a claim under way once it is done).
             writer
                 .buffer
                 .extend(queue.drain(..).map(|c| Outcome::Deferred(c.id)));
-        } else if !dry && queue.len() < refill_at && !workers.breaker.is_open() {
+        } else if !dry
+            && claiming.is_none()
+            && queue.len() < refill_at
+            && !workers.breaker.is_open()
+        {
             // (While the relay keeps failing, nothing more is claimed: the
             // rows in hand are released and the loop pauses below.)
-            let now = Utc::now();
-            let claimed = retrying("claim deliveries", shutdown, || async {
-                store.release_expired_leases(Timestamp::from(now)).await?;
-                store
-                    .claim(
-                        run.id,
-                        after,
-                        Timestamp::from(now),
-                        Timestamp::from(now + lease),
-                        settings.delivery.batch_size,
-                    )
-                    .await
-            })
-            .await?;
-            match claimed.last() {
-                Some(last) => after = last.id,
-                // Past the end: go round once more from the start for the
-                // rows left behind, then wait.
-                None if after > 0 => after = 0,
-                None => dry = true,
-            }
-            queue.extend(claimed);
+            let (engine, shutdown) = (engine.clone(), shutdown.clone());
+            let (run_id, batch) = (run.id, settings.delivery.batch_size);
+            claiming = Some(tokio::spawn(async move {
+                let store = &engine.store;
+                let now = Utc::now();
+                retrying("claim deliveries", &shutdown, || async {
+                    store.release_expired_leases(Timestamp::from(now)).await?;
+                    store
+                        .claim(
+                            run_id,
+                            after,
+                            Timestamp::from(now),
+                            Timestamp::from(now + lease),
+                            batch,
+                        )
+                        .await
+                })
+                .await
+            }));
+        }
+        if let Some(claim) = claiming
+            .as_mut()
+            .filter(|_| queue.is_empty() && in_flight == 0)
+        {
+            // Nothing else to do: wait for the rows.
+            let claimed = claim.await.context("the ledger claim stopped")??;
+            claiming = None;
+            take_claimed(claimed, &mut queue, &mut after, &mut dry);
+            continue;
         }
         if queue.is_empty() && in_flight == 0 {
             writer.finish(engine, shutdown).await?;
@@ -480,7 +494,7 @@ pub async fn deliver_run(
                 permit.send(Job { claimed, run: job.clone() });
                 in_flight += 1;
             }
-            outcome = workers.outcomes.recv(), if in_flight > 0 => {
+            outcome = workers.outcomes.recv(), if in_flight > 0 && writer.unrecorded() < 2 * flush_at => {
                 in_flight -= 1;
                 if let Some(o) = outcome {
                     if matches!(o, Outcome::Sent(_)) && workers.pause > Duration::from_secs(1) {
@@ -490,14 +504,21 @@ pub async fn deliver_run(
                     writer.buffer.push(o);
                 }
                 if writer.buffer.len() >= flush_at {
-                    writer.flush(engine, shutdown).await?;
+                    writer.start(engine, shutdown);
                 }
             }
-            _ = tick.tick() => {
-                if !writer.buffer.is_empty() {
-                    writer.flush(engine, shutdown).await?;
+            claimed = async { claiming.as_mut().expect("a claim is under way").await }, if claiming.is_some() => {
+                claiming = None;
+                let claimed = claimed.context("the ledger claim stopped")??;
+                take_claimed(claimed, &mut queue, &mut after, &mut dry);
+            }
+            written = writer.written(), if writer.is_writing() => {
+                written?;
+                if writer.buffer.len() >= flush_at {
+                    writer.start(engine, shutdown);
                 }
             }
+            _ = tick.tick() => writer.start(engine, shutdown),
             changed = stop.changed(), if can_feed && watching => watching = changed.is_ok(),
         }
     }
@@ -506,6 +527,24 @@ pub async fn deliver_run(
         store.delivery_counts(run.id).await
     })
     .await
+}
+
+/// Takes the rows of a finished claim into the queue and moves the claim
+/// cursor on.
+fn take_claimed(
+    claimed: Vec<Claimed>,
+    queue: &mut std::collections::VecDeque<Claimed>,
+    after: &mut i64,
+    dry: &mut bool,
+) {
+    match claimed.last() {
+        Some(last) => *after = last.id,
+        // Past the end: go round once more from the start for the rows
+        // left behind, then wait.
+        None if *after > 0 => *after = 0,
+        None => *dry = true,
+    }
+    queue.extend(claimed);
 }
 
 /// Runs a store operation until it succeeds: the database may restart or
@@ -547,43 +586,63 @@ where
 }
 
 /// Writes outcomes to the ledger in the background, one write at a time,
-/// so the workers never wait for the database. Outcomes are written every
-/// `concurrency` messages or 100 ms. After a crash the messages sent but
-/// not yet recorded are sent again: per worker at most one being written,
-/// one buffered, one in the channel and one just sent, so 4 × concurrency.
+/// so the workers never wait for the database: a write starts when
+/// `concurrency` outcomes are buffered (or every 100 ms) and no other write
+/// is under way; meanwhile up to `2 × concurrency` outcomes wait, and the
+/// next write takes them all. After a crash the messages sent but not yet
+/// recorded are sent again: those being written or buffered (at most
+/// `2 × concurrency`), those in the channel from the workers (at most
+/// `concurrency`) and one just sent per worker, so `4 × concurrency`.
 #[derive(Default)]
 struct Writer {
     buffer: Vec<Outcome>,
-    pending: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// The write under way, and how many outcomes it records.
+    pending: Option<(tokio::task::JoinHandle<Result<()>>, usize)>,
 }
 
 impl Writer {
-    /// Starts writing the buffer once the previous write is done.
-    async fn flush(&mut self, engine: &Engine, shutdown: &watch::Receiver<bool>) -> Result<()> {
-        self.wait().await?;
-        let outcomes = std::mem::take(&mut self.buffer);
-        if outcomes.is_empty() {
-            return Ok(());
-        }
-        let engine = engine.clone();
-        let shutdown = shutdown.clone();
-        self.pending = Some(tokio::spawn(async move {
-            record(&engine, outcomes, &shutdown).await
-        }));
-        Ok(())
+    /// Outcomes not yet in the ledger: buffered or being written.
+    fn unrecorded(&self) -> usize {
+        self.buffer.len() + self.pending.as_ref().map_or(0, |(_, n)| *n)
     }
 
-    async fn wait(&mut self) -> Result<()> {
-        match self.pending.take() {
-            Some(write) => write.await.context("the ledger writer stopped")?,
-            None => Ok(()),
+    fn is_writing(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Starts writing the buffer, unless it is empty or a write is under way.
+    fn start(&mut self, engine: &Engine, shutdown: &watch::Receiver<bool>) {
+        if self.pending.is_some() || self.buffer.is_empty() {
+            return;
         }
+        let outcomes = std::mem::take(&mut self.buffer);
+        let count = outcomes.len();
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        let write = tokio::spawn(async move { record(&engine, outcomes, &shutdown).await });
+        self.pending = Some((write, count));
+    }
+
+    /// Waits for the write under way (forever if there is none).
+    async fn written(&mut self) -> Result<()> {
+        let Some((write, _)) = self.pending.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = write.await;
+        self.pending = None;
+        result.context("the ledger writer stopped")?
     }
 
     /// Writes everything buffered and waits for it.
     async fn finish(&mut self, engine: &Engine, shutdown: &watch::Receiver<bool>) -> Result<()> {
-        self.flush(engine, shutdown).await?;
-        self.wait().await
+        if self.is_writing() {
+            self.written().await?;
+        }
+        self.start(engine, shutdown);
+        if self.is_writing() {
+            self.written().await?;
+        }
+        Ok(())
     }
 }
 
