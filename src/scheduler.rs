@@ -6,7 +6,7 @@
 //! slot is due now in its IANA zone, and the store's unique (digest, slot)
 //! key makes every tick, restart and replica idempotent.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use tracing::{error, info, warn};
 
 use crate::config::Digest;
@@ -15,7 +15,9 @@ use crate::store::{PlanOutcome, Store, Timestamp};
 
 /// The latest slot of `digest` at or before `now`.
 pub fn latest_slot(digest: &Digest, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let local = now.with_timezone(&digest.timezone);
+    // croner keeps the fraction of a second it is given: without it, every
+    // instant of a slot finds the same slot, and so the same run key.
+    let local = whole_second(now).with_timezone(&digest.timezone);
     digest
         .schedule
         .cron
@@ -26,13 +28,17 @@ pub fn latest_slot(digest: &Digest, now: DateTime<Utc>) -> Option<DateTime<Utc>>
 
 /// The slot after `now` (for logs and `gazette check`).
 pub fn next_slot(digest: &Digest, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let local = now.with_timezone(&digest.timezone);
+    let local = whole_second(now).with_timezone(&digest.timezone);
     digest
         .schedule
         .cron
         .find_next_occurrence(&local, false)
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.with_nanosecond(0).unwrap_or(t)
 }
 
 /// What a tick decided for one digest.

@@ -76,6 +76,30 @@ fn a_seven_oclock_digest_stays_at_seven_across_both_new_york_transitions() {
 }
 
 #[test]
+fn every_moment_of_a_slot_finds_the_same_whole_second() {
+    // Two processes (or a restart) ticking at different instants of the
+    // same minute must find the same slot, or the run key differs.
+    let d = digest("* * * * *", "Asia/Kathmandu");
+    for now in [
+        "2026-11-29T19:42:00.000Z",
+        "2026-11-29T19:42:00.076196921Z",
+        "2026-11-29T19:42:53.968843761Z",
+        "2026-11-29T19:42:59.999999999Z",
+    ] {
+        assert_eq!(
+            latest_slot(&d, utc(now)),
+            Some(utc("2026-11-29T19:42:00Z")),
+            "at {now}"
+        );
+    }
+    let d = digest("0 7 * * *", "Europe/Berlin");
+    assert_eq!(
+        latest_slot(&d, utc("2026-11-29T12:34:56.789Z")),
+        Some(utc("2026-11-29T06:00:00Z"))
+    );
+}
+
+#[test]
 fn a_weekly_schedule_finds_the_last_monday() {
     let d = digest("0 7 * * 1", "UTC");
     // 2026-11-29 is a Sunday: the latest slot is Monday 2026-11-23 07:00.
