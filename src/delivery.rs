@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex, mpsc, watch};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::config::{Digest, Settings};
 use crate::mail::{self, BodyEncoder, MessageMeta, SendError, Sender};
@@ -115,6 +115,9 @@ pub enum Drain {
 struct Job {
     claimed: Claimed,
     run: Arc<RunContext>,
+    /// Half the lease after the claim: past it, the row is neither sent
+    /// nor released by this process (see [`Outcome::LeaseLost`]).
+    usable_until: tokio::time::Instant,
 }
 
 /// The digest email of a run for one reader: what `send` delivers,
@@ -154,6 +157,10 @@ enum Outcome {
     /// Not attempted (the relay is failing, or shutting down): back to
     /// pending without counting an attempt.
     Deferred(i64),
+    /// Not attempted, because the row waited in this process (behind a
+    /// rate limit, say) until its lease nearly ran out: another process may
+    /// claim it once the lease is over, so this one leaves the row alone.
+    LeaseLost(i64),
     Retry {
         id: i64,
         attempts: i32,
@@ -263,16 +270,23 @@ impl Workers {
                     loop {
                         let job = job_rx.lock().await.recv().await;
                         let Some(job) = job else { break };
-                        let outcome = if breaker.is_open() {
+                        let lease_lost = || tokio::time::Instant::now() >= job.usable_until;
+                        let outcome = if lease_lost() {
+                            Outcome::LeaseLost(job.claimed.id)
+                        } else if breaker.is_open() {
                             Outcome::Deferred(job.claimed.id)
                         } else {
                             if let Some(limiter) = &limiter {
                                 limiter.acquire().await;
                             }
-                            let outcome =
-                                deliver_one(&engine, &mut sender, &mut encoder, &job).await;
-                            breaker.record(matches!(outcome, Outcome::Retry { .. }));
-                            outcome
+                            if lease_lost() {
+                                Outcome::LeaseLost(job.claimed.id)
+                            } else {
+                                let outcome =
+                                    deliver_one(&engine, &mut sender, &mut encoder, &job).await;
+                                breaker.record(matches!(outcome, Outcome::Retry { .. }));
+                                outcome
+                            }
                         };
                         if outcome_tx.send(outcome).await.is_err() {
                             break;
@@ -384,10 +398,13 @@ pub async fn deliver_run(
     // batches follow each other without a pause.
     let refill_at =
         (settings.delivery.concurrency * 2).max(settings.delivery.batch_size as usize / 2);
-    let mut queue: std::collections::VecDeque<Claimed> = std::collections::VecDeque::new();
+    // Claimed rows with the time until which this process may send them.
+    let mut queue: std::collections::VecDeque<(Claimed, tokio::time::Instant)> =
+        std::collections::VecDeque::new();
     let mut in_flight = 0usize;
     let mut writer = Writer::default();
-    let mut claiming: Option<tokio::task::JoinHandle<Result<Vec<Claimed>>>> = None;
+    type Claim = (Vec<Claimed>, tokio::time::Instant);
+    let mut claiming: Option<tokio::task::JoinHandle<Result<Claim>>> = None;
     // The last claim found nothing due: wait for the rows in hand first.
     let mut dry = false;
     // The highest id claimed so far: claims walk the run forward.
@@ -400,9 +417,13 @@ pub async fn deliver_run(
         if stopping {
             // Rows not yet handed to a worker go back to pending (those of
             // a claim under way once it is done).
-            writer
-                .buffer
-                .extend(queue.drain(..).map(|c| Outcome::Deferred(c.id)));
+            let now = tokio::time::Instant::now();
+            writer.buffer.extend(
+                queue
+                    .drain(..)
+                    .filter(|(_, usable_until)| now < *usable_until)
+                    .map(|(c, _)| Outcome::Deferred(c.id)),
+            );
         } else if !dry
             && claiming.is_none()
             && queue.len() < refill_at
@@ -412,10 +433,11 @@ pub async fn deliver_run(
             // rows in hand are released and the loop pauses below.)
             let (engine, shutdown) = (engine.clone(), shutdown.clone());
             let (run_id, batch) = (run.id, settings.delivery.batch_size);
+            let usable_until = tokio::time::Instant::now() + settings.delivery.lease / 2;
             claiming = Some(tokio::spawn(async move {
                 let store = &engine.store;
                 let now = Utc::now();
-                retrying("claim deliveries", &shutdown, || async {
+                let claimed = retrying("claim deliveries", &shutdown, || async {
                     store.release_expired_leases(Timestamp::from(now)).await?;
                     store
                         .claim(
@@ -427,7 +449,8 @@ pub async fn deliver_run(
                         )
                         .await
                 })
-                .await
+                .await?;
+                Ok((claimed, usable_until))
             }));
         }
         if let Some(claim) = claiming
@@ -490,8 +513,8 @@ pub async fn deliver_run(
                 let Ok(permit) = permit else {
                     anyhow::bail!("the delivery workers stopped");
                 };
-                let claimed = queue.pop_front().expect("queue is not empty");
-                permit.send(Job { claimed, run: job.clone() });
+                let (claimed, usable_until) = queue.pop_front().expect("queue is not empty");
+                permit.send(Job { claimed, run: job.clone(), usable_until });
                 in_flight += 1;
             }
             outcome = workers.outcomes.recv(), if in_flight > 0 && writer.unrecorded() < 2 * flush_at => {
@@ -532,8 +555,8 @@ pub async fn deliver_run(
 /// Takes the rows of a finished claim into the queue and moves the claim
 /// cursor on.
 fn take_claimed(
-    claimed: Vec<Claimed>,
-    queue: &mut std::collections::VecDeque<Claimed>,
+    (claimed, usable_until): (Vec<Claimed>, tokio::time::Instant),
+    queue: &mut std::collections::VecDeque<(Claimed, tokio::time::Instant)>,
     after: &mut i64,
     dry: &mut bool,
 ) {
@@ -544,7 +567,7 @@ fn take_claimed(
         None if *after > 0 => *after = 0,
         None => *dry = true,
     }
-    queue.extend(claimed);
+    queue.extend(claimed.into_iter().map(|c| (c, usable_until)));
 }
 
 /// Runs a store operation until it succeeds: the database may restart or
@@ -669,6 +692,12 @@ async fn record(
             Outcome::Sent(id) => sent.push(id),
             Outcome::Skipped(id) => skipped.push(id),
             Outcome::Deferred(id) => deferred.push(id),
+            Outcome::LeaseLost(id) => {
+                debug!(
+                    delivery = id,
+                    "not sent: its lease ran low while it waited; it returns to pending when the lease is over"
+                );
+            }
             Outcome::Failed { id, error } => {
                 warn!(delivery = id, %error, "delivery failed");
                 failed.push((id, error));

@@ -324,3 +324,32 @@ async fn retry_re_sends_only_the_failed_deliveries_of_a_run() {
         .to_string();
     assert!(line.contains("finished"), "{line}");
 }
+
+/// Rows wait behind a slow rate limit for longer than their lease: the
+/// process that claimed them must not send them once another may have
+/// claimed them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_behind_a_rate_limit_never_send_a_row_whose_lease_ran_out() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let smtp = SmtpServer::start();
+    let ws = Workspace::with_delivery(
+        &db.url,
+        Some(smtp.port),
+        "rate_per_second = 6\nlease_secs = 2\nbatch_size = 40",
+        &digest_section("daily", ""),
+    );
+    let readers = 36;
+    ws.import_readers(readers);
+    ws.add_article("Slow news");
+    let slot = Utc::now().to_rfc3339();
+
+    let children: Vec<_> = (0..2)
+        .map(|_| ws.spawn(&["send", "daily", "--slot", &slot]))
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(smtp.received().len(), readers);
+    assert_eq!(duplicates(&smtp, readers), 0);
+}
