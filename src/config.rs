@@ -12,6 +12,8 @@ use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 use lettre::message::Mailbox;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 
 use crate::domain::DigestName;
@@ -116,6 +118,7 @@ struct RawSmtp {
     pool_size: u32,
     timeout_secs: u64,
     hello_name: String,
+    ca_file: String,
 }
 
 impl Default for RawSmtp {
@@ -129,6 +132,7 @@ impl Default for RawSmtp {
             pool_size: 8,
             timeout_secs: 30,
             hello_name: String::new(),
+            ca_file: String::new(),
         }
     }
 }
@@ -309,6 +313,9 @@ pub struct SmtpSettings {
     pub timeout: Duration,
     /// The name sent in EHLO; empty: this machine's host name.
     pub hello_name: Option<String>,
+    /// Certificate authorities trusted for the relay's TLS certificate
+    /// besides the public ones (`smtp.ca_file`: a private relay).
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 #[derive(Debug, Clone)]
@@ -519,6 +526,18 @@ pub fn load(base_dir: &Path, explicit: Option<&Path>) -> Result<Settings, Config
     validate(raw, &sources, shown)
 }
 
+/// The certificates of a PEM file: at least one, and nothing unreadable.
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate file: {e}"))?;
+    if certificates.is_empty() {
+        return Err("holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)".into());
+    }
+    Ok(certificates)
+}
+
 fn validate(raw: RawSettings, src: &Sources, shown: Vec<String>) -> Result<Settings, ConfigError> {
     let mut problems = Vec::new();
     let mut bad = |key: &str, message: String| {
@@ -559,6 +578,16 @@ fn validate(raw: RawSettings, src: &Sources, shown: Vec<String>) -> Result<Setti
     if raw.smtp.timeout_secs == 0 {
         bad("smtp.timeout_secs", "must be at least 1".into());
     }
+    let extra_roots = match raw.smtp.ca_file.trim() {
+        "" => Vec::new(),
+        path => match read_certificates(Path::new(path)) {
+            Ok(roots) => roots,
+            Err(message) => {
+                bad("smtp.ca_file", format!("`{path}`: {message}"));
+                Vec::new()
+            }
+        },
+    };
     if raw.smtp.password.is_empty() != raw.smtp.username.is_empty() {
         bad(
             "smtp.username",
@@ -708,6 +737,7 @@ fn validate(raw: RawSettings, src: &Sources, shown: Vec<String>) -> Result<Setti
             pool_size: raw.smtp.pool_size as usize,
             timeout: Duration::from_secs(raw.smtp.timeout_secs),
             hello_name: non_empty(raw.smtp.hello_name.trim()),
+            extra_roots,
         },
         web: WebSettings {
             base_url,

@@ -238,27 +238,42 @@ pub struct SmtpSender {
 /// An open SMTP session.
 pub struct Connection {
     smtp: AsyncSmtpConnection,
-    /// The socket under a plain-text session whose relay offers PIPELINING
+    /// The connection under a plain-text or TLS session (not STARTTLS)
+    /// whose relay offers PIPELINING
     /// (RFC 2920): the transaction is then written in two writes instead of
     /// four command-and-reply round trips (see [`SmtpSender::send_pipelined`]).
-    pipelined: Option<SharedTcp>,
+    pipelined: Option<SharedStream>,
 }
 
-/// A TCP stream shared between lettre's session, which reads every reply
-/// and sends the commands of the greeting, EHLO and AUTH, and our pipelined
-/// transactions, which write to it directly. Only one of them uses it at a
-/// time; the lock is never held across an await.
-#[derive(Debug, Clone)]
-struct SharedTcp(Arc<std::sync::Mutex<TcpStream>>);
+/// What an SMTP session runs over: a TCP stream, or TLS over one.
+pub trait Wire: AsyncRead + AsyncWrite + Send + Unpin {}
 
-impl SharedTcp {
-    fn with<T>(&self, f: impl FnOnce(Pin<&mut TcpStream>) -> T) -> T {
-        let mut stream = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        f(Pin::new(&mut stream))
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Wire for T {}
+
+/// The connection under an SMTP session, shared between lettre's session,
+/// which reads every reply and sends the commands of the greeting, EHLO and
+/// AUTH, and our pipelined transactions, which write to it directly. Only
+/// one of them uses it at a time; the lock is never held across an await.
+#[derive(Clone)]
+struct SharedStream {
+    wire: Arc<std::sync::Mutex<Box<dyn Wire>>>,
+    peer: std::net::SocketAddr,
+}
+
+impl std::fmt::Debug for SharedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SMTP connection to {}", self.peer)
     }
 }
 
-impl AsyncRead for SharedTcp {
+impl SharedStream {
+    fn with<T>(&self, f: impl FnOnce(Pin<&mut dyn Wire>) -> T) -> T {
+        let mut wire = self.wire.lock().unwrap_or_else(|e| e.into_inner());
+        f(Pin::new(&mut **wire))
+    }
+}
+
+impl AsyncRead for SharedStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -268,7 +283,7 @@ impl AsyncRead for SharedTcp {
     }
 }
 
-impl AsyncWrite for SharedTcp {
+impl AsyncWrite for SharedStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -286,10 +301,59 @@ impl AsyncWrite for SharedTcp {
     }
 }
 
-impl AsyncTokioStream for SharedTcp {
+impl AsyncTokioStream for SharedStream {
     fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.with(|s| s.peer_addr())
+        Ok(self.peer)
     }
+}
+
+/// A TLS error, with a hint when the relay's certificate is not trusted.
+fn tls_hint(e: &dyn std::fmt::Display) -> String {
+    let message = e.to_string();
+    if message.contains("UnknownIssuer") {
+        format!("{message} (a private relay's certificate authority goes in smtp.ca_file)")
+    } else {
+        message
+    }
+}
+
+/// The public certificate authorities and those of `smtp.ca_file`.
+fn roots(s: &SmtpSettings) -> Result<rustls::RootCertStore, SendError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for cert in &s.extra_roots {
+        roots.add(cert.clone()).map_err(|e| {
+            SendError::Permanent(format!("smtp.ca_file: unusable certificate: {e}"))
+        })?;
+    }
+    Ok(roots)
+}
+
+/// TLS from the first byte (`smtp.tls = "tls"`).
+fn tls_config(s: &SmtpSettings) -> Result<Arc<rustls::ClientConfig>, SendError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SendError::Permanent(format!("TLS setup for {}: {e}", s.host)))?
+        .with_root_certificates(roots(s)?)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// STARTTLS, which lettre performs, trusting the same authorities.
+fn starttls_parameters(s: &SmtpSettings) -> Result<TlsParameters, SendError> {
+    let mut builder = TlsParameters::builder(s.host.clone());
+    for cert in &s.extra_roots {
+        let cert =
+            lettre::transport::smtp::client::Certificate::from_der(cert.to_vec()).map_err(|e| {
+                SendError::Permanent(format!("smtp.ca_file: unusable certificate: {e}"))
+            })?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .build_rustls()
+        .map_err(|e| SendError::Permanent(format!("TLS setup for {}: {e}", s.host)))
 }
 
 impl SmtpSender {
@@ -313,44 +377,48 @@ impl SmtpSender {
         let transient = |what: &str, e: &dyn std::fmt::Display| {
             SendError::Transient(format!("{what} {}:{}: {e}", s.host, s.port))
         };
-        let mut shared = None;
-        let mut conn = match s.tls {
+        let tcp = tokio::time::timeout(s.timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| transient("timed out connecting to SMTP relay", &"no answer"))?
+            .map_err(|e| transient("cannot connect to SMTP relay", &e))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| transient("cannot configure connection to", &e))?;
+        let peer = tcp
+            .peer_addr()
+            .map_err(|e| transient("lost connection to", &e))?;
+        let stream: Box<dyn Wire> = match s.tls {
+            TlsMode::None | TlsMode::Starttls => Box::new(tcp),
             TlsMode::Tls => {
-                let tls = TlsParameters::new(s.host.clone())
-                    .map_err(|e| SendError::Permanent(format!("TLS setup for {}: {e}", s.host)))?;
-                with_timeout(
+                // Our own TLS under lettre's session, so that the socket
+                // keeps TCP_NODELAY (lettre's own connect leaves Nagle on).
+                let name =
+                    rustls::pki_types::ServerName::try_from(s.host.clone()).map_err(|e| {
+                        SendError::Permanent(format!("smtp.host `{}` for TLS: {e}", s.host))
+                    })?;
+                let tls = tokio::time::timeout(
                     s.timeout,
-                    AsyncSmtpConnection::connect_tokio1(
-                        addr,
-                        Some(s.timeout),
-                        hello,
-                        Some(tls),
-                        None,
-                    ),
+                    tokio_rustls::TlsConnector::from(tls_config(s)?).connect(name, tcp),
                 )
                 .await
-                .map_err(|e| transient("cannot connect to SMTP relay", &e))?
-            }
-            TlsMode::None | TlsMode::Starttls => {
-                let stream = tokio::time::timeout(s.timeout, TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| transient("timed out connecting to SMTP relay", &"no answer"))?
-                    .map_err(|e| transient("cannot connect to SMTP relay", &e))?;
-                stream
-                    .set_nodelay(true)
-                    .map_err(|e| transient("cannot configure connection to", &e))?;
-                let stream = SharedTcp(Arc::new(std::sync::Mutex::new(stream)));
-                if s.tls == TlsMode::None {
-                    shared = Some(stream.clone());
-                }
-                with_timeout(
-                    s.timeout,
-                    AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello),
-                )
-                .await
-                .map_err(|e| transient("SMTP greeting failed at", &e))?
+                .map_err(|_| transient("timed out in the TLS handshake with", &"no answer"))?
+                .map_err(|e| transient("TLS handshake failed with", &tls_hint(&e)))?;
+                Box::new(tls)
             }
         };
+        let stream = SharedStream {
+            wire: Arc::new(std::sync::Mutex::new(stream)),
+            peer,
+        };
+        // After STARTTLS lettre encrypts inside its session: only a session
+        // that is plain text, or TLS from the start, can be written to
+        // directly.
+        let shared = (s.tls != TlsMode::Starttls).then(|| stream.clone());
+        let mut conn = with_timeout(
+            s.timeout,
+            AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello),
+        )
+        .await
+        .map_err(|e| transient("SMTP greeting failed at", &e))?;
         // lettre keeps only the extensions it uses: ask again, before AUTH
         // (EHLO resets the session), whether the relay pipelines.
         let pipelined = match shared {
@@ -373,11 +441,9 @@ impl SmtpSender {
                     s.host, s.port
                 )));
             }
-            let tls = TlsParameters::new(s.host.clone())
-                .map_err(|e| SendError::Permanent(format!("TLS setup for {}: {e}", s.host)))?;
-            with_timeout(s.timeout, conn.starttls(tls, hello))
+            with_timeout(s.timeout, conn.starttls(starttls_parameters(s)?, hello))
                 .await
-                .map_err(|e| transient("STARTTLS failed with", &e))?;
+                .map_err(|e| transient("STARTTLS failed with", &tls_hint(&e)))?;
         }
         if let (Some(user), Some(password)) = (&s.username, &s.password) {
             let credentials = Credentials::new(user.clone(), password.expose().to_string());
@@ -456,7 +522,7 @@ impl SmtpSender {
     /// its final dot. lettre reads and parses every reply.
     async fn send_pipelined(
         smtp: &mut AsyncSmtpConnection,
-        mut stream: SharedTcp,
+        mut stream: SharedStream,
         out: &mut Vec<u8>,
         envelope: &Envelope,
         message: &[u8],
@@ -499,7 +565,7 @@ impl SmtpSender {
     }
 }
 
-async fn write_all(stream: &mut SharedTcp, bytes: &[u8]) -> Result<(), TimeoutOr> {
+async fn write_all(stream: &mut SharedStream, bytes: &[u8]) -> Result<(), TimeoutOr> {
     stream.write_all(bytes).await?;
     stream.flush().await?;
     Ok(())

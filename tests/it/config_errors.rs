@@ -200,3 +200,33 @@ fn an_all_digit_password_from_the_environment_stays_a_string() {
     }
     assert_eq!(settings.smtp.password.unwrap().expose(), "007");
 }
+
+#[test]
+fn an_unreadable_or_empty_ca_file_names_its_key_and_path() {
+    let ws = workspace_with(&digest_section("daily", ""));
+    let missing = ws.dir.path().join("missing-ca.pem");
+    ws.set_smtp(&format!(
+        "tls = \"starttls\"\nca_file = \"{}\"\n",
+        missing.display()
+    ));
+    let err = check_fails(&ws);
+    assert!(err.contains("`smtp.ca_file`"), "{err}");
+    assert!(
+        err.contains("missing-ca.pem") && err.contains("cannot read"),
+        "{err}"
+    );
+
+    let ws = workspace_with(&digest_section("daily", ""));
+    let not_pem = ws.dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "just some text\n").unwrap();
+    ws.set_smtp(&format!(
+        "tls = \"tls\"\nca_file = \"{}\"\n",
+        not_pem.display()
+    ));
+    let err = check_fails(&ws);
+    assert!(
+        err.contains("`smtp.ca_file`") && err.contains("not-a-ca.pem"),
+        "{err}"
+    );
+    assert!(err.contains("no PEM certificate"), "{err}");
+}

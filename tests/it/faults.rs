@@ -215,28 +215,35 @@ async fn a_sender_killed_late_in_a_run_loses_nobody() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_one_run_and_send_each_reader_one_email() {
+    replicas_send_each_reader_one_email(
+        3,
+        3000,
+        "batch_size = 50\nmax_attempts = 3\nretry_base_ms = 50\nretry_max_ms = 100",
+    )
+    .await;
+}
+
+/// `replicas` processes send one run of `readers` readers with these
+/// `[delivery]` keys: each reader gets exactly one email.
+async fn replicas_send_each_reader_one_email(replicas: usize, readers: usize, delivery: &str) {
     let db = TestDb::new(Backend::Postgres).await;
     let smtp = SmtpServer::start();
     let ws = Workspace::with_delivery(
         &db.url,
         Some(smtp.port),
-        "batch_size = 50\nmax_attempts = 3\nretry_base_ms = 50\nretry_max_ms = 100",
+        delivery,
         &digest_section("daily", ""),
     );
-    let readers = 3000;
     ws.import_readers(readers);
     ws.add_article("Replica news");
     let slot = Utc::now().to_rfc3339();
 
-    let children: Vec<_> = (0..3)
+    let children: Vec<_> = (0..replicas)
         .map(|_| ws.spawn(&["send", "daily", "--slot", &slot]))
         .collect();
-    let outputs: Vec<_> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
-    for out in &outputs {
-        assert!(out.status.success(), "{}", stderr(out));
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
     }
     assert_eq!(smtp.received().len(), readers);
     assert_eq!(duplicates(&smtp, readers), 0);
@@ -330,26 +337,10 @@ async fn retry_re_sends_only_the_failed_deliveries_of_a_run() {
 /// claimed them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_behind_a_rate_limit_never_send_a_row_whose_lease_ran_out() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let smtp = SmtpServer::start();
-    let ws = Workspace::with_delivery(
-        &db.url,
-        Some(smtp.port),
+    replicas_send_each_reader_one_email(
+        2,
+        36,
         "rate_per_second = 6\nlease_secs = 2\nbatch_size = 40",
-        &digest_section("daily", ""),
-    );
-    let readers = 36;
-    ws.import_readers(readers);
-    ws.add_article("Slow news");
-    let slot = Utc::now().to_rfc3339();
-
-    let children: Vec<_> = (0..2)
-        .map(|_| ws.spawn(&["send", "daily", "--slot", &slot]))
-        .collect();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
-    assert_eq!(smtp.received().len(), readers);
-    assert_eq!(duplicates(&smtp, readers), 0);
+    )
+    .await;
 }

@@ -176,6 +176,13 @@ dir = "{templates}"
         Self { dir, config }
     }
 
+    /// Replaces the `[smtp]` table's `tls = "none"` with `lines`.
+    pub fn set_smtp(&self, lines: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains("tls = \"none\"\n"));
+        std::fs::write(&self.config, text.replacen("tls = \"none\"\n", lines, 1)).unwrap();
+    }
+
     pub fn settings(&self) -> Settings {
         config::load(self.dir.path(), Some(&self.config))
             .expect("the test configuration is invalid")

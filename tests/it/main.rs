@@ -11,4 +11,5 @@ mod faults;
 mod pipeline;
 mod scheduling;
 mod store;
+mod tls;
 mod web;

@@ -3,13 +3,18 @@
 //! NOOP, QUIT), records every accepted message, and can be told to
 //! misbehave the way real relays do: 4xx replies, 5xx for some recipients,
 //! connections dropped in the middle of DATA or after it, slow replies.
+//! It can also require TLS (STARTTLS, or TLS from the first byte, with the
+//! certificate in `tests/fixtures/tls`) and AUTH PLAIN.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use base64::Engine as _;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A loopback port with nothing listening on it (connections are refused).
@@ -24,6 +29,10 @@ pub struct Received {
     pub from: String,
     pub to: Vec<String>,
     pub data: Vec<u8>,
+    /// Whether the message came over TLS.
+    pub encrypted: bool,
+    /// The user the client authenticated as.
+    pub user: Option<String>,
 }
 
 impl Received {
@@ -62,6 +71,45 @@ pub struct Behaviour {
     pub delay: Duration,
     /// Offer PIPELINING (RFC 2920) in the EHLO reply, as Postfix does.
     pub pipelining: bool,
+    pub tls: Tls,
+    /// Require AUTH PLAIN with this user and password.
+    pub auth: Option<(String, String)>,
+}
+
+/// How the server speaks TLS, with the certificate of `tests/fixtures/tls`
+/// (for 127.0.0.1, signed by its `ca.pem`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    None,
+    /// Offers STARTTLS and refuses mail before it.
+    Starttls,
+    /// TLS from the first byte.
+    Implicit,
+}
+
+/// The test certificate authority's file, for `smtp.ca_file`.
+pub fn test_ca_file() -> std::path::PathBuf {
+    fixtures().join("ca.pem")
+}
+
+fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls")
+}
+
+fn acceptor() -> tokio_rustls::TlsAcceptor {
+    let certs = CertificateDer::pem_file_iter(fixtures().join("relay.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(fixtures().join("relay.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 impl Default for Behaviour {
@@ -71,6 +119,8 @@ impl Default for Behaviour {
             policy: Arc::new(|_| Fault::Accept),
             delay: Duration::ZERO,
             pipelining: true,
+            tls: Tls::None,
+            auth: None,
         }
     }
 }
@@ -158,13 +208,13 @@ impl SmtpServer {
             .collect()
     }
 
-    /// How many times each fault was applied.
     /// How many transactions the client pipelined (wrote MAIL FROM and
     /// what follows before reading the reply).
     pub fn pipelined(&self) -> u64 {
         self.state.pipelined.load(Ordering::SeqCst)
     }
 
+    /// How many times each fault was applied.
     pub fn faults(&self, fault: Fault) -> usize {
         self.state
             .faults
@@ -184,63 +234,129 @@ fn address(arg: &str) -> String {
 
 async fn session(stream: TcpStream, _peer: SocketAddr, state: Arc<State>) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    write.write_all(b"220 smtp.test ESMTP ready\r\n").await?;
+    match state.behaviour.tls {
+        Tls::Implicit => {
+            let stream = acceptor().accept(stream).await?;
+            serve(stream, &state, true).await.map(|_| ())
+        }
+        Tls::None | Tls::Starttls => {
+            if let Some(stream) = serve(stream, &state, false).await? {
+                let stream = acceptor().accept(stream).await?;
+                serve(stream, &state, true).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One SMTP session over `stream`; returns the stream when the client
+/// asked for STARTTLS, for the session to go on over TLS.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    state: &State,
+    encrypted: bool,
+) -> std::io::Result<Option<S>> {
+    let mut io = BufReader::new(stream);
+    if !encrypted || state.behaviour.tls == Tls::Implicit {
+        io.write_all(b"220 smtp.test ESMTP ready\r\n").await?;
+        io.flush().await?;
+    }
+    let behaviour = &state.behaviour;
+    let mut user: Option<String> = None;
     let mut from = String::new();
     let mut to: Vec<String> = Vec::new();
     let mut line = Vec::new();
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line).await? == 0 {
-            return Ok(());
+        if io.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(None);
         }
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let upper = text.to_ascii_uppercase();
-        let reply: &[u8] = if upper.starts_with("EHLO") {
-            if state.behaviour.pipelining {
-                b"250-smtp.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 10485760\r\n"
-            } else {
-                b"250-smtp.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 10485760\r\n"
+        let must_encrypt = behaviour.tls == Tls::Starttls && !encrypted;
+        let reply: Vec<u8> = if upper.starts_with("EHLO") {
+            let mut ehlo = vec!["smtp.test"];
+            if behaviour.pipelining {
+                ehlo.push("PIPELINING");
             }
+            if must_encrypt {
+                ehlo.push("STARTTLS");
+            } else if behaviour.auth.is_some() {
+                ehlo.push("AUTH PLAIN");
+            }
+            ehlo.extend(["8BITMIME", "SMTPUTF8", "SIZE 10485760"]);
+            let last = ehlo.len() - 1;
+            ehlo.iter()
+                .enumerate()
+                .map(|(i, l)| format!("250{}{l}\r\n", if i == last { ' ' } else { '-' }))
+                .collect::<String>()
+                .into_bytes()
         } else if upper.starts_with("HELO") {
-            b"250 smtp.test\r\n"
+            b"250 smtp.test\r\n".to_vec()
+        } else if upper == "STARTTLS" && must_encrypt {
+            io.write_all(b"220 2.0.0 ready to start TLS\r\n").await?;
+            io.flush().await?;
+            assert!(io.buffer().is_empty(), "the client wrote after STARTTLS");
+            return Ok(Some(io.into_inner()));
+        } else if upper.starts_with("AUTH PLAIN ") && !must_encrypt {
+            // "\0user\0password", base64.
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(text[11..].trim())
+                .unwrap_or_default();
+            let parts: Vec<String> = decoded
+                .split(|b| *b == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            match (&behaviour.auth, parts.as_slice()) {
+                (Some((u, p)), [_, user_given, password]) if user_given == u && password == p => {
+                    user = Some(u.clone());
+                    b"235 2.7.0 authenticated\r\n".to_vec()
+                }
+                _ => b"535 5.7.8 authentication credentials invalid\r\n".to_vec(),
+            }
         } else if upper.starts_with("MAIL FROM:") {
-            if !reader.buffer().is_empty() {
+            if !io.buffer().is_empty() {
                 state.pipelined.fetch_add(1, Ordering::SeqCst);
             }
-            from = address(&text[10..]);
-            to.clear();
-            b"250 2.1.0 OK\r\n"
+            if must_encrypt {
+                b"530 5.7.0 must issue a STARTTLS command first\r\n".to_vec()
+            } else if behaviour.auth.is_some() && user.is_none() {
+                b"530 5.7.0 authentication required\r\n".to_vec()
+            } else {
+                from = address(&text[10..]);
+                to.clear();
+                b"250 2.1.0 OK\r\n".to_vec()
+            }
         } else if upper.starts_with("RCPT TO:") {
             let rcpt = address(&text[8..]);
-            if state
-                .behaviour
+            if from.is_empty() {
+                b"503 5.5.1 MAIL first\r\n".to_vec()
+            } else if behaviour
                 .reject
                 .iter()
                 .any(|r| r.eq_ignore_ascii_case(&rcpt))
             {
-                b"550 5.1.1 <mailbox> unknown user\r\n"
+                b"550 5.1.1 <mailbox> unknown user\r\n".to_vec()
             } else {
                 to.push(rcpt);
-                b"250 2.1.5 OK\r\n"
+                b"250 2.1.5 OK\r\n".to_vec()
             }
         } else if upper == "DATA" {
             if to.is_empty() {
-                write
-                    .write_all(b"503 5.5.1 no valid recipients\r\n")
-                    .await?;
+                io.write_all(b"503 5.5.1 no valid recipients\r\n").await?;
+                io.flush().await?;
                 continue;
             }
-            write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
+            io.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
+            io.flush().await?;
             let n = state.transactions.fetch_add(1, Ordering::SeqCst) + 1;
-            let fault = (state.behaviour.policy)(n);
+            let fault = (behaviour.policy)(n);
             let mut data = Vec::new();
             let mut lines = 0;
             loop {
                 line.clear();
-                if reader.read_until(b'\n', &mut line).await? == 0 {
-                    return Ok(());
+                if io.read_until(b'\n', &mut line).await? == 0 {
+                    return Ok(None);
                 }
                 if line == b".\r\n" {
                     break;
@@ -248,45 +364,50 @@ async fn session(stream: TcpStream, _peer: SocketAddr, state: Arc<State>) -> std
                 lines += 1;
                 if fault == Fault::DropMidData && lines == 5 {
                     state.faults.lock().unwrap().push(fault);
-                    return Ok(()); // dropping the halves closes the socket
+                    return Ok(None); // dropping the stream closes the socket
                 }
                 let content = line.strip_prefix(b".").unwrap_or(&line);
                 data.extend_from_slice(content);
             }
-            if !state.behaviour.delay.is_zero() {
-                tokio::time::sleep(state.behaviour.delay).await;
+            if !behaviour.delay.is_zero() {
+                tokio::time::sleep(behaviour.delay).await;
             }
             let received = Received {
-                from: from.clone(),
+                from: std::mem::take(&mut from),
                 to: std::mem::take(&mut to),
                 data,
+                encrypted,
+                user: user.clone(),
             };
             match fault {
                 Fault::Accept | Fault::DropMidData => {
                     state.inbox.lock().unwrap().push(received);
-                    b"250 2.0.0 queued\r\n"
+                    b"250 2.0.0 queued\r\n".to_vec()
                 }
                 Fault::TempFail => {
                     state.faults.lock().unwrap().push(fault);
-                    b"451 4.3.0 temporary failure, try again later\r\n"
+                    b"451 4.3.0 temporary failure, try again later\r\n".to_vec()
                 }
                 Fault::DropAfterData => {
                     state.faults.lock().unwrap().push(fault);
                     state.inbox.lock().unwrap().push(received);
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         } else if upper == "RSET" {
+            from.clear();
             to.clear();
-            b"250 2.0.0 OK\r\n"
+            b"250 2.0.0 OK\r\n".to_vec()
         } else if upper == "NOOP" {
-            b"250 2.0.0 OK\r\n"
+            b"250 2.0.0 OK\r\n".to_vec()
         } else if upper == "QUIT" {
-            write.write_all(b"221 2.0.0 bye\r\n").await?;
-            return Ok(());
+            io.write_all(b"221 2.0.0 bye\r\n").await?;
+            io.flush().await?;
+            return Ok(None);
         } else {
-            b"500 5.5.2 command not recognized\r\n"
+            b"500 5.5.2 command not recognized\r\n".to_vec()
         };
-        write.write_all(reply).await?;
+        io.write_all(&reply).await?;
+        io.flush().await?;
     }
 }

@@ -1,0 +1,92 @@
+//! Relays that speak TLS: STARTTLS with AUTH, TLS from the first byte, and
+//! a certificate gazette does not trust.
+
+use crate::helpers::{Backend, SmtpServer, TestDb, Workspace, digest_section, stderr, stdout};
+use crate::smtp::{Behaviour, Tls, test_ca_file};
+
+const READERS: usize = 3;
+
+/// A SQLite store with three readers and one new article, sending through
+/// `smtp` with these `[smtp]` keys.
+async fn workspace(smtp: &SmtpServer, keys: &str) -> (TestDb, Workspace) {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let ws = Workspace::new(&db.url, Some(smtp.port), &digest_section("daily", ""));
+    ws.set_smtp(keys);
+    ws.import_readers(READERS);
+    ws.add_article("Encrypted news");
+    (db, ws)
+}
+
+fn trusting_the_test_ca(tls: &str) -> String {
+    format!(
+        "tls = \"{tls}\"\nca_file = \"{}\"\n",
+        test_ca_file().display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_and_auth_carry_every_digest_encrypted_and_authenticated() {
+    let smtp = SmtpServer::start_with(Behaviour {
+        tls: Tls::Starttls,
+        auth: Some(("mailer".into(), "correct horse".into())),
+        ..Behaviour::default()
+    });
+    let keys =
+        trusting_the_test_ca("starttls") + "username = \"mailer\"\npassword = \"correct horse\"\n";
+    let (_db, ws) = workspace(&smtp, &keys).await;
+
+    let out = ws.run(&["send", "daily"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("3 sent, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+    let received = smtp.received();
+    assert_eq!(received.len(), READERS);
+    for m in &received {
+        assert!(m.encrypted, "a message to {:?} came in plain text", m.to);
+        assert_eq!(m.user.as_deref(), Some("mailer"));
+        assert!(m.parsed().body_text(0).unwrap().contains("Encrypted news"));
+    }
+    assert!(
+        !stderr(&out).contains("correct horse"),
+        "the password was logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_from_the_first_byte_delivers_every_digest_pipelined() {
+    let smtp = SmtpServer::start_with(Behaviour {
+        tls: Tls::Implicit,
+        ..Behaviour::default()
+    });
+    let (_db, ws) = workspace(&smtp, &trusting_the_test_ca("tls")).await;
+
+    let out = ws.run(&["send", "daily"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let received = smtp.received();
+    assert_eq!(received.len(), READERS);
+    assert!(received.iter().all(|m| m.encrypted));
+    assert_eq!(smtp.pipelined(), READERS as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_certificate_from_an_unknown_authority_is_refused() {
+    for (tls, mode) in [(Tls::Implicit, "tls"), (Tls::Starttls, "starttls")] {
+        let smtp = SmtpServer::start_with(Behaviour {
+            tls,
+            ..Behaviour::default()
+        });
+        let (_db, ws) = workspace(&smtp, &format!("tls = \"{mode}\"\n")).await;
+
+        let out = ws.run(&["check"]);
+        assert!(!out.status.success(), "{mode}: {}", stdout(&out));
+        assert!(
+            stderr(&out).contains("certificate") && stderr(&out).contains("smtp.ca_file"),
+            "{mode}: {}",
+            stderr(&out)
+        );
+        assert!(smtp.received().is_empty());
+    }
+}
