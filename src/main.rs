@@ -154,7 +154,13 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("cannot start the async runtime");
-    match runtime.block_on(execute(cli.command, settings)) {
+    // On a worker thread, not the main one: the delivery loop hands every
+    // message to a worker and takes back its outcome, and waking the main
+    // thread for each costs a futex call on both sides.
+    let result = runtime
+        .block_on(runtime.spawn(execute(cli.command, settings)))
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("gazette stopped unexpectedly: {e}")));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
