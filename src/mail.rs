@@ -238,15 +238,15 @@ pub struct SmtpSender {
 /// An open SMTP session.
 pub struct Connection {
     smtp: AsyncSmtpConnection,
-    /// The connection under a plain-text or TLS session (not STARTTLS)
-    /// whose relay offers PIPELINING
-    /// (RFC 2920): the transaction is then written in two writes instead of
-    /// four command-and-reply round trips (see [`SmtpSender::send_pipelined`]).
+    /// The connection under a plain-text or implicit-TLS session (not
+    /// STARTTLS) whose relay offers PIPELINING (RFC 2920): a transaction is
+    /// then two writes instead of four command-and-reply round trips (see
+    /// [`SmtpSender::send_pipelined`]).
     pipelined: Option<SharedStream>,
 }
 
 /// What an SMTP session runs over: a TCP stream, or TLS over one.
-pub trait Wire: AsyncRead + AsyncWrite + Send + Unpin {}
+trait Wire: AsyncRead + AsyncWrite + Send + Unpin {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Wire for T {}
 
