@@ -30,6 +30,7 @@ pub async fn open(settings: Settings) -> Result<Engine> {
 /// `gazette run`: the scheduler and the web server, until SIGINT/SIGTERM.
 pub async fn run(engine: &Engine) -> Result<()> {
     engine.renderer.check_web()?;
+    refuse_a_misconfigured_relay(engine).await?;
     let shutdown = shutdown_signal();
     let listener = bind(engine).await?;
     let web = tokio::spawn(crate::web::serve(
@@ -40,6 +41,20 @@ pub async fn run(engine: &Engine) -> Result<()> {
     let result = crate::scheduler::run(engine, shutdown).await;
     web.await.context("the web server stopped")??;
     result
+}
+
+/// Connects to the SMTP relay once before delivering: an answer that no
+/// retry can change (credentials refused, an unusable TLS setting) stops
+/// the command here, before any run is planned or any delivery fails for
+/// it. A relay that is down is not refused: the ledger waits for it.
+async fn refuse_a_misconfigured_relay(engine: &Engine) -> Result<()> {
+    if engine.settings.mail.transport != TransportKind::Smtp {
+        return Ok(());
+    }
+    match mail::check_relay(&engine.settings.smtp).await {
+        Err(mail::SendError::Permanent(e)) => Err(anyhow::anyhow!("{e}")),
+        Ok(()) | Err(mail::SendError::Transient(_)) => Ok(()),
+    }
 }
 
 /// `gazette serve`: the web pages alone.
@@ -365,6 +380,7 @@ pub async fn send(
         dry_run_send(engine, &digest, slot).await?;
         return Ok(None);
     }
+    refuse_a_misconfigured_relay(engine).await?;
     let shutdown = shutdown_signal();
     let outcome = delivery::plan(&engine.store, &digest, slot, now).await?;
     let counts =

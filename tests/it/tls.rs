@@ -90,3 +90,43 @@ async fn a_relay_certificate_from_an_unknown_authority_is_refused() {
         assert!(smtp.received().is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_stop_send_before_anything_is_planned_or_failed() {
+    let smtp = SmtpServer::start_with(Behaviour {
+        tls: Tls::Starttls,
+        auth: Some(("mailer".into(), "correct horse".into())),
+        ..Behaviour::default()
+    });
+    let keys =
+        trusting_the_test_ca("starttls") + "username = \"mailer\"\npassword = \"wrong horse\"\n";
+    let (_db, ws) = workspace(&smtp, &keys).await;
+
+    let out = ws.run(&["send", "daily"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("SMTP authentication failed (check smtp.username and smtp.password)"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("wrong horse"),
+        "the password was printed: {err}"
+    );
+    assert!(smtp.received().is_empty());
+    let status = ws.run(&["status"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert_eq!(stdout(&status).trim(), "no runs yet");
+
+    // With the right password the same command sends every digest.
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    std::fs::write(&ws.config, config.replace("wrong horse", "correct horse")).unwrap();
+    let out = ws.run(&["send", "daily"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("3 sent, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(smtp.received().len(), READERS);
+}
