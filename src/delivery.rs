@@ -270,23 +270,19 @@ impl Workers {
                     loop {
                         let job = job_rx.lock().await.recv().await;
                         let Some(job) = job else { break };
-                        let lease_lost = || tokio::time::Instant::now() >= job.usable_until;
-                        let outcome = if lease_lost() {
+                        if let Some(limiter) = limiter.as_ref().filter(|_| !breaker.is_open()) {
+                            limiter.acquire().await;
+                        }
+                        // (The lease is checked after the rate limit's wait.)
+                        let outcome = if tokio::time::Instant::now() >= job.usable_until {
                             Outcome::LeaseLost(job.claimed.id)
                         } else if breaker.is_open() {
                             Outcome::Deferred(job.claimed.id)
                         } else {
-                            if let Some(limiter) = &limiter {
-                                limiter.acquire().await;
-                            }
-                            if lease_lost() {
-                                Outcome::LeaseLost(job.claimed.id)
-                            } else {
-                                let outcome =
-                                    deliver_one(&engine, &mut sender, &mut encoder, &job).await;
-                                breaker.record(matches!(outcome, Outcome::Retry { .. }));
-                                outcome
-                            }
+                            let outcome =
+                                deliver_one(&engine, &mut sender, &mut encoder, &job).await;
+                            breaker.record(matches!(outcome, Outcome::Retry { .. }));
+                            outcome
                         };
                         if outcome_tx.send(outcome).await.is_err() {
                             break;
@@ -453,17 +449,8 @@ pub async fn deliver_run(
                 Ok((claimed, usable_until))
             }));
         }
-        if let Some(claim) = claiming
-            .as_mut()
-            .filter(|_| queue.is_empty() && in_flight == 0)
-        {
-            // Nothing else to do: wait for the rows.
-            let claimed = claim.await.context("the ledger claim stopped")??;
-            claiming = None;
-            take_claimed(claimed, &mut queue, &mut after, &mut dry);
-            continue;
-        }
-        if queue.is_empty() && in_flight == 0 {
+        // (With a claim under way, the select below waits for its rows.)
+        if queue.is_empty() && in_flight == 0 && claiming.is_none() {
             writer.finish(engine, shutdown).await?;
             if stopping {
                 break;

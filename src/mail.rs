@@ -236,7 +236,7 @@ pub struct SmtpSender {
 }
 
 /// An open SMTP session.
-pub struct Connection {
+struct Connection {
     smtp: AsyncSmtpConnection,
     /// The connection under a plain-text or implicit-TLS session (not
     /// STARTTLS) whose relay offers PIPELINING (RFC 2920): a transaction is
@@ -368,10 +368,7 @@ impl SmtpSender {
     /// Opens a connection: our own TCP stream with TCP_NODELAY (lettre
     /// leaves Nagle on, which costs ~40 ms per message), then STARTTLS and
     /// AUTH as configured.
-    pub async fn connect(
-        settings: &SmtpSettings,
-        hello: &ClientId,
-    ) -> Result<Connection, SendError> {
+    async fn connect(settings: &SmtpSettings, hello: &ClientId) -> Result<Connection, SendError> {
         let s = settings;
         let addr = (s.host.as_str(), s.port);
         let transient = |what: &str, e: &dyn std::fmt::Display| {
@@ -527,7 +524,6 @@ impl SmtpSender {
         envelope: &Envelope,
         message: &[u8],
     ) -> Result<Response, TimeoutOr> {
-        out.clear();
         let mut commands = Mail::new(envelope.from().cloned(), Vec::new()).to_string();
         for to in envelope.to() {
             commands.push_str(&Rcpt::new(to.clone(), Vec::new()).to_string());

@@ -17,6 +17,18 @@ async fn workspace(smtp: &SmtpServer, keys: &str) -> (TestDb, Workspace) {
     (db, ws)
 }
 
+/// Runs `gazette send daily` and checks that it sent all READERS digests.
+fn send_every_digest(ws: &Workspace) -> std::process::Output {
+    let out = ws.run(&["send", "daily"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("{READERS} sent, 0 failed")),
+        "{}",
+        stdout(&out)
+    );
+    out
+}
+
 fn trusting_the_test_ca(tls: &str) -> String {
     format!(
         "tls = \"{tls}\"\nca_file = \"{}\"\n",
@@ -24,24 +36,25 @@ fn trusting_the_test_ca(tls: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn starttls_and_auth_carry_every_digest_encrypted_and_authenticated() {
+/// A relay that wants STARTTLS and AUTH PLAIN as `mailer` with the password
+/// `correct horse`; gazette logs in as `mailer` with `password`.
+async fn starttls_relay_with_auth(password: &str) -> (SmtpServer, TestDb, Workspace) {
     let smtp = SmtpServer::start_with(Behaviour {
         tls: Tls::Starttls,
         auth: Some(("mailer".into(), "correct horse".into())),
         ..Behaviour::default()
     });
-    let keys =
-        trusting_the_test_ca("starttls") + "username = \"mailer\"\npassword = \"correct horse\"\n";
-    let (_db, ws) = workspace(&smtp, &keys).await;
+    let keys = trusting_the_test_ca("starttls")
+        + &format!("username = \"mailer\"\npassword = \"{password}\"\n");
+    let (db, ws) = workspace(&smtp, &keys).await;
+    (smtp, db, ws)
+}
 
-    let out = ws.run(&["send", "daily"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("3 sent, 0 failed"),
-        "{}",
-        stdout(&out)
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_and_auth_carry_every_digest_encrypted_and_authenticated() {
+    let (smtp, _db, ws) = starttls_relay_with_auth("correct horse").await;
+
+    let out = send_every_digest(&ws);
     let received = smtp.received();
     assert_eq!(received.len(), READERS);
     for m in &received {
@@ -93,14 +106,7 @@ async fn a_relay_certificate_from_an_unknown_authority_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_stop_send_before_anything_is_planned_or_failed() {
-    let smtp = SmtpServer::start_with(Behaviour {
-        tls: Tls::Starttls,
-        auth: Some(("mailer".into(), "correct horse".into())),
-        ..Behaviour::default()
-    });
-    let keys =
-        trusting_the_test_ca("starttls") + "username = \"mailer\"\npassword = \"wrong horse\"\n";
-    let (_db, ws) = workspace(&smtp, &keys).await;
+    let (smtp, _db, ws) = starttls_relay_with_auth("wrong horse").await;
 
     let out = ws.run(&["send", "daily"]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
@@ -121,12 +127,6 @@ async fn refused_credentials_stop_send_before_anything_is_planned_or_failed() {
     // With the right password the same command sends every digest.
     let config = std::fs::read_to_string(&ws.config).unwrap();
     std::fs::write(&ws.config, config.replace("wrong horse", "correct horse")).unwrap();
-    let out = ws.run(&["send", "daily"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("3 sent, 0 failed"),
-        "{}",
-        stdout(&out)
-    );
+    send_every_digest(&ws);
     assert_eq!(smtp.received().len(), READERS);
 }
