@@ -6,11 +6,18 @@
 //! is the same for all subscribers of a run (digest, articles) is turned
 //! into template values once per run ([`RunContext`]).
 
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
-use minijinja::{Environment, UndefinedBehavior, Value, context};
+use minijinja::machinery;
+use minijinja::{
+    AutoEscape, Environment, HtmlEscape, Output, State, UndefinedBehavior, Value, context,
+};
 use serde::Serialize;
 
 use crate::config::{Digest, Settings};
@@ -35,6 +42,9 @@ pub struct Recipient<'a> {
 pub struct Renderer {
     env: Environment<'static>,
     base_url: String,
+    markers: Markers,
+    /// The digests whose emails are rendered from a skeleton per run.
+    skeleton_digests: HashSet<String>,
 }
 
 #[derive(Serialize)]
@@ -62,6 +72,9 @@ struct ArticleValue<'a> {
 
 /// The per-run part of the template context, built once per run.
 pub struct RunContext {
+    /// The run's emails rendered once with markers in place of the
+    /// reader's values, one per [`Pattern`] (see [`Skeleton`]).
+    skeletons: Mutex<HashMap<Pattern, Option<Arc<Skeleton>>>>,
     name: String,
     title: String,
     digest: Value,
@@ -108,6 +121,7 @@ impl RunContext {
             })
             .collect();
         Self {
+            skeletons: Mutex::default(),
             name: digest.name.to_string(),
             title: digest.title.clone(),
             digest: Value::from_serialize(&digest_value),
@@ -135,6 +149,22 @@ impl RunContext {
     pub fn run_id(&self) -> Option<i64> {
         self.run_id
     }
+
+    /// The skeleton for `pattern`, built on first use.
+    fn skeleton(
+        &self,
+        pattern: Pattern,
+        build: impl FnOnce() -> Option<Skeleton>,
+    ) -> Option<Arc<Skeleton>> {
+        let mut skeletons = self
+            .skeletons
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        skeletons
+            .entry(pattern)
+            .or_insert_with(|| build().map(Arc::new))
+            .clone()
+    }
 }
 
 fn subject_template_name(digest: &Digest) -> String {
@@ -153,6 +183,9 @@ impl Renderer {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_loader(minijinja::path_loader(&settings.templates_dir));
+        let markers = Markers::new();
+        let formatter = markers.clone();
+        env.set_formatter(move |out, state, value| formatter.format(out, state, value));
         for digest in &settings.digests {
             env.add_template_owned(subject_template_name(digest), digest.subject.clone())
                 .with_context(|| {
@@ -162,14 +195,41 @@ impl Renderer {
                     )
                 })?;
         }
-        let renderer = Self {
+        let mut renderer = Self {
             env,
             base_url: settings.web.base_url.clone(),
+            markers,
+            skeleton_digests: HashSet::new(),
         };
         for digest in &settings.digests {
             renderer
                 .check_digest(digest, &settings.templates_dir)
                 .with_context(|| format!("templates of digest `{}`", digest.name))?;
+        }
+        renderer.skeleton_digests = settings
+            .digests
+            .iter()
+            .filter(|digest| {
+                let ctx = RunContext::new(digest, Utc::now(), &[], None);
+                let mut seen = HashSet::new();
+                [
+                    &ctx.subject_template,
+                    &ctx.html_template,
+                    &ctx.text_template,
+                ]
+                .iter()
+                .all(|name| reader_values_only_printed(&renderer.env, name, &mut seen))
+            })
+            .map(|digest| digest.name.to_string())
+            .collect();
+        for digest in &settings.digests {
+            if !renderer.renders_from_skeleton(digest.name.as_str()) {
+                tracing::info!(
+                    digest = %digest.name,
+                    "the templates do more with reader values than print or test them: \
+                     each email is rendered in full"
+                );
+            }
         }
         Ok(renderer)
     }
@@ -250,20 +310,71 @@ impl Renderer {
             .map_err(|e| anyhow::anyhow!("{name}: {}", describe(&e)))
     }
 
+    /// Whether the emails of `digest` are rendered from a skeleton per run
+    /// (see [`Renderer::render`]) rather than in full for every reader.
+    pub fn renders_from_skeleton(&self, digest: &str) -> bool {
+        self.skeleton_digests.contains(digest)
+    }
+
     /// Renders one subscriber's email of a run.
+    ///
+    /// When the digest's templates use the reader's values only as
+    /// `{{ subscriber.name }}` or `{% if subscriber.name %}` (see
+    /// [`Renderer::new`]), the run is rendered once per [`Pattern`] with
+    /// markers in the reader's place, and each email is that skeleton with
+    /// the reader's values (escaped as the template would have) put in:
+    /// the same text as [`Renderer::render_full`], without running the
+    /// templates for every reader.
     pub fn render(&self, run: &RunContext, to: &Recipient<'_>) -> Result<Rendered> {
-        let ctx = context! {
+        let values = self.reader_values(run, to);
+        if !self.skeleton_digests.contains(run.name()) {
+            return self.render_values(run, &values);
+        }
+        let pattern = Pattern::of(&values);
+        match run.skeleton(pattern, || self.skeleton(run, pattern)) {
+            Some(skeleton) => Ok(skeleton.fill(&values)),
+            // Rendering failed: do it again with the reader's values, for
+            // the error message.
+            None => self.render_values(run, &values),
+        }
+    }
+
+    /// Renders one subscriber's email by running the templates with the
+    /// reader's values.
+    pub fn render_full(&self, run: &RunContext, to: &Recipient<'_>) -> Result<Rendered> {
+        self.render_values(run, &self.reader_values(run, to))
+    }
+
+    fn reader_values<'a>(&self, run: &RunContext, to: &Recipient<'a>) -> ReaderValues<'a> {
+        [
+            to.name.map(Cow::Borrowed),
+            Some(Cow::Borrowed(to.email)),
+            Some(Cow::Owned(self.unsubscribe_url(to.unsubscribe_token))),
+            Some(Cow::Owned(self.preferences_url(to.unsubscribe_token))),
+            run.run_id
+                .map(|r| Cow::Owned(self.web_view_url(r, to.unsubscribe_token))),
+        ]
+    }
+
+    /// The template context of a run for these reader values.
+    fn context(run: &RunContext, values: [Option<&str>; FIELDS]) -> Value {
+        let [name, email, unsubscribe, preferences, web_view] = values;
+        context! {
             digest => run.digest.clone(),
             date => run.date.clone(),
             articles => run.articles.clone(),
             run => context! { id => run.run_id },
-            subscriber => context! { name => to.name, email => to.email },
+            subscriber => context! { name => name, email => email },
             links => context! {
-                unsubscribe => self.unsubscribe_url(to.unsubscribe_token),
-                preferences => self.preferences_url(to.unsubscribe_token),
-                web_view => run.run_id.map(|r| self.web_view_url(r, to.unsubscribe_token)),
+                unsubscribe => unsubscribe,
+                preferences => preferences,
+                web_view => web_view,
             },
-        };
+        }
+    }
+
+    fn render_values(&self, run: &RunContext, values: &ReaderValues<'_>) -> Result<Rendered> {
+        let ctx = Self::context(run, values.each_ref().map(|v| v.as_deref()));
         let render = |name: &str| -> Result<String> {
             let template = self
                 .env
@@ -282,6 +393,280 @@ impl Renderer {
             text,
         })
     }
+
+    /// The run's emails for every reader whose values fit `pattern`, with
+    /// markers in place of the values; `None` if a template fails (or
+    /// prints a marker other than through `{{ … }}`).
+    fn skeleton(&self, run: &RunContext, pattern: Pattern) -> Option<Skeleton> {
+        let markers: [Option<String>; FIELDS] =
+            std::array::from_fn(|field| match pattern.0[field] {
+                Slot::Absent => None,
+                Slot::Empty => Some(String::new()),
+                Slot::Marker => Some(self.markers.value(field)),
+            });
+        let ctx = Self::context(run, markers.each_ref().map(|v| v.as_deref()));
+        let render = |name: &str| -> Option<Vec<Piece>> {
+            let text = self.env.get_template(name).ok()?.render(&ctx).ok()?;
+            self.markers.parse(&text)
+        };
+        Some(Skeleton {
+            subject: render(&run.subject_template)?,
+            html: render(&run.html_template)?,
+            text: render(&run.text_template)?,
+        })
+    }
+}
+
+/// How many reader values a template sees: `subscriber.name`,
+/// `subscriber.email`, `links.unsubscribe`, `links.preferences`,
+/// `links.web_view`, in this order.
+const FIELDS: usize = 5;
+
+/// The template variables that hold reader values.
+const READER_VARIABLES: [&str; 2] = ["subscriber", "links"];
+
+type ReaderValues<'a> = [Option<Cow<'a, str>>; FIELDS];
+
+/// What a template can tell of a reader value without printing it: absent
+/// (`none`), empty, or a string that is true in a test. Readers with the
+/// same pattern share a skeleton.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Slot {
+    Absent,
+    Empty,
+    Marker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Pattern([Slot; FIELDS]);
+
+impl Pattern {
+    fn of(values: &ReaderValues<'_>) -> Self {
+        Self(values.each_ref().map(|v| match v.as_deref() {
+            None => Slot::Absent,
+            Some("") => Slot::Empty,
+            Some(_) => Slot::Marker,
+        }))
+    }
+}
+
+/// A piece of a rendered skeleton.
+#[derive(Debug)]
+enum Piece {
+    Text(String),
+    /// A reader value, HTML-escaped or as is.
+    Value {
+        field: usize,
+        html: bool,
+    },
+}
+
+/// A run's subject, HTML and text, rendered once for a [`Pattern`].
+#[derive(Debug)]
+pub(crate) struct Skeleton {
+    subject: Vec<Piece>,
+    html: Vec<Piece>,
+    text: Vec<Piece>,
+}
+
+impl Skeleton {
+    fn fill(&self, values: &ReaderValues<'_>) -> Rendered {
+        let fill = |pieces: &[Piece]| {
+            let mut out = String::with_capacity(
+                pieces
+                    .iter()
+                    .map(|p| match p {
+                        Piece::Text(t) => t.len(),
+                        Piece::Value { field, .. } => {
+                            values[*field].as_deref().map_or(0, |v| v.len() * 2)
+                        }
+                    })
+                    .sum(),
+            );
+            for piece in pieces {
+                match piece {
+                    Piece::Text(t) => out.push_str(t),
+                    Piece::Value { field, html } => {
+                        let value = values[*field].as_deref().unwrap_or_default();
+                        if *html {
+                            let _ = write!(out, "{}", HtmlEscape(value));
+                        } else {
+                            out.push_str(value);
+                        }
+                    }
+                }
+            }
+            out
+        };
+        Rendered {
+            subject: one_line(&fill(&self.subject)),
+            html: fill(&self.html),
+            text: fill(&self.text),
+        }
+    }
+}
+
+/// The markers that stand for reader values in a skeleton: private-use
+/// characters around a random nonce, so no article or reader text can
+/// contain one by accident. A marker value is `OPEN nonce field CLOSE`; the
+/// formatter prints it as `OPEN nonce field mode CLOSE`, the mode saying
+/// whether the value is HTML-escaped where it was printed.
+#[derive(Clone)]
+struct Markers {
+    nonce: Arc<str>,
+}
+
+impl Markers {
+    const OPEN: char = '\u{E000}';
+    const CLOSE: char = '\u{E001}';
+
+    fn new() -> Self {
+        let mut bytes = [0u8; 16];
+        let _ = getrandom::fill(&mut bytes);
+        let nonce: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Self {
+            nonce: nonce.into(),
+        }
+    }
+
+    fn value(&self, field: usize) -> String {
+        format!("{}{}{field}{}", Self::OPEN, self.nonce, Self::CLOSE)
+    }
+
+    /// The field a marker value stands for.
+    fn field_of(&self, value: &str) -> Option<usize> {
+        let rest = value.strip_prefix(Self::OPEN)?.strip_prefix(&*self.nonce)?;
+        let digit = rest.strip_suffix(Self::CLOSE)?;
+        let field = digit.parse::<usize>().ok()?;
+        (digit.len() == 1 && field < FIELDS).then_some(field)
+    }
+
+    /// Prints reader markers with their escaping mode, anything else as
+    /// minijinja does.
+    fn format(
+        &self,
+        out: &mut Output,
+        state: &State,
+        value: &Value,
+    ) -> Result<(), minijinja::Error> {
+        let Some(field) = value.as_str().and_then(|s| self.field_of(s)) else {
+            return minijinja::escape_formatter(out, state, value);
+        };
+        let mode = match state.auto_escape() {
+            AutoEscape::None => 'n',
+            AutoEscape::Html => 'h',
+            _ => {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    "a reader value printed with an escaping other than HTML",
+                ));
+            }
+        };
+        write!(
+            out,
+            "{}{}{field}{mode}{}",
+            Self::OPEN,
+            self.nonce,
+            Self::CLOSE
+        )
+        .map_err(minijinja::Error::from)
+    }
+
+    /// Splits rendered text at the printed markers; `None` if a marker
+    /// reached the output other than through the formatter.
+    fn parse(&self, text: &str) -> Option<Vec<Piece>> {
+        let open = format!("{}{}", Self::OPEN, self.nonce);
+        let mut parts = text.split(open.as_str());
+        let mut pieces = vec![Piece::Text(parts.next()?.to_string())];
+        for part in parts {
+            let mut chars = part.chars();
+            let field = chars.next()?.to_digit(10)? as usize;
+            let html = match chars.next()? {
+                'h' => true,
+                'n' => false,
+                _ => return None,
+            };
+            if field >= FIELDS || chars.next()? != Self::CLOSE {
+                return None;
+            }
+            pieces.push(Piece::Value { field, html });
+            pieces.push(Piece::Text(chars.as_str().to_string()));
+        }
+        pieces.retain(|p| !matches!(p, Piece::Text(t) if t.is_empty()));
+        Some(pieces)
+    }
+}
+
+/// Whether template `name`, and every template it extends or includes,
+/// uses the reader's values only printed (`{{ subscriber.name }}`, also as
+/// the value of an inline `if`) or tested for truth (`{% if
+/// subscriber.name %}`, `not subscriber.name`), and never captures output into a value (macros,
+/// `{% set %}` and filter blocks, `super()`, `self`, recursive loops). Only
+/// then does a skeleton render every reader's email exactly: anything else
+/// (a comparison, a filter, a length) could differ from one reader to the
+/// next, and those digests are rendered in full for every reader.
+///
+/// This reads minijinja's compiled instructions, which are not a stable
+/// interface: a minijinja update that changes them makes digests fall back
+/// to full rendering (the renderer tests say so), never render wrongly.
+fn reader_values_only_printed(
+    env: &Environment<'_>,
+    name: &str,
+    seen: &mut HashSet<String>,
+) -> bool {
+    if !seen.insert(name.to_string()) {
+        return true;
+    }
+    let Ok(template) = env.get_template(name) else {
+        return false;
+    };
+    let compiled = machinery::get_compiled_template(&template);
+    std::iter::once(&compiled.instructions)
+        .chain(compiled.blocks.values())
+        .all(|code| instructions_only_print(env, code, seen))
+}
+
+fn instructions_only_print(
+    env: &Environment<'_>,
+    code: &machinery::Instructions<'_>,
+    seen: &mut HashSet<String>,
+) -> bool {
+    use machinery::Instruction as I;
+    let at = |i: usize| u32::try_from(i).ok().and_then(|i| code.get(i));
+    for i in 0..code.len() {
+        let ok = match at(i) {
+            Some(I::Lookup(var)) if READER_VARIABLES.contains(var) => {
+                matches!(at(i + 1), Some(I::GetAttr(_)))
+                    && match at(i + 2) {
+                        // (`not` makes a boolean of its truth.)
+                        Some(I::Emit | I::JumpIfFalse(_) | I::Not) => true,
+                        // `{{ subscriber.name if … else … }}`
+                        Some(I::Jump(to)) => matches!(code.get(*to), Some(I::Emit)),
+                        _ => false,
+                    }
+            }
+            Some(I::Lookup("self"))
+            | Some(I::BeginCapture(_))
+            | Some(I::BuildMacro(..))
+            | Some(I::FastSuper)
+            | Some(I::FastRecurse)
+            | Some(I::CallObject(_))
+            | Some(I::Enclose(_))
+            | Some(I::GetClosure) => false,
+            Some(I::CallFunction(f, _)) => !matches!(*f, "super" | "loop" | "caller" | "self"),
+            Some(I::Include(_) | I::LoadBlocks) => match i.checked_sub(1).and_then(at) {
+                Some(I::LoadConst(included)) => included
+                    .as_str()
+                    .is_some_and(|included| reader_values_only_printed(env, included, seen)),
+                _ => false,
+            },
+            _ => true,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
 }
 
 /// A minijinja error with its template, line and cause chain.

@@ -9,6 +9,7 @@ mod cli;
 mod config_errors;
 mod faults;
 mod pipeline;
+mod render;
 mod scheduling;
 mod store;
 mod tls;
