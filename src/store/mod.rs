@@ -691,38 +691,58 @@ impl Store {
         lease_until: Timestamp,
         limit: u32,
     ) -> Result<Vec<Claimed>> {
-        let lock = match self {
-            Store::Postgres(_) => "for update skip locked",
-            Store::Sqlite(_) => "",
-        };
-        let claim = format!(
-            "update deliveries set status = 'sending', lease_until = $1 where id in \
-             (select id from deliveries where run_id = $4 and id > $5 and status = 'pending' \
-              and next_attempt_at <= $2 order by id limit $3 {lock}) returning id"
-        );
-        on_pool!(self, pool => {
-            let q = sqlx::query_as::<_, (i64,)>(&claim)
-                .bind(lease_until)
-                .bind(now)
-                .bind(i64::from(limit))
-                .bind(run)
-                .bind(after);
-            let ids: Vec<i64> = q.fetch_all(pool).await?.into_iter().map(|(id,)| id).collect();
-            if ids.is_empty() {
-                return Ok(Vec::new());
+        const DUE: &str = "select id from deliveries where run_id = $4 and id > $5 and status = 'pending' \
+                           and next_attempt_at <= $2 order by id limit $3";
+        const READER: &str = "c.id, c.run_id, c.subscriber_id, c.attempts, s.email, s.name, \
+                              s.status as subscriber_status, s.unsubscribe_token";
+        match self {
+            Store::Postgres(pool) => {
+                // One statement. `= any(array(…))` makes the update find its
+                // rows through the primary key (with `in (…)` the planner may
+                // scan the whole ledger for them), and the subscribers are
+                // joined to the claimed rows only.
+                let sql = format!(
+                    "with c as (update deliveries set status = 'sending', lease_until = $1 \
+                     where id = any(array({DUE} for update skip locked)) \
+                     returning id, run_id, subscriber_id, attempts) \
+                     select {READER} from c join subscribers s on s.id = c.subscriber_id order by c.id"
+                );
+                Ok(sqlx::query_as(&sql)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(i64::from(limit))
+                    .bind(run)
+                    .bind(after)
+                    .fetch_all(pool)
+                    .await?)
             }
-            let mut q = QueryBuilder::new(
-                "select d.id, d.run_id, d.subscriber_id, d.attempts, s.email, s.name, \
-                 s.status as subscriber_status, s.unsubscribe_token \
-                 from deliveries d join subscribers s on s.id = d.subscriber_id where d.id in (",
-            );
-            let mut list = q.separated(", ");
-            for id in &ids {
-                list.push_bind(*id);
+            Store::Sqlite(pool) => {
+                // (SQLite has no update in a `with`, and one writer at a time.)
+                let claim = format!(
+                    "update deliveries set status = 'sending', lease_until = $1 where id in ({DUE}) returning id"
+                );
+                let ids: Vec<(i64,)> = sqlx::query_as(&claim)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(i64::from(limit))
+                    .bind(run)
+                    .bind(after)
+                    .fetch_all(pool)
+                    .await?;
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut q = QueryBuilder::new(format!(
+                    "select {READER} from deliveries c join subscribers s on s.id = c.subscriber_id where c.id in ("
+                ));
+                let mut list = q.separated(", ");
+                for (id,) in &ids {
+                    list.push_bind(*id);
+                }
+                q.push(") order by c.id");
+                Ok(q.build_query_as().fetch_all(pool).await?)
             }
-            q.push(") order by d.id");
-            Ok(q.build_query_as().fetch_all(pool).await?)
-        })
+        }
     }
 
     /// Records deliveries accepted by the relay (one statement per batch).
