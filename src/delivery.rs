@@ -131,7 +131,7 @@ pub fn compose(
     date: DateTime<Utc>,
     encoder: &mut BodyEncoder,
 ) -> Result<(Rendered, lettre::Message)> {
-    let rendered = engine.renderer.render(run, reader)?;
+    let (rendered, encoded) = engine.renderer.render_for_mail(run, reader)?;
     let from = &engine.settings.mail.from;
     let message = mail::build_message(
         &MessageMeta {
@@ -146,6 +146,7 @@ pub fn compose(
             date,
         },
         &rendered,
+        encoded,
         encoder,
     )?;
     Ok((rendered, message))

@@ -113,11 +113,34 @@ impl BodyEncoder {
     }
 }
 
+/// `text` as a quoted-printable body, appended to `out`: the encoding of
+/// [`BodyEncoder::encode`], without its memory of lines.
+pub fn encode_body(text: &str, out: &mut Vec<u8>) {
+    let mut lines = text.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        out.extend_from_slice(&quoted_printable::encode(line));
+        if lines.peek().is_some() {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// A message's two bodies, already quoted-printable (see
+/// [`crate::render::Renderer::render_for_mail`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedBodies {
+    pub text: Vec<u8>,
+    pub html: Vec<u8>,
+}
+
 /// Builds the multipart/alternative message (text first, then HTML), both
-/// parts quoted-printable.
+/// parts quoted-printable: `encoded` if given (it must be the encoding of
+/// `body`), else encoded here.
 pub fn build_message(
     env: &MessageMeta<'_>,
     body: &Rendered,
+    encoded: Option<EncodedBodies>,
     encoder: &mut BodyEncoder,
 ) -> Result<lettre::Message> {
     let address = env
@@ -144,10 +167,16 @@ pub fn build_message(
             ));
     }
     let message = builder
-        .multipart(MultiPart::alternative_plain_html(
-            encoder.body(&body.text),
-            encoder.body(&body.html),
-        ))
+        .multipart(match encoded {
+            Some(EncodedBodies { text, html }) => MultiPart::alternative_plain_html(
+                Body::dangerous_pre_encoded(text, ContentTransferEncoding::QuotedPrintable),
+                Body::dangerous_pre_encoded(html, ContentTransferEncoding::QuotedPrintable),
+            ),
+            None => MultiPart::alternative_plain_html(
+                encoder.body(&body.text),
+                encoder.body(&body.html),
+            ),
+        })
         .context("cannot build the email message")?;
     Ok(message)
 }

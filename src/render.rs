@@ -21,6 +21,7 @@ use minijinja::{
 use serde::Serialize;
 
 use crate::config::{Digest, Settings};
+use crate::mail::{EncodedBodies, encode_body};
 use crate::store::RunArticle;
 
 /// What a subscriber receives, before it becomes a MIME message.
@@ -327,16 +328,35 @@ impl Renderer {
     /// templates for every reader.
     pub fn render(&self, run: &RunContext, to: &Recipient<'_>) -> Result<Rendered> {
         let values = self.reader_values(run, to);
-        if !self.skeleton_digests.contains(run.name()) {
-            return self.render_values(run, &values);
-        }
-        let pattern = Pattern::of(&values);
-        match run.skeleton(pattern, || self.skeleton(run, pattern)) {
+        match self.skeleton_for(run, &values) {
             Some(skeleton) => Ok(skeleton.fill(&values)),
-            // Rendering failed: do it again with the reader's values, for
-            // the error message.
             None => self.render_values(run, &values),
         }
+    }
+
+    /// [`Renderer::render`], and when the email comes from a skeleton, its
+    /// bodies already quoted-printable (from lines encoded once per run).
+    pub fn render_for_mail(
+        &self,
+        run: &RunContext,
+        to: &Recipient<'_>,
+    ) -> Result<(Rendered, Option<EncodedBodies>)> {
+        let values = self.reader_values(run, to);
+        match self.skeleton_for(run, &values) {
+            Some(skeleton) => Ok((skeleton.fill(&values), Some(skeleton.encode(&values)))),
+            None => Ok((self.render_values(run, &values)?, None)),
+        }
+    }
+
+    /// The run's skeleton for these values; `None` if the digest renders
+    /// in full for every reader, or if rendering failed (rendering again
+    /// with the reader's values gives the error message).
+    fn skeleton_for(&self, run: &RunContext, values: &ReaderValues<'_>) -> Option<Arc<Skeleton>> {
+        if !self.skeleton_digests.contains(run.name()) {
+            return None;
+        }
+        let pattern = Pattern::of(values);
+        run.skeleton(pattern, || self.skeleton(run, pattern))
     }
 
     /// Renders one subscriber's email by running the templates with the
@@ -409,11 +429,11 @@ impl Renderer {
             let text = self.env.get_template(name).ok()?.render(&ctx).ok()?;
             self.markers.parse(&text)
         };
-        Some(Skeleton {
-            subject: render(&run.subject_template)?,
-            html: render(&run.html_template)?,
-            text: render(&run.text_template)?,
-        })
+        Some(Skeleton::new(
+            render(&run.subject_template)?,
+            render(&run.html_template)?,
+            render(&run.text_template)?,
+        ))
     }
 }
 
@@ -467,9 +487,21 @@ pub(crate) struct Skeleton {
     subject: Vec<Piece>,
     html: Vec<Piece>,
     text: Vec<Piece>,
+    html_body: Vec<Chunk>,
+    text_body: Vec<Chunk>,
 }
 
 impl Skeleton {
+    fn new(subject: Vec<Piece>, html: Vec<Piece>, text: Vec<Piece>) -> Self {
+        Self {
+            html_body: Chunk::prepare(&html),
+            text_body: Chunk::prepare(&text),
+            subject,
+            html,
+            text,
+        }
+    }
+
     fn fill(&self, values: &ReaderValues<'_>) -> Rendered {
         let fill = |pieces: &[Piece]| {
             let mut out = String::with_capacity(
@@ -483,19 +515,7 @@ impl Skeleton {
                     })
                     .sum(),
             );
-            for piece in pieces {
-                match piece {
-                    Piece::Text(t) => out.push_str(t),
-                    Piece::Value { field, html } => {
-                        let value = values[*field].as_deref().unwrap_or_default();
-                        if *html {
-                            let _ = write!(out, "{}", HtmlEscape(value));
-                        } else {
-                            out.push_str(value);
-                        }
-                    }
-                }
-            }
+            fill_into(pieces, values, &mut out);
             out
         };
         Rendered {
@@ -503,6 +523,118 @@ impl Skeleton {
             html: fill(&self.html),
             text: fill(&self.text),
         }
+    }
+
+    fn encode(&self, values: &ReaderValues<'_>) -> EncodedBodies {
+        EncodedBodies {
+            text: Chunk::encode(&self.text_body, values),
+            html: Chunk::encode(&self.html_body, values),
+        }
+    }
+}
+
+fn fill_into(pieces: &[Piece], values: &ReaderValues<'_>, out: &mut String) {
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Value { field, html } => {
+                let value = values[*field].as_deref().unwrap_or_default();
+                if *html {
+                    let _ = write!(out, "{}", HtmlEscape(value));
+                } else {
+                    out.push_str(value);
+                }
+            }
+        }
+    }
+}
+
+/// Part of a body's quoted-printable encoding, prepared with the skeleton.
+/// Quoted-printable is line-local, so the lines without a reader value
+/// are encoded once, and only the lines with one for each reader.
+#[derive(Debug)]
+enum Chunk {
+    /// Whole lines, encoded, with the CRLFs between them and around them.
+    Encoded(Vec<u8>),
+    /// One line holding reader values (without its line end).
+    Line(Vec<Piece>),
+}
+
+impl Chunk {
+    fn prepare(pieces: &[Piece]) -> Vec<Chunk> {
+        let mut chunks = Vec::new();
+        let mut encoded = Vec::new();
+        let mut line: Vec<Piece> = Vec::new();
+        let mut first = true;
+        // Ends the current line: encoded now if it has no reader value.
+        let mut end_line =
+            |line: &mut Vec<Piece>, encoded: &mut Vec<u8>, chunks: &mut Vec<Chunk>| {
+                if !std::mem::take(&mut first) {
+                    encoded.extend_from_slice(b"\r\n");
+                }
+                if line.iter().any(|p| matches!(p, Piece::Value { .. })) {
+                    if !encoded.is_empty() {
+                        chunks.push(Chunk::Encoded(std::mem::take(encoded)));
+                    }
+                    chunks.push(Chunk::Line(std::mem::take(line)));
+                } else {
+                    let mut text = String::new();
+                    for piece in line.drain(..) {
+                        if let Piece::Text(t) = piece {
+                            text.push_str(&t);
+                        }
+                    }
+                    encode_body(&text, encoded);
+                }
+            };
+        for piece in pieces {
+            match piece {
+                Piece::Value { field, html } => line.push(Piece::Value {
+                    field: *field,
+                    html: *html,
+                }),
+                Piece::Text(t) => {
+                    let mut parts = t.split('\n').peekable();
+                    while let Some(part) = parts.next() {
+                        if !part.is_empty() {
+                            line.push(Piece::Text(part.to_string()));
+                        }
+                        if parts.peek().is_some() {
+                            end_line(&mut line, &mut encoded, &mut chunks);
+                        }
+                    }
+                }
+            }
+        }
+        end_line(&mut line, &mut encoded, &mut chunks);
+        if !encoded.is_empty() {
+            chunks.push(Chunk::Encoded(encoded));
+        }
+        chunks
+    }
+
+    fn encode(chunks: &[Chunk], values: &ReaderValues<'_>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            chunks
+                .iter()
+                .map(|c| match c {
+                    Chunk::Encoded(bytes) => bytes.len(),
+                    Chunk::Line(_) => 160,
+                })
+                .sum(),
+        );
+        let mut line = String::new();
+        for chunk in chunks {
+            match chunk {
+                Chunk::Encoded(bytes) => out.extend_from_slice(bytes),
+                Chunk::Line(pieces) => {
+                    line.clear();
+                    fill_into(pieces, values, &mut line);
+                    encode_body(&line, &mut out);
+                }
+            }
+        }
+        out
     }
 }
 

@@ -485,6 +485,7 @@ async fn send_confirmation(
             date: Utc::now(),
         },
         &rendered,
+        None,
         &mut mail::BodyEncoder::default(),
     )?;
     let mut sender = Sender::new(&engine.settings);

@@ -3,6 +3,7 @@
 //! reader's values than print or test them are rendered for every reader.
 
 use chrono::{TimeZone, Utc};
+use gazette::mail::BodyEncoder;
 use gazette::render::{Recipient, RunContext};
 use gazette::store::RunArticle;
 
@@ -71,6 +72,14 @@ fn readers() -> Vec<(Option<&'static str>, &'static str, &'static str)> {
             Some("Zoë <O'Neil> & \"Co\" {{ x }}"),
             "zoe+news@example.org",
             "tok/4",
+        ),
+        // Long enough for soft line breaks, with line breaks and `=`.
+        (
+            Some(
+                "Line\r\nbreak, then a name that goes on well beyond seventy-six characters =3D ünïcödé\nend",
+            ),
+            "long@example.org",
+            "tok-5",
         ),
     ]
 }
@@ -172,6 +181,26 @@ fn a_skeleton_renders_each_reader_exactly_as_the_templates_do() {
                     fast, full,
                     "digest `{name}`, reader {email}, run {run_id:?}"
                 );
+                let (for_mail, encoded) = renderer.render_for_mail(&run, &reader).unwrap();
+                assert_eq!(for_mail, full);
+                // The bodies encoded from the skeleton are the encoding of
+                // the whole rendered text.
+                match encoded {
+                    Some(encoded) => {
+                        let mut encoder = BodyEncoder::default();
+                        assert_eq!(
+                            String::from_utf8(encoded.text).unwrap(),
+                            String::from_utf8(encoder.encode(&full.text)).unwrap(),
+                            "digest `{name}`, reader {email}"
+                        );
+                        assert_eq!(
+                            String::from_utf8(encoded.html).unwrap(),
+                            String::from_utf8(encoder.encode(&full.html)).unwrap(),
+                            "digest `{name}`, reader {email}"
+                        );
+                    }
+                    None => assert!(!expect_skeleton, "digest `{name}`"),
+                }
                 if expect_skeleton {
                     assert!(full.html.contains(email), "{}", full.html);
                 }
