@@ -326,8 +326,8 @@ pub async fn preview(
         email: &email,
         unsubscribe_token: &token,
     };
-    let (rendered, message) =
-        delivery::compose(engine, &ctx, &reader, id, now, &mut BodyEncoder::default())?;
+    let rendered = engine.renderer.render(&ctx, &reader)?;
+    let message = delivery::compose(engine, &ctx, &reader, id, now, &mut BodyEncoder::default())?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let files = PreviewFiles {
         html: out.join(format!("{}.html", digest.name)),

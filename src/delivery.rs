@@ -19,7 +19,7 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::config::{Digest, Settings};
 use crate::mail::{self, BodyEncoder, MessageMeta, SendError, Sender};
-use crate::render::{Recipient, Rendered, Renderer, RunContext};
+use crate::render::{Recipient, Renderer, RunContext};
 use crate::store::{
     Claimed, DeliveryCounts, PlanOutcome, Run, RunArticle, RunPlan, Store, Timestamp,
 };
@@ -130,10 +130,10 @@ pub fn compose(
     subscriber_id: i64,
     date: DateTime<Utc>,
     encoder: &mut BodyEncoder,
-) -> Result<(Rendered, lettre::Message)> {
-    let (rendered, encoded) = engine.renderer.render_for_mail(run, reader)?;
+) -> Result<lettre::Message> {
+    let (subject, bodies) = engine.renderer.render_for_mail(run, reader, encoder)?;
     let from = &engine.settings.mail.from;
-    let message = mail::build_message(
+    mail::build_message(
         &MessageMeta {
             from,
             to_email: reader.email,
@@ -145,11 +145,9 @@ pub fn compose(
             }),
             date,
         },
-        &rendered,
-        encoded,
-        encoder,
-    )?;
-    Ok((rendered, message))
+        &subject,
+        bodies,
+    )
 }
 
 enum Outcome {
@@ -335,7 +333,7 @@ async fn deliver_one(
         encoder,
     );
     let message = match message {
-        Ok((_, m)) => m,
+        Ok(m) => m,
         Err(e) => {
             return Outcome::Failed {
                 id: c.id,

@@ -108,8 +108,12 @@ impl BodyEncoder {
         out
     }
 
-    fn body(&mut self, text: &str) -> Body {
-        Body::dangerous_pre_encoded(self.encode(text), ContentTransferEncoding::QuotedPrintable)
+    /// Both bodies of `rendered`.
+    pub fn bodies(&mut self, rendered: &Rendered) -> EncodedBodies {
+        EncodedBodies {
+            text: self.encode(&rendered.text),
+            html: self.encode(&rendered.html),
+        }
     }
 }
 
@@ -126,8 +130,7 @@ pub fn encode_body(text: &str, out: &mut Vec<u8>) {
     }
 }
 
-/// A message's two bodies, already quoted-printable (see
-/// [`crate::render::Renderer::render_for_mail`]).
+/// A message's two bodies, quoted-printable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedBodies {
     pub text: Vec<u8>,
@@ -135,13 +138,11 @@ pub struct EncodedBodies {
 }
 
 /// Builds the multipart/alternative message (text first, then HTML), both
-/// parts quoted-printable: `encoded` if given (it must be the encoding of
-/// `body`), else encoded here.
+/// parts quoted-printable.
 pub fn build_message(
     env: &MessageMeta<'_>,
-    body: &Rendered,
-    encoded: Option<EncodedBodies>,
-    encoder: &mut BodyEncoder,
+    subject: &str,
+    bodies: EncodedBodies,
 ) -> Result<lettre::Message> {
     let address = env
         .to_email
@@ -151,7 +152,7 @@ pub fn build_message(
     let mut builder = lettre::Message::builder()
         .from(env.from.clone())
         .to(to)
-        .subject(one_line(&body.subject))
+        .subject(one_line(subject))
         .date(env.date.into())
         .message_id(Some(env.message_id.clone()));
     if let Some(list) = &env.list {
@@ -167,16 +168,10 @@ pub fn build_message(
             ));
     }
     let message = builder
-        .multipart(match encoded {
-            Some(EncodedBodies { text, html }) => MultiPart::alternative_plain_html(
-                Body::dangerous_pre_encoded(text, ContentTransferEncoding::QuotedPrintable),
-                Body::dangerous_pre_encoded(html, ContentTransferEncoding::QuotedPrintable),
-            ),
-            None => MultiPart::alternative_plain_html(
-                encoder.body(&body.text),
-                encoder.body(&body.html),
-            ),
-        })
+        .multipart(MultiPart::alternative_plain_html(
+            Body::dangerous_pre_encoded(bodies.text, ContentTransferEncoding::QuotedPrintable),
+            Body::dangerous_pre_encoded(bodies.html, ContentTransferEncoding::QuotedPrintable),
+        ))
         .context("cannot build the email message")?;
     Ok(message)
 }

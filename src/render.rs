@@ -21,7 +21,7 @@ use minijinja::{
 use serde::Serialize;
 
 use crate::config::{Digest, Settings};
-use crate::mail::{EncodedBodies, encode_body};
+use crate::mail::{BodyEncoder, EncodedBodies, encode_body};
 use crate::store::RunArticle;
 
 /// What a subscriber receives, before it becomes a MIME message.
@@ -95,6 +95,7 @@ impl RunContext {
         articles: &[RunArticle],
         run_id: Option<i64>,
     ) -> Self {
+        let [subject_template, html_template, text_template] = template_names(digest);
         let tz = digest.timezone;
         let local = slot.with_timezone(&tz);
         let date = local.format("%A, %-d %B %Y").to_string();
@@ -129,9 +130,9 @@ impl RunContext {
             date: Value::from(date),
             articles: Value::from_serialize(&articles),
             run_id,
-            html_template: format!("{}.html.j2", digest.template),
-            text_template: format!("{}.txt.j2", digest.template),
-            subject_template: subject_template_name(digest),
+            html_template,
+            text_template,
+            subject_template,
         }
     }
 }
@@ -173,6 +174,15 @@ fn subject_template_name(digest: &Digest) -> String {
     format!("subject/{}", digest.name)
 }
 
+/// The subject, HTML and text templates of a digest.
+fn template_names(digest: &Digest) -> [String; 3] {
+    [
+        subject_template_name(digest),
+        format!("{}.html.j2", digest.template),
+        format!("{}.txt.j2", digest.template),
+    ]
+}
+
 impl Renderer {
     /// Loads the templates of every configured digest and renders each once
     /// with sample data, so that a syntax error or a misspelt variable stops
@@ -207,24 +217,14 @@ impl Renderer {
                 .check_digest(digest, &settings.templates_dir)
                 .with_context(|| format!("templates of digest `{}`", digest.name))?;
         }
-        renderer.skeleton_digests = settings
-            .digests
-            .iter()
-            .filter(|digest| {
-                let ctx = RunContext::new(digest, Utc::now(), &[], None);
-                let mut seen = HashSet::new();
-                [
-                    &ctx.subject_template,
-                    &ctx.html_template,
-                    &ctx.text_template,
-                ]
-                .iter()
-                .all(|name| reader_values_only_printed(&renderer.env, name, &mut seen))
-            })
-            .map(|digest| digest.name.to_string())
-            .collect();
         for digest in &settings.digests {
-            if !renderer.renders_from_skeleton(digest.name.as_str()) {
+            let mut seen = HashSet::new();
+            let only_printed = template_names(digest)
+                .iter()
+                .all(|name| reader_values_only_printed(&renderer.env, name, &mut seen));
+            if only_printed {
+                renderer.skeleton_digests.insert(digest.name.to_string());
+            } else {
                 tracing::info!(
                     digest = %digest.name,
                     "the templates do more with reader values than print or test them: \
@@ -236,11 +236,10 @@ impl Renderer {
     }
 
     fn check_digest(&self, digest: &Digest, dir: &Path) -> Result<()> {
-        for ext in ["html", "txt"] {
-            let name = format!("{}.{ext}.j2", digest.template);
+        for name in &template_names(digest)[1..] {
             self.env
-                .get_template(&name)
-                .map_err(|e| anyhow::anyhow!("{}: {}", dir.join(&name).display(), describe(&e)))?;
+                .get_template(name)
+                .map_err(|e| anyhow::anyhow!("{}: {}", dir.join(name).display(), describe(&e)))?;
         }
         let sample = RunArticle {
             article_id: 0,
@@ -334,17 +333,24 @@ impl Renderer {
         }
     }
 
-    /// [`Renderer::render`], and when the email comes from a skeleton, its
-    /// bodies already quoted-printable (from lines encoded once per run).
+    /// What an email needs of [`Renderer::render`]: the subject and both
+    /// bodies, quoted-printable. From a skeleton, only the lines with the
+    /// reader's values are encoded; otherwise `encoder` encodes the
+    /// rendered text.
     pub fn render_for_mail(
         &self,
         run: &RunContext,
         to: &Recipient<'_>,
-    ) -> Result<(Rendered, Option<EncodedBodies>)> {
+        encoder: &mut BodyEncoder,
+    ) -> Result<(String, EncodedBodies)> {
         let values = self.reader_values(run, to);
         match self.skeleton_for(run, &values) {
-            Some(skeleton) => Ok((skeleton.fill(&values), Some(skeleton.encode(&values)))),
-            None => Ok((self.render_values(run, &values)?, None)),
+            Some(skeleton) => Ok((skeleton.subject(&values), skeleton.encode(&values))),
+            None => {
+                let rendered = self.render_values(run, &values)?;
+                let bodies = encoder.bodies(&rendered);
+                Ok((rendered.subject, bodies))
+            }
         }
     }
 
@@ -471,7 +477,7 @@ impl Pattern {
 }
 
 /// A piece of a rendered skeleton.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Piece {
     Text(String),
     /// A reader value, HTML-escaped or as is.
@@ -523,6 +529,12 @@ impl Skeleton {
             html: fill(&self.html),
             text: fill(&self.text),
         }
+    }
+
+    fn subject(&self, values: &ReaderValues<'_>) -> String {
+        let mut subject = String::new();
+        fill_into(&self.subject, values, &mut subject);
+        one_line(&subject)
     }
 
     fn encode(&self, values: &ReaderValues<'_>) -> EncodedBodies {
@@ -589,10 +601,7 @@ impl Chunk {
             };
         for piece in pieces {
             match piece {
-                Piece::Value { field, html } => line.push(Piece::Value {
-                    field: *field,
-                    html: *html,
-                }),
+                Piece::Value { .. } => line.push(piece.clone()),
                 Piece::Text(t) => {
                     let mut parts = t.split('\n').peekable();
                     while let Some(part) = parts.next() {

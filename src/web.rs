@@ -484,9 +484,8 @@ async fn send_confirmation(
             list: None,
             date: Utc::now(),
         },
-        &rendered,
-        None,
-        &mut mail::BodyEncoder::default(),
+        &rendered.subject,
+        mail::BodyEncoder::default().bodies(&rendered),
     )?;
     let mut sender = Sender::new(&engine.settings);
     let stem = format!("confirm-{subscriber_id}-{}", Utc::now().timestamp_millis());

@@ -695,6 +695,17 @@ impl Store {
                            and next_attempt_at <= $2 order by id limit $3";
         const READER: &str = "c.id, c.run_id, c.subscriber_id, c.attempts, s.email, s.name, \
                               s.status as subscriber_status, s.unsubscribe_token";
+        // The parameters of DUE and of the lease, on either backend.
+        macro_rules! bind_claim {
+            ($sql:expr) => {
+                sqlx::query_as($sql)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(i64::from(limit))
+                    .bind(run)
+                    .bind(after)
+            };
+        }
         match self {
             Store::Postgres(pool) => {
                 // One statement. `= any(array(…))` makes the update find its
@@ -707,28 +718,14 @@ impl Store {
                      returning id, run_id, subscriber_id, attempts) \
                      select {READER} from c join subscribers s on s.id = c.subscriber_id order by c.id"
                 );
-                Ok(sqlx::query_as(&sql)
-                    .bind(lease_until)
-                    .bind(now)
-                    .bind(i64::from(limit))
-                    .bind(run)
-                    .bind(after)
-                    .fetch_all(pool)
-                    .await?)
+                Ok(bind_claim!(&sql).fetch_all(pool).await?)
             }
             Store::Sqlite(pool) => {
                 // (SQLite has no update in a `with`, and one writer at a time.)
                 let claim = format!(
                     "update deliveries set status = 'sending', lease_until = $1 where id in ({DUE}) returning id"
                 );
-                let ids: Vec<(i64,)> = sqlx::query_as(&claim)
-                    .bind(lease_until)
-                    .bind(now)
-                    .bind(i64::from(limit))
-                    .bind(run)
-                    .bind(after)
-                    .fetch_all(pool)
-                    .await?;
+                let ids: Vec<(i64,)> = bind_claim!(&claim).fetch_all(pool).await?;
                 if ids.is_empty() {
                     return Ok(Vec::new());
                 }

@@ -181,26 +181,23 @@ fn a_skeleton_renders_each_reader_exactly_as_the_templates_do() {
                     fast, full,
                     "digest `{name}`, reader {email}, run {run_id:?}"
                 );
-                let (for_mail, encoded) = renderer.render_for_mail(&run, &reader).unwrap();
-                assert_eq!(for_mail, full);
-                // The bodies encoded from the skeleton are the encoding of
-                // the whole rendered text.
-                match encoded {
-                    Some(encoded) => {
-                        let mut encoder = BodyEncoder::default();
-                        assert_eq!(
-                            String::from_utf8(encoded.text).unwrap(),
-                            String::from_utf8(encoder.encode(&full.text)).unwrap(),
-                            "digest `{name}`, reader {email}"
-                        );
-                        assert_eq!(
-                            String::from_utf8(encoded.html).unwrap(),
-                            String::from_utf8(encoder.encode(&full.html)).unwrap(),
-                            "digest `{name}`, reader {email}"
-                        );
-                    }
-                    None => assert!(!expect_skeleton, "digest `{name}`"),
-                }
+                // What goes into the email: the subject, and bodies that
+                // are the encoding of the whole rendered text.
+                let (subject, bodies) = renderer
+                    .render_for_mail(&run, &reader, &mut BodyEncoder::default())
+                    .unwrap();
+                assert_eq!(subject, full.subject);
+                let whole = BodyEncoder::default().bodies(&full);
+                assert_eq!(
+                    String::from_utf8(bodies.text).unwrap(),
+                    String::from_utf8(whole.text).unwrap(),
+                    "digest `{name}`, reader {email}"
+                );
+                assert_eq!(
+                    String::from_utf8(bodies.html).unwrap(),
+                    String::from_utf8(whole.html).unwrap(),
+                    "digest `{name}`, reader {email}"
+                );
                 if expect_skeleton {
                     assert!(full.html.contains(email), "{}", full.html);
                 }
