@@ -432,17 +432,14 @@ pub async fn deliver_run(
             claiming = Some(tokio::spawn(async move {
                 let store = &engine.store;
                 let now = Utc::now();
-                let claimed = retrying("claim deliveries", &shutdown, || async {
-                    store.release_expired_leases(Timestamp::from(now)).await?;
-                    store
-                        .claim(
-                            run_id,
-                            after,
-                            Timestamp::from(now),
-                            Timestamp::from(now + lease),
-                            batch,
-                        )
-                        .await
+                let claimed = retrying("claim deliveries", &shutdown, || {
+                    store.claim(
+                        run_id,
+                        after,
+                        Timestamp::from(now),
+                        Timestamp::from(now + lease),
+                        batch,
+                    )
                 })
                 .await?;
                 Ok((claimed, usable_until))

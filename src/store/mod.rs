@@ -670,15 +670,10 @@ impl Store {
 
     // -- the delivery ledger ------------------------------------------------
 
-    /// Returns rows whose lease expired (a crashed worker's) to pending.
-    pub async fn release_expired_leases(&self, now: Timestamp) -> Result<u64> {
-        let sql = "update deliveries set status = 'pending', lease_until = null \
-                   where status = 'sending' and lease_until < $1";
-        on_pool!(self, pool => Ok(sqlx::query(sql).bind(now).execute(pool).await?.rows_affected()))
-    }
-
     /// Claims up to `limit` due deliveries of `run` with an id above
-    /// `after`, marking them `sending` until `lease_until`. Replicas on
+    /// `after`, marking them `sending` until `lease_until`: pending rows
+    /// whose `next_attempt_at` has come, and rows whose lease expired (a
+    /// crashed or stopped process's, taken over as they are). Replicas on
     /// Postgres claim disjoint rows (`for update skip locked`). Walking the
     /// run forward from the last id claimed keeps each claim as cheap at the
     /// end of a long run as at its start; a claim from 0 picks up the rows
@@ -691,8 +686,9 @@ impl Store {
         lease_until: Timestamp,
         limit: u32,
     ) -> Result<Vec<Claimed>> {
-        const DUE: &str = "select id from deliveries where run_id = $4 and id > $5 and status = 'pending' \
-                           and next_attempt_at <= $2 order by id limit $3";
+        const DUE: &str = "select id from deliveries where run_id = $4 and id > $5 \
+                           and (status = 'pending' and next_attempt_at <= $2 \
+                           or status = 'sending' and lease_until < $2) order by id limit $3";
         const READER: &str = "c.id, c.run_id, c.subscriber_id, c.attempts, s.email, s.name, \
                               s.status as subscriber_status, s.unsubscribe_token";
         // The parameters of DUE and of the lease, on either backend.
@@ -793,9 +789,8 @@ impl Store {
         // Only rows still `sending` change; a message that was sent is also
         // recorded when its lease ran out meanwhile (the row went back to
         // `pending`), so it is not sent again. The condition sits in the
-        // CASEs, not the WHERE, so the rows are found through the primary
-        // key and never through the partial indexes on status, whose dead
-        // entries pile up during a long run.
+        // CASEs, not the WHERE, so the rows are always found through the
+        // primary key.
         let open = if status == "sent" {
             "status in ('sending', 'pending')"
         } else {

@@ -3,7 +3,7 @@
 use chrono::{Duration, Utc};
 use gazette::domain::{DigestName, EmailAddress};
 use gazette::import;
-use gazette::store::{NewSubscriber, Store, Timestamp};
+use gazette::store::{Claimed, NewSubscriber, PlanOutcome, RunPlan, Store, Timestamp};
 
 use crate::helpers::{Backend, TestDb};
 use crate::on_both_backends;
@@ -15,6 +15,7 @@ on_both_backends!(
     a_subscriber_csv_with_a_bad_row_names_the_line_and_imports_nothing,
     importing_never_resubscribes_someone_who_left,
     article_selection_takes_the_window_tags_and_limit_newest_first,
+    claims_take_due_rows_in_order_and_rows_whose_lease_expired,
 );
 
 async fn store(db: &TestDb) -> Store {
@@ -274,4 +275,94 @@ async fn article_selection_takes_the_window_tags_and_limit_newest_first(backend:
         .unwrap();
     let titles: Vec<&str> = all.iter().map(|a| a.title.as_str()).collect();
     assert_eq!(titles, ["c", "b", "a"], "only articles up to the cutoff");
+}
+
+async fn claims_take_due_rows_in_order_and_rows_whose_lease_expired(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = store(&db).await;
+    let now = Utc::now();
+    let readers: Vec<NewSubscriber> = (0..6)
+        .map(|i| NewSubscriber {
+            email: EmailAddress::parse(&format!("reader{i}@example.org")).unwrap(),
+            name: None,
+            digests: vec![daily()],
+        })
+        .collect();
+    store
+        .upsert_subscribers(&readers, Timestamp::from(now))
+        .await
+        .unwrap();
+    let digest = daily();
+    let plan = RunPlan {
+        digest: &digest,
+        slot: Timestamp::from(now),
+        window_start: Timestamp::from(now - Duration::days(1)),
+        cutoff: Timestamp::from(now),
+        articles: &[],
+        skip_if_empty: false,
+        now: Timestamp::from(now),
+    };
+    let PlanOutcome::Planned { run_id, deliveries } = store.plan_run(&plan).await.unwrap() else {
+        panic!("the run was not planned");
+    };
+    assert_eq!(deliveries, 6);
+    let at = |secs: i64| Timestamp::from(now + Duration::seconds(secs));
+    let emails =
+        |claimed: &[Claimed]| -> Vec<String> { claimed.iter().map(|c| c.email.clone()).collect() };
+
+    // Two claims walk the run forward in id order.
+    let first = store.claim(run_id, 0, at(1), at(60), 4).await.unwrap();
+    assert_eq!(
+        emails(&first),
+        ["reader0", "reader1", "reader2", "reader3"].map(|r| format!("{r}@example.org"))
+    );
+    assert!(first.iter().all(|c| c.subscriber_status == "confirmed"));
+    let rest = store
+        .claim(run_id, first[3].id, at(1), at(60), 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        emails(&rest),
+        ["reader4@example.org", "reader5@example.org"]
+    );
+    let counts = store.delivery_counts(run_id).await.unwrap();
+    assert_eq!((counts.pending, counts.sending), (0, 6));
+
+    // Leased rows are nobody else's while their lease lasts.
+    assert!(
+        store
+            .claim(run_id, 0, at(2), at(60), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // One sent, one to retry later, one failed; the lease of the other three
+    // runs out, and a claim takes them over as they are.
+    store.mark_sent(&[first[0].id], at(3)).await.unwrap();
+    store
+        .mark_retry(first[1].id, at(120), "451 try again later")
+        .await
+        .unwrap();
+    store
+        .mark_failed(first[2].id, "550 no such user")
+        .await
+        .unwrap();
+    let expired = store.claim(run_id, 0, at(61), at(200), 10).await.unwrap();
+    assert_eq!(
+        emails(&expired),
+        ["reader3", "reader4", "reader5"].map(|r| format!("{r}@example.org"))
+    );
+    assert!(expired.iter().all(|c| c.attempts == 0));
+
+    // The retry is due at its time, with its attempt counted.
+    let retry = store.claim(run_id, 0, at(121), at(200), 10).await.unwrap();
+    assert_eq!(emails(&retry), ["reader1@example.org"]);
+    assert_eq!(retry[0].attempts, 1);
+
+    let counts = store.delivery_counts(run_id).await.unwrap();
+    assert_eq!(
+        (counts.pending, counts.sending, counts.sent, counts.failed),
+        (0, 4, 1, 1)
+    );
 }
