@@ -591,34 +591,40 @@ where
     }
 }
 
-/// Writes outcomes to the ledger in the background, one write at a time,
-/// so the workers never wait for the database: a write starts when
-/// `concurrency` outcomes are buffered (or every 100 ms) and no other write
-/// is under way; meanwhile up to `2 × concurrency` outcomes wait, and the
-/// next write takes them all. After a crash the messages sent but not yet
-/// recorded are sent again: those being written or buffered (at most
-/// `2 × concurrency`), those in the channel from the workers (at most
-/// `concurrency`) and one just sent per worker, so `4 × concurrency`.
+/// Writes outcomes to the ledger in the background, so the workers never
+/// wait for the database: a write starts when `concurrency` outcomes are
+/// buffered (or every 100 ms), with at most `WRITES` writes under way, each
+/// of its own outcomes (a write waits for its commit, so one at a time
+/// would cap the rate at `concurrency` messages per commit). Outcomes stop
+/// being taken from the workers while `2 × concurrency` are unrecorded.
+/// After a crash the messages sent but not yet recorded are sent again:
+/// those being written or buffered (at most `2 × concurrency`), those in
+/// the channel from the workers (at most `concurrency`) and one just sent
+/// per worker, so `4 × concurrency`.
 #[derive(Default)]
 struct Writer {
     buffer: Vec<Outcome>,
-    /// The write under way, and how many outcomes it records.
-    pending: Option<(tokio::task::JoinHandle<Result<()>>, usize)>,
+    /// The writes under way, oldest first, and how many outcomes each records.
+    pending: std::collections::VecDeque<(tokio::task::JoinHandle<Result<()>>, usize)>,
 }
+
+/// How many outcome writes may be under way at once.
+const WRITES: usize = 2;
 
 impl Writer {
     /// Outcomes not yet in the ledger: buffered or being written.
     fn unrecorded(&self) -> usize {
-        self.buffer.len() + self.pending.as_ref().map_or(0, |(_, n)| *n)
+        self.buffer.len() + self.pending.iter().map(|(_, n)| n).sum::<usize>()
     }
 
     fn is_writing(&self) -> bool {
-        self.pending.is_some()
+        !self.pending.is_empty()
     }
 
-    /// Starts writing the buffer, unless it is empty or a write is under way.
+    /// Starts writing the buffer, unless it is empty or `WRITES` writes are
+    /// under way.
     fn start(&mut self, engine: &Engine, shutdown: &watch::Receiver<bool>) {
-        if self.pending.is_some() || self.buffer.is_empty() {
+        if self.pending.len() >= WRITES || self.buffer.is_empty() {
             return;
         }
         let outcomes = std::mem::take(&mut self.buffer);
@@ -626,29 +632,28 @@ impl Writer {
         let engine = engine.clone();
         let shutdown = shutdown.clone();
         let write = tokio::spawn(async move { record(&engine, outcomes, &shutdown).await });
-        self.pending = Some((write, count));
+        self.pending.push_back((write, count));
     }
 
-    /// Waits for the write under way (forever if there is none).
+    /// Waits for the oldest write under way (forever if there is none).
     async fn written(&mut self) -> Result<()> {
-        let Some((write, _)) = self.pending.as_mut() else {
+        let Some((write, _)) = self.pending.front_mut() else {
             return std::future::pending().await;
         };
         let result = write.await;
-        self.pending = None;
+        self.pending.pop_front();
         result.context("the ledger writer stopped")?
     }
 
     /// Writes everything buffered and waits for it.
     async fn finish(&mut self, engine: &Engine, shutdown: &watch::Receiver<bool>) -> Result<()> {
-        if self.is_writing() {
+        loop {
+            self.start(engine, shutdown);
+            if !self.is_writing() {
+                return Ok(());
+            }
             self.written().await?;
         }
-        self.start(engine, shutdown);
-        if self.is_writing() {
-            self.written().await?;
-        }
-        Ok(())
     }
 }
 
