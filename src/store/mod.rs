@@ -550,6 +550,24 @@ impl Store {
     /// articles and one pending delivery per confirmed subscriber. Planning
     /// a slot that exists creates nothing.
     pub async fn plan_run(&self, plan: &RunPlan<'_>) -> Result<PlanOutcome> {
+        let outcome = self.insert_run(plan).await?;
+        if let (Store::Postgres(pool), PlanOutcome::Planned { deliveries, .. }) = (self, &outcome)
+            && *deliveries > 0
+        {
+            // The claims read the ledger in id order only if the planner
+            // knows how many rows the run has: on statistics from before
+            // the run it expects a handful and sorts the whole run on
+            // every claim instead (35 ms a claim at 100,000 rows, against
+            // 2.4 ms). Autovacuum would analyze the table only once a run
+            // is well under way. A failure only costs speed.
+            if let Err(e) = sqlx::query("analyze deliveries").execute(pool).await {
+                tracing::warn!("cannot analyze the delivery ledger: {e}");
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn insert_run(&self, plan: &RunPlan<'_>) -> Result<PlanOutcome> {
         let skip = plan.articles.is_empty() && plan.skip_if_empty;
         let status = if skip { "skipped" } else { "sending" };
         let finished_at = skip.then_some(plan.now);
