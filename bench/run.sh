@@ -369,12 +369,15 @@ RSS_MB=$(awk -v k="$RSS_KB" 'BEGIN { printf "%.1f", k / 1024 }')
 LOAD_CEIL=$(loadavg)
 say "ceiling: smtp-source, $N messages of $SIZE bytes, $POOL sessions (load average $LOAD_CEIL)"
 SINK_BEFORE=$(sink_messages)
+SINK_CEIL_CPU0=$(cpu_secs "$SINK_PID")
 S0=$(now_ns)
-timeout "$STEP_TIMEOUT" smtp-source -d -s "$POOL" -m "$N" -l "$SIZE" \
+timeout "$STEP_TIMEOUT" /usr/bin/time -f "%U %S" -o "$WORK/source.time" smtp-source -d -s "$POOL" -m "$N" -l "$SIZE" \
     -f bench@bench.example.org -t sink@bench.example.org -M bench-source \
     "127.0.0.1:$PORT" >"$WORK/source.log" 2>&1 ||
     die "smtp-source failed: $(tail -5 "$WORK/source.log")"
 S1=$(now_ns)
+SINK_CEIL_CPU=$(awk -v a="$SINK_CEIL_CPU0" -v b="$(cpu_secs "$SINK_PID")" 'BEGIN { printf "%.2f", b - a }')
+SOURCE_CPU=$(awk '{ printf "%.2f", $1 + $2 }' "$WORK/source.time")
 sleep 0.5
 SINK_AFTER=$(sink_messages)
 [ $((SINK_AFTER - SINK_BEFORE)) -eq "$N" ] ||
@@ -396,6 +399,7 @@ gazette send, $N subscribers, $ARTICLES articles, pool_size $POOL, message $SIZE
             planning (run + $N ledger rows) done ${PLAN_S:-?} s after start
             load average before: $LOAD_OURS
   ceiling:  smtp-source -d -s $POOL -m $N -l $SIZE: $CEIL_WALL s wall, $CEIL_RATE messages/s
+            CPU: smtp-source $SOURCE_CPU s, smtp-sink $SINK_CEIL_CPU s
             load average before: $LOAD_CEIL
   ratio:    $RATIO (gazette / ceiling)
 
