@@ -266,9 +266,17 @@ impl Workers {
                 tokio::spawn(async move {
                     let mut sender = Sender::new(&engine.settings);
                     let mut encoder = BodyEncoder::default();
+                    // A job taken early, whose transaction may already be
+                    // under way (see `Sender::send_then`).
+                    let mut ahead: Option<Job> = None;
                     loop {
-                        let job = job_rx.lock().await.recv().await;
-                        let Some(job) = job else { break };
+                        let job = match ahead.take() {
+                            Some(job) => job,
+                            None => match job_rx.lock().await.recv().await {
+                                Some(job) => job,
+                                None => break,
+                            },
+                        };
                         if let Some(limiter) = limiter.as_ref().filter(|_| !breaker.is_open()) {
                             limiter.acquire().await;
                         }
@@ -278,8 +286,23 @@ impl Workers {
                         } else if breaker.is_open() {
                             Outcome::Deferred(job.claimed.id)
                         } else {
-                            let outcome =
-                                deliver_one(&engine, &mut sender, &mut encoder, &job).await;
+                            let outcome = match prepare(&engine, &mut encoder, &job) {
+                                Err(outcome) => outcome,
+                                Ok(message) => {
+                                    // Without a rate limit to keep, the next
+                                    // job waiting, if any, is taken now, so
+                                    // that its envelope goes out with this
+                                    // message's content.
+                                    if limiter.is_none() && sender.chains() {
+                                        ahead = job_rx
+                                            .try_lock()
+                                            .ok()
+                                            .and_then(|mut rx| rx.try_recv().ok());
+                                    }
+                                    let next = ahead.as_ref().and_then(|j| envelope_of(&engine, j));
+                                    send_one(&mut sender, &job, &message, next.as_ref()).await
+                                }
+                            };
                             breaker.record(matches!(outcome, Outcome::Retry { .. }));
                             outcome
                         };
@@ -309,40 +332,58 @@ impl Workers {
     }
 }
 
-async fn deliver_one(
+/// The message of `job`, or the outcome of a job that sends none.
+fn prepare(
     engine: &Engine,
-    sender: &mut Sender,
     encoder: &mut BodyEncoder,
     job: &Job,
-) -> Outcome {
+) -> Result<lettre::Message, Outcome> {
     let c = &job.claimed;
     if c.subscriber_status != "confirmed" {
-        return Outcome::Skipped(c.id);
+        return Err(Outcome::Skipped(c.id));
     }
     let reader = Recipient {
         name: c.name.as_deref(),
         email: &c.email,
         unsubscribe_token: &c.unsubscribe_token,
     };
-    let message = compose(
+    compose(
         engine,
         &job.run,
         &reader,
         c.subscriber_id,
         Utc::now(),
         encoder,
-    );
-    let message = match message {
-        Ok(m) => m,
-        Err(e) => {
-            return Outcome::Failed {
-                id: c.id,
-                error: format!("cannot render or build the message: {e:#}"),
-            };
-        }
-    };
+    )
+    .map_err(|e| Outcome::Failed {
+        id: c.id,
+        error: format!("cannot render or build the message: {e:#}"),
+    })
+}
+
+/// The envelope `job`'s message will have, if it is to be sent: the one
+/// its transaction can be started with ahead of time.
+fn envelope_of(engine: &Engine, job: &Job) -> Option<lettre::address::Envelope> {
+    let c = &job.claimed;
+    // (The lease is checked again before it is sent.)
+    let usable = tokio::time::Instant::now() < job.usable_until;
+    if c.subscriber_status != "confirmed" || !usable {
+        return None;
+    }
+    let to = c.email.parse().ok()?;
+    let from = engine.settings.mail.from.email.clone();
+    lettre::address::Envelope::new(Some(from), vec![to]).ok()
+}
+
+async fn send_one(
+    sender: &mut Sender,
+    job: &Job,
+    message: &lettre::Message,
+    next: Option<&lettre::address::Envelope>,
+) -> Outcome {
+    let c = &job.claimed;
     let stem = format!("{}-{}-{}", job.run.name(), c.run_id, c.subscriber_id);
-    match sender.send(&message, &stem).await {
+    match sender.send_then(message, &stem, next).await {
         Ok(()) => Outcome::Sent(c.id),
         Err(SendError::Permanent(error)) => Outcome::Failed { id: c.id, error },
         Err(SendError::Transient(error)) => Outcome::Retry {

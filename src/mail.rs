@@ -218,13 +218,31 @@ impl Sender {
         message: &lettre::Message,
         file_stem: &str,
     ) -> Result<(), SendError> {
+        self.send_then(message, file_stem, None).await
+    }
+
+    /// Sends `message`, and, over SMTP to a relay that pipelines, starts
+    /// the transaction of the message that this sender sends next, whose
+    /// envelope is `next` (see [`SmtpSender::send`]).
+    pub async fn send_then(
+        &mut self,
+        message: &lettre::Message,
+        file_stem: &str,
+        next: Option<&Envelope>,
+    ) -> Result<(), SendError> {
         match self {
             Sender::Outbox(dir) => write_eml(dir, file_stem, &message.formatted())
                 .await
                 .map(|_| ())
                 .map_err(|e| SendError::Transient(format!("{e:#}"))),
-            Sender::Smtp(smtp) => smtp.send(message).await,
+            Sender::Smtp(smtp) => smtp.send(message, next).await,
         }
+    }
+
+    /// Whether [`Sender::send_then`] has a use for the next envelope: an
+    /// open SMTP connection to a relay that pipelines.
+    pub fn chains(&self) -> bool {
+        matches!(self, Sender::Smtp(smtp) if smtp.conn.as_ref().is_some_and(|c| c.pipelined.is_some()))
     }
 
     pub async fn close(&mut self) {
@@ -257,6 +275,9 @@ pub struct SmtpSender {
     conn: Option<Connection>,
     /// The bytes of one pipelined transaction, reused from message to message.
     out: Vec<u8>,
+    /// The envelope whose MAIL, RCPT and DATA the relay has accepted: it
+    /// waits for that message's content.
+    primed: Option<Envelope>,
 }
 
 /// An open SMTP session.
@@ -386,6 +407,7 @@ impl SmtpSender {
             settings,
             conn: None,
             out: Vec::new(),
+            primed: None,
         }
     }
 
@@ -489,49 +511,78 @@ impl SmtpSender {
         })
     }
 
-    async fn send(&mut self, message: &lettre::Message) -> Result<(), SendError> {
-        if self.conn.as_ref().is_none_or(|c| c.smtp.has_broken()) {
-            self.conn = Some(Self::connect(&self.settings, &hello_name(&self.settings)).await?);
-        }
-        let conn = self.conn.as_mut().expect("connected above");
+    /// Sends `message` on this sender's connection, opened if need be.
+    ///
+    /// With `next`, the envelope of the message this sender sends right
+    /// after, a relay that pipelines gets that message's MAIL, RCPT and DATA
+    /// in the same write as this message's content (RFC 2920 lets message
+    /// content open a group), so that each message costs one round trip
+    /// instead of two. The relay then waits for that content: a call with
+    /// another envelope drops the connection first, which never ends the
+    /// waiting message with its dot, so nothing is delivered by it.
+    async fn send(
+        &mut self,
+        message: &lettre::Message,
+        next: Option<&Envelope>,
+    ) -> Result<(), SendError> {
         let envelope = message.envelope();
         let bytes = message.formatted();
         // Non-ASCII addresses or content need ESMTP parameters that lettre
         // adds (SMTPUTF8, BODY=8BITMIME); our bodies are quoted-printable.
-        let pipelined = match &conn.pipelined {
-            Some(stream)
-                if bytes.is_ascii()
-                    && envelope
-                        .from()
-                        .is_none_or(|a| AsRef::<str>::as_ref(a).is_ascii())
-                    && envelope
-                        .to()
-                        .iter()
-                        .all(|a| AsRef::<str>::as_ref(a).is_ascii()) =>
-            {
-                Some(stream.clone())
+        let plain = bytes.is_ascii() && is_ascii(envelope);
+        let mut primed = match self.primed.take() {
+            Some(p) if plain && &p == envelope => true,
+            Some(_) => {
+                self.conn = None;
+                false
             }
-            _ => None,
+            None => false,
         };
+        if self.conn.as_ref().is_none_or(|c| c.smtp.has_broken()) {
+            primed = false;
+            self.conn = Some(Self::connect(&self.settings, &hello_name(&self.settings)).await?);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        let pipelined = conn.pipelined.clone().filter(|_| plain);
+        let next = next.filter(|n| pipelined.is_some() && is_ascii(n));
         let limit = self.settings.timeout;
         let sent = match pipelined {
             Some(stream) => {
                 let out = &mut self.out;
-                with_timeout(
-                    limit,
-                    Self::send_pipelined(&mut conn.smtp, stream, out, envelope, &bytes),
-                )
-                .await
+                let send = Self::send_pipelined(
+                    &mut conn.smtp,
+                    stream,
+                    out,
+                    (envelope, primed),
+                    &bytes,
+                    next,
+                );
+                with_timeout(limit, send).await
             }
             None => with_timeout(limit, conn.smtp.send(envelope, &bytes)).await,
         };
         match sent {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if let Some(next) = next {
+                    // This message is accepted whatever comes now: a failure
+                    // of the next envelope only drops the connection, and
+                    // the next message starts afresh on a new one.
+                    let replies = read_envelope_replies(&mut conn.smtp, next);
+                    match with_timeout(limit, replies).await {
+                        Ok(()) => self.primed = Some(next.clone()),
+                        Err(_) => self.conn = None,
+                    }
+                }
+                Ok(())
+            }
             Err(e) => {
                 // After any failure the SMTP session state is unknown: start
-                // the next message on a fresh connection.
-                if let Some(mut conn) = self.conn.take() {
-                    conn.smtp.abort().await;
+                // the next message on a fresh connection. (QUIT only where
+                // the relay cannot be waiting for a message's content.)
+                if let Some(mut conn) = self.conn.take()
+                    && next.is_none()
+                {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn.smtp.abort()).await;
                 }
                 Err(classify("SMTP relay refused the message", &e))
             }
@@ -539,49 +590,86 @@ impl SmtpSender {
     }
 
     /// One transaction in two writes (RFC 2920): MAIL, RCPT and DATA
-    /// together, then, once DATA is accepted, the dot-stuffed message and
-    /// its final dot. lettre reads and parses every reply.
+    /// together (unless `primed`: already accepted), then, once DATA is
+    /// accepted, the dot-stuffed message and its final dot, followed by
+    /// the commands of `next`. lettre reads and parses every reply.
     async fn send_pipelined(
         smtp: &mut AsyncSmtpConnection,
         mut stream: SharedStream,
         out: &mut Vec<u8>,
-        envelope: &Envelope,
+        (envelope, primed): (&Envelope, bool),
         message: &[u8],
+        next: Option<&Envelope>,
     ) -> Result<Response, TimeoutOr> {
-        let mut commands = Mail::new(envelope.from().cloned(), Vec::new()).to_string();
-        for to in envelope.to() {
-            commands.push_str(&Rcpt::new(to.clone(), Vec::new()).to_string());
-        }
-        commands.push_str(&Data.to_string());
-        write_all(&mut stream, commands.as_bytes()).await?;
-        // Every reply is read, so that the session stays in step even when
-        // one is negative; the first negative one is the error.
-        // (A relay that accepted DATA after refusing the sender or every
-        // recipient waits for a message: the caller drops the connection.)
-        let mut first_error = None;
-        for _ in 0..envelope.to().len() + 2 {
-            match smtp.read_response().await {
-                Ok(_) => {}
-                Err(e) if e.is_transient() || e.is_permanent() => {
-                    first_error.get_or_insert(e);
-                }
-                // The connection broke (after a 421, say): the reply that
-                // came before says why.
-                Err(e) => return Err(first_error.unwrap_or(e).into()),
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(e.into());
+        if !primed {
+            out.clear();
+            envelope_commands(envelope, out);
+            write_all(&mut stream, out).await?;
+            read_envelope_replies(smtp, envelope).await?;
         }
         dot_stuff(message, out);
+        if let Some(next) = next {
+            envelope_commands(next, out);
+        }
         write_all(&mut stream, out).await?;
         Ok(smtp.read_response().await?)
     }
 
     async fn close(&mut self) {
+        if self.primed.take().is_some() {
+            // (The relay waits for a message: QUIT would be its content.)
+            self.conn = None;
+        }
         if let Some(mut conn) = self.conn.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), conn.smtp.quit()).await;
         }
+    }
+}
+
+fn is_ascii(envelope: &Envelope) -> bool {
+    envelope
+        .from()
+        .is_none_or(|a| AsRef::<str>::as_ref(a).is_ascii())
+        && envelope
+            .to()
+            .iter()
+            .all(|a| AsRef::<str>::as_ref(a).is_ascii())
+}
+
+/// Appends MAIL, RCPT and DATA for `envelope` to `out`.
+fn envelope_commands(envelope: &Envelope, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let _ = write!(out, "{}", Mail::new(envelope.from().cloned(), Vec::new()));
+    for to in envelope.to() {
+        let _ = write!(out, "{}", Rcpt::new(to.clone(), Vec::new()));
+    }
+    let _ = write!(out, "{Data}");
+}
+
+/// Reads the replies to MAIL, RCPT and DATA of `envelope`. Every reply is
+/// read, so that the session stays in step even when one is negative; the
+/// first negative one is the error. (A relay that accepted DATA after
+/// refusing the sender or every recipient waits for a message: the caller
+/// drops the connection.)
+async fn read_envelope_replies(
+    smtp: &mut AsyncSmtpConnection,
+    envelope: &Envelope,
+) -> Result<(), TimeoutOr> {
+    let mut first_error = None;
+    for _ in 0..envelope.to().len() + 2 {
+        match smtp.read_response().await {
+            Ok(_) => {}
+            Err(e) if e.is_transient() || e.is_permanent() => {
+                first_error.get_or_insert(e);
+            }
+            // The connection broke (after a 421, say): the reply that
+            // came before says why.
+            Err(e) => return Err(first_error.unwrap_or(e).into()),
+        }
+    }
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
 }
 

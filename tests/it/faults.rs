@@ -95,6 +95,67 @@ async fn a_flaky_relay_delivers_everyone_and_fails_only_the_rejected() {
     }
 }
 
+/// One connection sends a message's content and the next message's MAIL,
+/// RCPT and DATA in one write. A refused recipient in a transaction started
+/// that way, and a 451 after a message that had started the next one, cost
+/// a new connection each, and neither loses nor repeats a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_transactions_keep_every_reader_to_one_email_through_refusals() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let rejected = ["reader4@example.org", "reader11@example.org"];
+    let smtp = SmtpServer::start_with(Behaviour {
+        reject: rejected.iter().map(|s| s.to_string()).collect(),
+        policy: Arc::new(|n| {
+            if n % 7 == 3 {
+                Fault::TempFail
+            } else {
+                Fault::Accept
+            }
+        }),
+        ..Behaviour::default()
+    });
+    let ws = Workspace::with_delivery(
+        &db.url,
+        Some(smtp.port),
+        &format!("{FAST_RETRIES}\nconcurrency = 1"),
+        &digest_section("daily", ""),
+    );
+    let readers = 30;
+    ws.import_readers(readers);
+    ws.add_article("Chained news");
+
+    let out = ws.run(&["send", "daily"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("run 1: 28 sent, 2 failed, 0 skipped"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(smtp.faults(Fault::TempFail) > 0);
+    // (How many are chained depends on whether the next job was waiting.)
+    assert!(
+        smtp.chained() > 0,
+        "no message was followed by the next transaction in one write"
+    );
+    for i in 0..readers {
+        let email = format!("reader{i}@example.org");
+        let got = smtp.received_by(&email);
+        if rejected.contains(&email.as_str()) {
+            assert!(got.is_empty(), "{email} was refused but received mail");
+        } else {
+            assert_eq!(got.len(), 1, "{email} received {} emails", got.len());
+        }
+    }
+    let report = stdout(&ws.run(&["status", "1"]));
+    for email in rejected {
+        let line = report
+            .lines()
+            .find(|l| l.contains(email))
+            .unwrap_or_else(|| panic!("{report}"));
+        assert!(line.contains("550"), "{line}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_is_down_pauses_delivery_instead_of_burning_attempts() {
     let db = TestDb::new(Backend::Postgres).await;

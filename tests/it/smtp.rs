@@ -131,6 +131,7 @@ struct State {
     /// MAIL commands that arrived with more commands behind them, sent
     /// before their reply.
     pipelined: AtomicU64,
+    chained: AtomicU64,
     faults: Mutex<Vec<Fault>>,
     behaviour: Behaviour,
 }
@@ -164,6 +165,7 @@ impl SmtpServer {
             inbox: Mutex::new(Vec::new()),
             transactions: AtomicU64::new(0),
             pipelined: AtomicU64::new(0),
+            chained: AtomicU64::new(0),
             faults: Mutex::new(Vec::new()),
             behaviour,
         });
@@ -212,6 +214,12 @@ impl SmtpServer {
     /// what follows before reading the reply).
     pub fn pipelined(&self) -> u64 {
         self.state.pipelined.load(Ordering::SeqCst)
+    }
+
+    /// How many messages ended with the next transaction's commands already
+    /// written after their final dot: one round trip per message.
+    pub fn chained(&self) -> u64 {
+        self.state.chained.load(Ordering::SeqCst)
     }
 
     /// How many times each fault was applied.
@@ -359,6 +367,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(None);
                 }
                 if line == b".\r\n" {
+                    if !io.buffer().is_empty() {
+                        state.chained.fetch_add(1, Ordering::SeqCst);
+                    }
                     break;
                 }
                 lines += 1;
