@@ -36,33 +36,14 @@ async fn a_flaky_relay_delivers_everyone_and_fails_only_the_rejected() {
         "reader19@example.org",
         "reader33@example.org",
     ];
-    let smtp = SmtpServer::start_with(Behaviour {
-        reject: rejected.iter().map(|s| s.to_string()).collect(),
-        policy: Arc::new(|n| match n {
-            n if n % 3 == 0 => Fault::TempFail,
-            n if n % 11 == 5 => Fault::DropMidData,
-            8 | 20 => Fault::DropAfterData,
-            _ => Fault::Accept,
-        }),
-        ..Behaviour::default()
+    let smtp = refusing_relay(&rejected, |n| match n {
+        n if n % 3 == 0 => Fault::TempFail,
+        n if n % 11 == 5 => Fault::DropMidData,
+        8 | 20 => Fault::DropAfterData,
+        _ => Fault::Accept,
     });
-    let ws = Workspace::with_delivery(
-        &db.url,
-        Some(smtp.port),
-        FAST_RETRIES,
-        &digest_section("daily", ""),
-    );
     let readers = 40;
-    ws.import_readers(readers);
-    ws.add_article("Flaky relay news");
-
-    let out = ws.run(&["send", "daily"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("run 1: 37 sent, 3 failed, 0 skipped"),
-        "{}",
-        stdout(&out)
-    );
+    let ws = sent_daily(&db, &smtp, FAST_RETRIES, readers, "37 sent, 3 failed");
 
     assert!(smtp.faults(Fault::TempFail) > 5);
     assert!(smtp.faults(Fault::DropMidData) > 0);
@@ -84,8 +65,46 @@ async fn a_flaky_relay_delivers_everyone_and_fails_only_the_rejected() {
         smtp.faults(Fault::DropAfterData)
     );
 
-    let out = ws.run(&["status", "1"]);
-    let report = stdout(&out);
+    assert_refused_with_550(&ws, &rejected);
+}
+
+/// A workspace on `db` and `smtp` with these `[delivery]` keys, `readers`
+/// readers of the daily digest and an article to send them.
+fn daily_workspace(db: &TestDb, smtp: &SmtpServer, delivery: &str, readers: usize) -> Workspace {
+    let ws = Workspace::with_delivery(
+        &db.url,
+        Some(smtp.port),
+        delivery,
+        &digest_section("daily", ""),
+    );
+    ws.import_readers(readers);
+    ws.add_article("Daily news");
+    ws
+}
+
+/// [`daily_workspace`] after a `gazette send daily` that must report
+/// `counts` for run 1.
+fn sent_daily(
+    db: &TestDb,
+    smtp: &SmtpServer,
+    delivery: &str,
+    readers: usize,
+    counts: &str,
+) -> Workspace {
+    let ws = daily_workspace(db, smtp, delivery, readers);
+    let out = ws.run(&["send", "daily"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("run 1: {counts}, 0 skipped")),
+        "{}",
+        stdout(&out)
+    );
+    ws
+}
+
+/// `gazette status 1` lists each of `rejected` with the relay's 550.
+fn assert_refused_with_550(ws: &Workspace, rejected: &[&str]) {
+    let report = stdout(&ws.run(&["status", "1"]));
     for email in rejected {
         let line = report
             .lines()
@@ -93,6 +112,15 @@ async fn a_flaky_relay_delivers_everyone_and_fails_only_the_rejected() {
             .unwrap_or_else(|| panic!("{report}"));
         assert!(line.contains("550"), "{line}");
     }
+}
+
+/// A relay that refuses `rejected` (550) and fails transactions by `policy`.
+fn refusing_relay(rejected: &[&str], policy: fn(u64) -> Fault) -> SmtpServer {
+    SmtpServer::start_with(Behaviour {
+        reject: rejected.iter().map(|s| s.to_string()).collect(),
+        policy: Arc::new(policy),
+        ..Behaviour::default()
+    })
 }
 
 /// One connection sends a message's content and the next message's MAIL,
@@ -103,34 +131,16 @@ async fn a_flaky_relay_delivers_everyone_and_fails_only_the_rejected() {
 async fn chained_transactions_keep_every_reader_to_one_email_through_refusals() {
     let db = TestDb::new(Backend::Postgres).await;
     let rejected = ["reader4@example.org", "reader11@example.org"];
-    let smtp = SmtpServer::start_with(Behaviour {
-        reject: rejected.iter().map(|s| s.to_string()).collect(),
-        policy: Arc::new(|n| {
-            if n % 7 == 3 {
-                Fault::TempFail
-            } else {
-                Fault::Accept
-            }
-        }),
-        ..Behaviour::default()
+    let smtp = refusing_relay(&rejected, |n| {
+        if n % 7 == 3 {
+            Fault::TempFail
+        } else {
+            Fault::Accept
+        }
     });
-    let ws = Workspace::with_delivery(
-        &db.url,
-        Some(smtp.port),
-        &format!("{FAST_RETRIES}\nconcurrency = 1"),
-        &digest_section("daily", ""),
-    );
     let readers = 30;
-    ws.import_readers(readers);
-    ws.add_article("Chained news");
-
-    let out = ws.run(&["send", "daily"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("run 1: 28 sent, 2 failed, 0 skipped"),
-        "{}",
-        stdout(&out)
-    );
+    let delivery = format!("{FAST_RETRIES}\nconcurrency = 1");
+    let ws = sent_daily(&db, &smtp, &delivery, readers, "28 sent, 2 failed");
     assert!(smtp.faults(Fault::TempFail) > 0);
     // (How many are chained depends on whether the next job was waiting.)
     assert!(
@@ -146,14 +156,7 @@ async fn chained_transactions_keep_every_reader_to_one_email_through_refusals() 
             assert_eq!(got.len(), 1, "{email} received {} emails", got.len());
         }
     }
-    let report = stdout(&ws.run(&["status", "1"]));
-    for email in rejected {
-        let line = report
-            .lines()
-            .find(|l| l.contains(email))
-            .unwrap_or_else(|| panic!("{report}"));
-        assert!(line.contains("550"), "{line}");
-    }
+    assert_refused_with_550(&ws, &rejected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,14 +292,7 @@ async fn three_replicas_share_one_run_and_send_each_reader_one_email() {
 async fn replicas_send_each_reader_one_email(replicas: usize, readers: usize, delivery: &str) {
     let db = TestDb::new(Backend::Postgres).await;
     let smtp = SmtpServer::start();
-    let ws = Workspace::with_delivery(
-        &db.url,
-        Some(smtp.port),
-        delivery,
-        &digest_section("daily", ""),
-    );
-    ws.import_readers(readers);
-    ws.add_article("Replica news");
+    let ws = daily_workspace(&db, &smtp, delivery, readers);
     let slot = Utc::now().to_rfc3339();
 
     let children: Vec<_> = (0..replicas)
