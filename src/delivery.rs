@@ -517,12 +517,21 @@ pub async fn deliver_run(
             if counts.open() == 0 || drain == Drain::DueNow {
                 break;
             }
-            // Rows waiting for a retry, or leased by another process.
+            // Rows waiting for a retry, or leased by another process. Each
+            // look at the ledger reads the whole run, so while only retries
+            // are left (nobody holds a lease that could run out or be
+            // released) the wait goes up to the next retry's time, checking
+            // once a minute for a `gazette retry`.
+            let longest = if counts.sending > 0 {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_secs(60)
+            };
             let wait = match next {
                 Some(at) => (at.0 - Utc::now()).to_std().unwrap_or_default(),
                 None => Duration::from_secs(1),
             }
-            .clamp(Duration::from_millis(50), Duration::from_secs(5));
+            .clamp(Duration::from_millis(50), longest);
             let mut shutdown = shutdown.clone();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
