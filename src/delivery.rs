@@ -120,6 +120,13 @@ struct Job {
     usable_until: tokio::time::Instant,
 }
 
+impl Job {
+    /// Whether this process may still send the row.
+    fn usable(&self) -> bool {
+        tokio::time::Instant::now() < self.usable_until
+    }
+}
+
 /// The digest email of a run for one reader: what `send` delivers,
 /// `preview` writes and `send --dry-run` builds, made in one place so that
 /// they cannot differ.
@@ -281,7 +288,7 @@ impl Workers {
                             limiter.acquire().await;
                         }
                         // (The lease is checked after the rate limit's wait.)
-                        let outcome = if tokio::time::Instant::now() >= job.usable_until {
+                        let outcome = if !job.usable() {
                             Outcome::LeaseLost(job.claimed.id)
                         } else if breaker.is_open() {
                             Outcome::Deferred(job.claimed.id)
@@ -366,8 +373,7 @@ fn prepare(
 fn envelope_of(engine: &Engine, job: &Job) -> Option<lettre::address::Envelope> {
     let c = &job.claimed;
     // (The lease is checked again before it is sent.)
-    let usable = tokio::time::Instant::now() < job.usable_until;
-    if c.subscriber_status != "confirmed" || !usable {
+    if c.subscriber_status != "confirmed" || !job.usable() {
         return None;
     }
     let to = c.email.parse().ok()?;

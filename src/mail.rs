@@ -529,7 +529,7 @@ impl SmtpSender {
         let bytes = message.formatted();
         // Non-ASCII addresses or content need ESMTP parameters that lettre
         // adds (SMTPUTF8, BODY=8BITMIME); our bodies are quoted-printable.
-        let plain = bytes.is_ascii() && is_ascii(envelope);
+        let plain = bytes.is_ascii() && envelope_is_ascii(envelope);
         let mut primed = match self.primed.take() {
             Some(p) if plain && &p == envelope => true,
             Some(_) => {
@@ -544,19 +544,13 @@ impl SmtpSender {
         }
         let conn = self.conn.as_mut().expect("connected above");
         let pipelined = conn.pipelined.clone().filter(|_| plain);
-        let next = next.filter(|n| pipelined.is_some() && is_ascii(n));
+        let next = next.filter(|n| pipelined.is_some() && envelope_is_ascii(n));
         let limit = self.settings.timeout;
         let sent = match pipelined {
             Some(stream) => {
                 let out = &mut self.out;
-                let send = Self::send_pipelined(
-                    &mut conn.smtp,
-                    stream,
-                    out,
-                    (envelope, primed),
-                    &bytes,
-                    next,
-                );
+                let opening = (!primed).then_some(envelope);
+                let send = Self::send_pipelined(&mut conn.smtp, stream, out, opening, &bytes, next);
                 with_timeout(limit, send).await
             }
             None => with_timeout(limit, conn.smtp.send(envelope, &bytes)).await,
@@ -589,19 +583,20 @@ impl SmtpSender {
         }
     }
 
-    /// One transaction in two writes (RFC 2920): MAIL, RCPT and DATA
-    /// together (unless `primed`: already accepted), then, once DATA is
-    /// accepted, the dot-stuffed message and its final dot, followed by
-    /// the commands of `next`. lettre reads and parses every reply.
+    /// One transaction in two writes (RFC 2920): MAIL, RCPT and DATA of
+    /// `opening` together (`None`: the relay accepted them already), then,
+    /// once DATA is accepted, the dot-stuffed message and its final dot,
+    /// followed by the commands of `next`. lettre reads and parses every
+    /// reply.
     async fn send_pipelined(
         smtp: &mut AsyncSmtpConnection,
         mut stream: SharedStream,
         out: &mut Vec<u8>,
-        (envelope, primed): (&Envelope, bool),
+        opening: Option<&Envelope>,
         message: &[u8],
         next: Option<&Envelope>,
     ) -> Result<Response, TimeoutOr> {
-        if !primed {
+        if let Some(envelope) = opening {
             out.clear();
             envelope_commands(envelope, out);
             write_all(&mut stream, out).await?;
@@ -626,7 +621,7 @@ impl SmtpSender {
     }
 }
 
-fn is_ascii(envelope: &Envelope) -> bool {
+fn envelope_is_ascii(envelope: &Envelope) -> bool {
     envelope
         .from()
         .is_none_or(|a| AsRef::<str>::as_ref(a).is_ascii())

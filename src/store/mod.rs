@@ -805,8 +805,9 @@ impl Store {
             return Ok(());
         }
         // Only rows still `sending` change; a message that was sent is also
-        // recorded when its lease ran out meanwhile (the row went back to
-        // `pending`), so it is not sent again. The condition sits in the
+        // recorded when its lease ran out meanwhile and another process
+        // took the row over (which may have put it back to `pending`), so
+        // it is not sent again. The condition sits in the
         // CASEs, not the WHERE, so the rows are always found through the
         // primary key.
         let open = if status == "sent" {

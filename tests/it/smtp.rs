@@ -131,6 +131,8 @@ struct State {
     /// MAIL commands that arrived with more commands behind them, sent
     /// before their reply.
     pipelined: AtomicU64,
+    /// Final dots that arrived with the next transaction's commands behind
+    /// them.
     chained: AtomicU64,
     faults: Mutex<Vec<Fault>>,
     behaviour: Behaviour,
