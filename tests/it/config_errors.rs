@@ -162,6 +162,33 @@ fn environment_variables_override_files_and_bad_values_name_the_variable() {
 }
 
 #[test]
+fn a_bad_runtime_thread_count_is_named_and_a_good_one_runs() {
+    let ws = workspace_with(&digest_section("daily", ""));
+    let check = |threads: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+            .args(["check"])
+            .current_dir(ws.dir.path())
+            .env("GAZETTE_CONFIG", &ws.config)
+            .env("TOKIO_WORKER_THREADS", threads)
+            .output()
+            .unwrap()
+    };
+    for bad in ["0", "two"] {
+        let out = check(bad);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!(
+                "TOKIO_WORKER_THREADS must be a positive number, not `{bad}`"
+            )),
+            "{err}"
+        );
+    }
+    let out = check("3");
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
 fn the_smtp_password_never_appears_in_output() {
     let ws = workspace_with(&digest_section("daily", ""));
     // Nothing listens on port 1: the check fails to reach the relay.
