@@ -437,12 +437,24 @@ impl Store {
         })
     }
 
-    /// Deletes a subscriber with their subscriptions and ledger rows.
+    /// Deletes a subscriber with their subscriptions and ledger rows (on
+    /// Postgres the ledger has no foreign key to cascade from).
     pub async fn remove_subscriber(&self, email: &EmailAddress) -> Result<bool> {
-        let sql = "delete from subscribers where email_key = $1";
         on_pool!(self, pool => {
-            let done = sqlx::query(sql).bind(email.key()).execute(pool).await?;
-            Ok(done.rows_affected() > 0)
+            let mut tx = pool.begin().await?;
+            let removed: Option<(i64,)> =
+                sqlx::query_as("delete from subscribers where email_key = $1 returning id")
+                    .bind(email.key())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some((id,)) = removed {
+                sqlx::query("delete from deliveries where subscriber_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(removed.is_some())
         })
     }
 
@@ -707,8 +719,12 @@ impl Store {
         const DUE: &str = "select id from deliveries where run_id = $4 and id > $5 \
                            and (status = 'pending' and next_attempt_at <= $2 \
                            or status = 'sending' and lease_until < $2) order by id limit $3";
-        const READER: &str = "c.id, c.run_id, c.subscriber_id, c.attempts, s.email, s.name, \
-                              s.status as subscriber_status, s.unsubscribe_token";
+        // A row whose subscriber is gone (removed while the run was being
+        // planned) comes back as skipped: it is claimed, never mailed.
+        const READER: &str = "c.id, c.run_id, c.subscriber_id, c.attempts, \
+                              coalesce(s.email, '') as email, s.name, \
+                              coalesce(s.status, 'removed') as subscriber_status, \
+                              coalesce(s.unsubscribe_token, '') as unsubscribe_token";
         // The parameters of DUE and of the lease, on either backend.
         macro_rules! bind_claim {
             ($sql:expr) => {
@@ -730,7 +746,7 @@ impl Store {
                     "with c as (update deliveries set status = 'sending', lease_until = $1 \
                      where id = any(array({DUE} for update skip locked)) \
                      returning id, run_id, subscriber_id, attempts) \
-                     select {READER} from c join subscribers s on s.id = c.subscriber_id order by c.id"
+                     select {READER} from c left join subscribers s on s.id = c.subscriber_id order by c.id"
                 );
                 Ok(bind_claim!(&sql).fetch_all(pool).await?)
             }
@@ -744,7 +760,7 @@ impl Store {
                     return Ok(Vec::new());
                 }
                 let mut q = QueryBuilder::new(format!(
-                    "select {READER} from deliveries c join subscribers s on s.id = c.subscriber_id where c.id in ("
+                    "select {READER} from deliveries c left join subscribers s on s.id = c.subscriber_id where c.id in ("
                 ));
                 let mut list = q.separated(", ");
                 for (id,) in &ids {

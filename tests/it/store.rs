@@ -16,6 +16,7 @@ on_both_backends!(
     importing_never_resubscribes_someone_who_left,
     article_selection_takes_the_window_tags_and_limit_newest_first,
     claims_take_due_rows_in_order_and_rows_whose_lease_expired,
+    a_removed_subscriber_leaves_the_ledger_and_is_never_claimed_as_a_reader,
 );
 
 async fn store(db: &TestDb) -> Store {
@@ -365,4 +366,88 @@ async fn claims_take_due_rows_in_order_and_rows_whose_lease_expired(backend: Bac
         (counts.pending, counts.sending, counts.sent, counts.failed),
         (0, 4, 1, 1)
     );
+}
+
+async fn a_removed_subscriber_leaves_the_ledger_and_is_never_claimed_as_a_reader(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = store(&db).await;
+    let now = Utc::now();
+    let readers: Vec<NewSubscriber> = (0..3)
+        .map(|i| NewSubscriber {
+            email: EmailAddress::parse(&format!("reader{i}@example.org")).unwrap(),
+            name: None,
+            digests: vec![daily()],
+        })
+        .collect();
+    store
+        .upsert_subscribers(&readers, Timestamp::from(now))
+        .await
+        .unwrap();
+    let digest = daily();
+    let PlanOutcome::Planned { run_id, .. } = store
+        .plan_run(&RunPlan {
+            digest: &digest,
+            slot: Timestamp::from(now),
+            window_start: Timestamp::from(now - Duration::days(1)),
+            cutoff: Timestamp::from(now),
+            articles: &[],
+            skip_if_empty: false,
+            now: Timestamp::from(now),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("the run was not planned");
+    };
+
+    // `subscribers remove` takes the reader's ledger rows with them.
+    let reader0 = EmailAddress::parse("reader0@example.org").unwrap();
+    assert!(store.remove_subscriber(&reader0).await.unwrap());
+    assert!(!store.remove_subscriber(&reader0).await.unwrap());
+    assert_eq!(store.delivery_counts(run_id).await.unwrap().pending, 2);
+
+    // A removal racing the planner: the subscriber row goes, the ledger row
+    // planned for them stays (on Postgres, whose ledger has no foreign key;
+    // SQLite's cascades).
+    let gone = "delete from subscribers where email_key = 'reader1@example.org'";
+    match backend {
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query(gone).execute(&mut c).await.unwrap();
+        }
+        Backend::Sqlite => {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query("pragma foreign_keys = on")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            sqlx::query(gone).execute(&mut c).await.unwrap();
+        }
+    }
+    let at = |secs: i64| Timestamp::from(now + Duration::seconds(secs));
+    let claimed = store.claim(run_id, 0, at(1), at(60), 10).await.unwrap();
+    let readers: Vec<&str> = claimed
+        .iter()
+        .filter(|c| c.subscriber_status == "confirmed")
+        .map(|c| c.email.as_str())
+        .collect();
+    assert_eq!(readers, ["reader2@example.org"]);
+    // The orphaned row is claimed (so that the run can finish) as a reader
+    // who is not to be mailed.
+    let orphans: Vec<&Claimed> = claimed
+        .iter()
+        .filter(|c| c.subscriber_status != "confirmed")
+        .collect();
+    assert!(
+        orphans
+            .iter()
+            .all(|c| c.subscriber_status == "removed" && c.email.is_empty()),
+        "{orphans:?}"
+    );
+    let expected_orphans = if backend == Backend::Postgres { 1 } else { 0 };
+    assert_eq!(orphans.len(), expected_orphans, "{claimed:?}");
+    let counts = store.delivery_counts(run_id).await.unwrap();
+    assert_eq!((counts.pending, counts.sending), (0, claimed.len() as i64));
 }
