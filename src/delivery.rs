@@ -21,7 +21,8 @@ use crate::config::{Digest, Settings};
 use crate::mail::{self, BodyEncoder, MessageMeta, SendError, Sender};
 use crate::render::{Recipient, Renderer, RunContext};
 use crate::store::{
-    Claimed, DeliveryCounts, PlanOutcome, Run, RunArticle, RunPlan, Store, Timestamp,
+    Claimed, DeliveryCounts, LedgerConnection, PlanOutcome, Run, RunArticle, RunPlan, Store,
+    Timestamp,
 };
 
 /// What the delivery code needs, shared by every command.
@@ -661,7 +662,12 @@ where
 struct Writer {
     buffer: Vec<Outcome>,
     /// The writes under way, oldest first, and how many outcomes each records.
-    pending: std::collections::VecDeque<(tokio::task::JoinHandle<Result<()>>, usize)>,
+    pending: std::collections::VecDeque<(
+        tokio::task::JoinHandle<Result<Option<LedgerConnection>>>,
+        usize,
+    )>,
+    /// The connections of the writes done, for the next ones.
+    idle: Vec<LedgerConnection>,
 }
 
 /// How many outcome writes may be under way at once.
@@ -687,7 +693,8 @@ impl Writer {
         let count = outcomes.len();
         let engine = engine.clone();
         let shutdown = shutdown.clone();
-        let write = tokio::spawn(async move { record(&engine, outcomes, &shutdown).await });
+        let conn = self.idle.pop();
+        let write = tokio::spawn(async move { record(&engine, outcomes, conn, &shutdown).await });
         self.pending.push_back((write, count));
     }
 
@@ -698,7 +705,9 @@ impl Writer {
         };
         let result = write.await;
         self.pending.pop_front();
-        result.context("the ledger writer stopped")?
+        let conn = result.context("the ledger writer stopped")??;
+        self.idle.extend(conn);
+        Ok(())
     }
 
     /// Writes everything buffered and waits for it.
@@ -715,14 +724,16 @@ impl Writer {
 
 /// Writes a batch of outcomes to the ledger: one statement for all the
 /// sent rows, one for the skipped, one for the released; failures and
-/// retries row by row (they carry their own reply).
+/// retries row by row (they carry their own reply). Writes on `conn`, or a
+/// connection of the pool, and returns the connection for the next write.
 async fn record(
     engine: &Engine,
     outcomes: Vec<Outcome>,
+    conn: Option<LedgerConnection>,
     shutdown: &watch::Receiver<bool>,
-) -> Result<()> {
+) -> Result<Option<LedgerConnection>> {
     if outcomes.is_empty() {
-        return Ok(());
+        return Ok(conn);
     }
     let store = &engine.store;
     let max_attempts = engine.settings.delivery.max_attempts as i32;
@@ -766,19 +777,30 @@ async fn record(
         }
     }
     let now = Timestamp::now();
+    let held = Mutex::new(conn);
     retrying("record delivery outcomes", shutdown, || async {
-        store.mark_sent(&sent, now).await?;
-        store.mark_skipped(&skipped).await?;
-        store.release(&deferred).await?;
+        let mut slot = held.lock().await;
+        // (A connection that fails is dropped here; the next try takes
+        // another. Each statement only changes rows still open, so writing
+        // the batch again is harmless.)
+        let mut conn = match slot.take() {
+            Some(conn) => conn,
+            None => store.ledger_connection().await?,
+        };
+        conn.mark_sent(&sent, now).await?;
+        conn.mark_skipped(&skipped).await?;
+        conn.release(&deferred).await?;
         for (id, error) in &failed {
-            store.mark_failed(*id, error).await?;
+            conn.mark_failed(*id, error).await?;
         }
         for (id, at, error) in &retries {
-            store.mark_retry(*id, *at, error).await?;
+            conn.mark_retry(*id, *at, error).await?;
         }
+        *slot = Some(conn);
         Ok(())
     })
-    .await
+    .await?;
+    Ok(held.into_inner())
 }
 
 /// Delivers every unfinished run (of one digest, or all), oldest first.

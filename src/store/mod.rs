@@ -774,17 +774,38 @@ impl Store {
 
     /// Records deliveries accepted by the relay (one statement per batch).
     pub async fn mark_sent(&self, ids: &[i64], now: Timestamp) -> Result<()> {
-        self.finish_deliveries(ids, "sent", Some(now)).await
+        self.ledger_connection().await?.mark_sent(ids, now).await
     }
 
     /// Records deliveries not sent because the subscriber left meanwhile.
     pub async fn mark_skipped(&self, ids: &[i64]) -> Result<()> {
-        self.finish_deliveries(ids, "skipped", None).await
+        self.ledger_connection().await?.mark_skipped(ids).await
     }
 
     /// Returns claimed rows to pending without counting an attempt.
     pub async fn release(&self, ids: &[i64]) -> Result<()> {
-        self.finish_deliveries(ids, "pending", None).await
+        self.ledger_connection().await?.release(ids).await
+    }
+
+    /// A transient failure: try again at `next_attempt_at`.
+    pub async fn mark_retry(&self, id: i64, next_attempt_at: Timestamp, error: &str) -> Result<()> {
+        self.ledger_connection()
+            .await?
+            .mark_retry(id, next_attempt_at, error)
+            .await
+    }
+
+    /// A permanent failure, or attempts exhausted.
+    pub async fn mark_failed(&self, id: i64, error: &str) -> Result<()> {
+        self.ledger_connection().await?.mark_failed(id, error).await
+    }
+
+    /// A connection of the pool, kept for a series of outcome writes.
+    pub async fn ledger_connection(&self) -> Result<LedgerConnection> {
+        Ok(LedgerConnection(match self {
+            Store::Postgres(pool) => Held::Postgres(pool.acquire().await?),
+            Store::Sqlite(pool) => Held::Sqlite(pool.acquire().await?),
+        }))
     }
 
     /// Re-queues the failed deliveries of a run (`gazette retry`) with fresh
@@ -808,65 +829,6 @@ impl Store {
             }
             tx.commit().await?;
             Ok(n)
-        })
-    }
-
-    async fn finish_deliveries(
-        &self,
-        ids: &[i64],
-        status: &str,
-        sent_at: Option<Timestamp>,
-    ) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        // Only rows still `sending` change; a message that was sent is also
-        // recorded when its lease ran out meanwhile and another process
-        // took the row over (which may have put it back to `pending`), so
-        // it is not sent again. The condition sits in the
-        // CASEs, not the WHERE, so the rows are always found through the
-        // primary key.
-        let open = if status == "sent" {
-            "status in ('sending', 'pending')"
-        } else {
-            "status = 'sending'"
-        };
-        on_pool!(self, pool => {
-            let mut q = QueryBuilder::new(format!(
-                "update deliveries set lease_until = case when {open} then null else lease_until end, \
-                 sent_at = case when {open} then "
-            ));
-            q.push_bind(sent_at)
-                .push(format!(" else sent_at end, status = case when {open} then "))
-                .push_bind(status)
-                .push(" else status end where id in (");
-            let mut list = q.separated(", ");
-            for id in ids {
-                list.push_bind(*id);
-            }
-            q.push(")");
-            q.build().execute(pool).await?;
-            Ok(())
-        })
-    }
-
-    /// A transient failure: try again at `next_attempt_at`.
-    pub async fn mark_retry(&self, id: i64, next_attempt_at: Timestamp, error: &str) -> Result<()> {
-        let sql = "update deliveries set status = 'pending', lease_until = null, attempts = attempts + 1, \
-                   next_attempt_at = $2, last_error = $3 where id = $1 and status = 'sending'";
-        on_pool!(self, pool => {
-            sqlx::query(sql).bind(id).bind(next_attempt_at).bind(error).execute(pool).await?;
-            Ok(())
-        })
-    }
-
-    /// A permanent failure, or attempts exhausted.
-    pub async fn mark_failed(&self, id: i64, error: &str) -> Result<()> {
-        let sql = "update deliveries set status = 'failed', lease_until = null, attempts = attempts + 1, \
-                   last_error = $2 where id = $1 and status = 'sending'";
-        on_pool!(self, pool => {
-            sqlx::query(sql).bind(id).bind(error).execute(pool).await?;
-            Ok(())
         })
     }
 
@@ -896,6 +858,109 @@ impl Store {
                    join subscribers s on s.id = d.subscriber_id \
                    where d.run_id = $1 and d.status = 'failed' order by d.id";
         on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(run_id).fetch_all(pool).await?))
+    }
+}
+
+/// A connection taken from the pool and kept for a series of outcome
+/// writes. Each use of the pool costs two more round trips to the database
+/// than the statement itself (sqlx checks a connection when it is taken and
+/// when it is given back): a delivery run, which writes outcomes every few
+/// messages, keeps its connections instead. A connection that failed is
+/// dropped, and the next write takes a fresh one.
+pub struct LedgerConnection(Held);
+
+enum Held {
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+}
+
+macro_rules! on_conn {
+    ($self:expr, $conn:ident => $body:expr) => {
+        match &mut $self.0 {
+            Held::Postgres($conn) => $body,
+            Held::Sqlite($conn) => $body,
+        }
+    };
+}
+
+impl LedgerConnection {
+    /// Records deliveries accepted by the relay (one statement per batch).
+    pub async fn mark_sent(&mut self, ids: &[i64], now: Timestamp) -> Result<()> {
+        self.finish_deliveries(ids, "sent", Some(now)).await
+    }
+
+    /// Records deliveries not sent because the subscriber left meanwhile.
+    pub async fn mark_skipped(&mut self, ids: &[i64]) -> Result<()> {
+        self.finish_deliveries(ids, "skipped", None).await
+    }
+
+    /// Returns claimed rows to pending without counting an attempt.
+    pub async fn release(&mut self, ids: &[i64]) -> Result<()> {
+        self.finish_deliveries(ids, "pending", None).await
+    }
+
+    async fn finish_deliveries(
+        &mut self,
+        ids: &[i64],
+        status: &str,
+        sent_at: Option<Timestamp>,
+    ) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Only rows still `sending` change; a message that was sent is also
+        // recorded when its lease ran out meanwhile and another process
+        // took the row over (which may have put it back to `pending`), so
+        // it is not sent again. The condition sits in the
+        // CASEs, not the WHERE, so the rows are always found through the
+        // primary key.
+        let open = if status == "sent" {
+            "status in ('sending', 'pending')"
+        } else {
+            "status = 'sending'"
+        };
+        on_conn!(self, conn => {
+            let mut q = QueryBuilder::new(format!(
+                "update deliveries set lease_until = case when {open} then null else lease_until end, \
+                 sent_at = case when {open} then "
+            ));
+            q.push_bind(sent_at)
+                .push(format!(" else sent_at end, status = case when {open} then "))
+                .push_bind(status)
+                .push(" else status end where id in (");
+            let mut list = q.separated(", ");
+            for id in ids {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build().execute(&mut **conn).await?;
+            Ok(())
+        })
+    }
+
+    /// A transient failure: try again at `next_attempt_at`.
+    pub async fn mark_retry(
+        &mut self,
+        id: i64,
+        next_attempt_at: Timestamp,
+        error: &str,
+    ) -> Result<()> {
+        let sql = "update deliveries set status = 'pending', lease_until = null, attempts = attempts + 1, \
+                   next_attempt_at = $2, last_error = $3 where id = $1 and status = 'sending'";
+        on_conn!(self, conn => {
+            sqlx::query(sql).bind(id).bind(next_attempt_at).bind(error).execute(&mut **conn).await?;
+            Ok(())
+        })
+    }
+
+    /// A permanent failure, or attempts exhausted.
+    pub async fn mark_failed(&mut self, id: i64, error: &str) -> Result<()> {
+        let sql = "update deliveries set status = 'failed', lease_until = null, attempts = attempts + 1, \
+                   last_error = $2 where id = $1 and status = 'sending'";
+        on_conn!(self, conn => {
+            sqlx::query(sql).bind(id).bind(error).execute(&mut **conn).await?;
+            Ok(())
+        })
     }
 }
 
