@@ -144,12 +144,17 @@ pub fn build_message(
     subject: &str,
     bodies: EncodedBodies,
 ) -> Result<lettre::Message> {
-    let address = env
+    let address: lettre::Address = env
         .to_email
         .parse()
         .with_context(|| format!("invalid recipient address `{}`", env.to_email))?;
+    // The envelope is given, so that lettre does not parse it back out of
+    // the From and To headers it has just formatted.
+    let envelope = Envelope::new(Some(env.from.email.clone()), vec![address.clone()])
+        .context("cannot build the SMTP envelope")?;
     let to = Mailbox::new(env.to_name.map(one_line).filter(|n| !n.is_empty()), address);
     let mut builder = lettre::Message::builder()
+        .envelope(envelope)
         .from(env.from.clone())
         .to(to)
         .subject(one_line(subject))
