@@ -90,8 +90,9 @@ impl BodyEncoder {
             match self.lines.get(line) {
                 Some(encoded) => out.extend_from_slice(encoded),
                 None => {
-                    let encoded = quoted_printable::encode(line);
-                    out.extend_from_slice(&encoded);
+                    let start = out.len();
+                    encode_line(line.as_bytes(), &mut out);
+                    let encoded = &out[start..];
                     let size = line.len() + encoded.len();
                     if self.held + size > Self::MAX_HELD {
                         self.lines.clear();
@@ -123,10 +124,93 @@ pub fn encode_body(text: &str, out: &mut Vec<u8>) {
     let mut lines = text.split('\n').peekable();
     while let Some(line) = lines.next() {
         let line = line.strip_suffix('\r').unwrap_or(line);
-        out.extend_from_slice(&quoted_printable::encode(line));
+        encode_line(line.as_bytes(), out);
         if lines.peek().is_some() {
             out.extend_from_slice(b"\r\n");
         }
+    }
+}
+
+/// The longest encoded line, without its line end (RFC 2045, 6.7).
+const QP_LIMIT: usize = 76;
+
+/// One line (no LF in it) as quoted-printable, appended to `out`: the same
+/// bytes as the `quoted_printable` crate's `encode` of the line (the tests
+/// compare them), written in place instead of a character at a time into
+/// a string of its own. Runs of printable ASCII are copied whole; `=`,
+/// control and non-ASCII bytes become `=XX`; a space or tab at the end of
+/// the line is encoded; a soft line break (`=` CRLF) keeps every line
+/// within 76 characters.
+fn encode_line(line: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    // The bytes written as they are: tab and printable ASCII but `=`.
+    const LITERAL: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = b' ';
+        while b <= b'~' {
+            table[b as usize] = b != b'=';
+            b += 1;
+        }
+        table[b'\t' as usize] = true;
+        table
+    };
+    let literal = |b: u8| LITERAL[usize::from(b)];
+    // Appends one token (a byte or its `=XX`), breaking the line first if
+    // it would not fit: before the previous token when the line is full.
+    fn append(out: &mut Vec<u8>, token: &[u8], on_line: &mut usize, backup: &mut usize) {
+        if *on_line + token.len() > QP_LIMIT {
+            if *on_line == QP_LIMIT {
+                *on_line = out.len() - *backup;
+                out.splice(*backup..*backup, *b"=\r\n");
+            } else {
+                out.extend_from_slice(b"=\r\n");
+                *on_line = 0;
+            }
+        }
+        out.extend_from_slice(token);
+        *on_line += token.len();
+        *backup = out.len() - token.len();
+    }
+    let start = out.len();
+    out.reserve(line.len() + line.len() / 8);
+    let mut on_line = 0;
+    let mut backup = start;
+    let mut i = 0;
+    while i < line.len() {
+        let byte = line[i];
+        if QP_LIMIT - on_line >= 3 && literal(byte) {
+            let stop = line.len().min(i + QP_LIMIT - on_line - 2);
+            let end = line[i + 1..stop]
+                .iter()
+                .position(|&b| !literal(b))
+                .map_or(stop, |at| i + 1 + at);
+            out.extend_from_slice(&line[i..end]);
+            on_line += end - i;
+            backup = out.len();
+            i = end;
+            continue;
+        }
+        if literal(byte) {
+            append(out, &[byte], &mut on_line, &mut backup);
+        } else {
+            let token = [
+                b'=',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 15)],
+            ];
+            append(out, &token, &mut on_line, &mut backup);
+        }
+        i += 1;
+    }
+    if out.len() > start {
+        let token: &[u8] = match out[out.len() - 1] {
+            b' ' => b"=20",
+            b'\t' => b"=09",
+            _ => return,
+        };
+        out.pop();
+        on_line -= 1;
+        append(out, token, &mut on_line, &mut backup);
     }
 }
 
@@ -819,6 +903,34 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn lines_are_encoded_as_the_quoted_printable_crate_encodes_them() {
+        // Every length up to well past two encoded lines, from pieces that
+        // take each path: runs, `=`, spaces and tabs (also at the end),
+        // control and multi-byte characters, at every offset.
+        let pieces = ["a", " ", "\t", "=", "é", "€", "\r", ".", "~", "\u{1}"];
+        let mut checked = 0;
+        for len in 0..200 {
+            for seed in 0..pieces.len() {
+                let line: String = (0..len)
+                    .map(|i| {
+                        let pick = (i * 7 + seed * 3 + i / 5) % (pieces.len() + 6);
+                        pieces.get(pick).copied().unwrap_or("x")
+                    })
+                    .collect();
+                let mut out = b"before".to_vec();
+                super::encode_line(line.as_bytes(), &mut out);
+                assert_eq!(
+                    String::from_utf8_lossy(&out[6..]),
+                    String::from_utf8_lossy(&quoted_printable::encode(&line)),
+                    "line {line:?}"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 2000);
     }
 
     #[test]
