@@ -257,9 +257,9 @@ async fn crash_at(point: usize) {
         stdout(&out)
     );
     let extra = duplicates(&smtp, readers);
-    // Sent but not yet recorded at the crash: per worker (3 of them), one
-    // outcome being written, one buffered, one in the channel, one just sent.
-    assert!(extra <= 12, "{extra} duplicates after a crash");
+    // Sent but not yet recorded at the crash: per worker (3 of them), four
+    // outcomes being written or buffered, one in the channel, one just sent.
+    assert!(extra <= 18, "{extra} duplicates after a crash");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
