@@ -180,7 +180,7 @@ fn main() -> ExitCode {
 /// The runtime's worker threads: `TOKIO_WORKER_THREADS` if set, otherwise
 /// half the cores, at least one. Sending is mostly waiting on the relay and
 /// the database, which on a small machine share its cores: gazette's own
-/// work is about 0.06 ms of CPU per message, a core's worth at some 16,000
+/// work is about 0.05 ms of CPU per message, a core's worth at some 20,000
 /// messages a second, and every further thread adds wake-ups across threads
 /// (on 2 cores, 100,000 messages took 7.0 s of CPU on two threads and 5.5 s
 /// on one; see docs/benchmarks.md).
