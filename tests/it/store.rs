@@ -282,31 +282,7 @@ async fn claims_take_due_rows_in_order_and_rows_whose_lease_expired(backend: Bac
     let db = TestDb::new(backend).await;
     let store = store(&db).await;
     let now = Utc::now();
-    let readers: Vec<NewSubscriber> = (0..6)
-        .map(|i| NewSubscriber {
-            email: EmailAddress::parse(&format!("reader{i}@example.org")).unwrap(),
-            name: None,
-            digests: vec![daily()],
-        })
-        .collect();
-    store
-        .upsert_subscribers(&readers, Timestamp::from(now))
-        .await
-        .unwrap();
-    let digest = daily();
-    let plan = RunPlan {
-        digest: &digest,
-        slot: Timestamp::from(now),
-        window_start: Timestamp::from(now - Duration::days(1)),
-        cutoff: Timestamp::from(now),
-        articles: &[],
-        skip_if_empty: false,
-        now: Timestamp::from(now),
-    };
-    let PlanOutcome::Planned { run_id, deliveries } = store.plan_run(&plan).await.unwrap() else {
-        panic!("the run was not planned");
-    };
-    assert_eq!(deliveries, 6);
+    let run_id = planned_run(&store, 6, now).await;
     let at = |secs: i64| Timestamp::from(now + Duration::seconds(secs));
     let emails =
         |claimed: &[Claimed]| -> Vec<String> { claimed.iter().map(|c| c.email.clone()).collect() };
@@ -372,33 +348,7 @@ async fn a_removed_subscriber_leaves_the_ledger_and_is_never_claimed_as_a_reader
     let db = TestDb::new(backend).await;
     let store = store(&db).await;
     let now = Utc::now();
-    let readers: Vec<NewSubscriber> = (0..3)
-        .map(|i| NewSubscriber {
-            email: EmailAddress::parse(&format!("reader{i}@example.org")).unwrap(),
-            name: None,
-            digests: vec![daily()],
-        })
-        .collect();
-    store
-        .upsert_subscribers(&readers, Timestamp::from(now))
-        .await
-        .unwrap();
-    let digest = daily();
-    let PlanOutcome::Planned { run_id, .. } = store
-        .plan_run(&RunPlan {
-            digest: &digest,
-            slot: Timestamp::from(now),
-            window_start: Timestamp::from(now - Duration::days(1)),
-            cutoff: Timestamp::from(now),
-            articles: &[],
-            skip_if_empty: false,
-            now: Timestamp::from(now),
-        })
-        .await
-        .unwrap()
-    else {
-        panic!("the run was not planned");
-    };
+    let run_id = planned_run(&store, 3, now).await;
 
     // `subscribers remove` takes the reader's ledger rows with them.
     let reader0 = EmailAddress::parse("reader0@example.org").unwrap();
@@ -450,4 +400,35 @@ async fn a_removed_subscriber_leaves_the_ledger_and_is_never_claimed_as_a_reader
     assert_eq!(orphans.len(), expected_orphans, "{claimed:?}");
     let counts = store.delivery_counts(run_id).await.unwrap();
     assert_eq!((counts.pending, counts.sending), (0, claimed.len() as i64));
+}
+
+/// A run of the daily digest at `now`, planned for `readers` confirmed
+/// subscribers `reader0@example.org`, `reader1@…`, and so on.
+async fn planned_run(store: &Store, readers: usize, now: chrono::DateTime<Utc>) -> i64 {
+    let subscribers: Vec<NewSubscriber> = (0..readers)
+        .map(|i| NewSubscriber {
+            email: EmailAddress::parse(&format!("reader{i}@example.org")).unwrap(),
+            name: None,
+            digests: vec![daily()],
+        })
+        .collect();
+    store
+        .upsert_subscribers(&subscribers, Timestamp::from(now))
+        .await
+        .unwrap();
+    let digest = daily();
+    let plan = RunPlan {
+        digest: &digest,
+        slot: Timestamp::from(now),
+        window_start: Timestamp::from(now - Duration::days(1)),
+        cutoff: Timestamp::from(now),
+        articles: &[],
+        skip_if_empty: false,
+        now: Timestamp::from(now),
+    };
+    let PlanOutcome::Planned { run_id, deliveries } = store.plan_run(&plan).await.unwrap() else {
+        panic!("the run was not planned");
+    };
+    assert_eq!(deliveries, readers as u64);
+    run_id
 }
