@@ -274,14 +274,15 @@ impl Workers {
                 tokio::spawn(async move {
                     let mut sender = Sender::new(&engine.settings);
                     let mut encoder = BodyEncoder::default();
-                    // A job taken early, whose transaction may already be
-                    // under way (see `Sender::send_then`).
-                    let mut ahead: Option<Job> = None;
+                    // A job taken early with its message (or the outcome of
+                    // a job that sends none), whose transaction may already
+                    // be under way (see `Sender::send_then`).
+                    let mut ahead: Option<(Job, Result<lettre::Message, Outcome>)> = None;
                     loop {
-                        let job = match ahead.take() {
-                            Some(job) => job,
+                        let (job, prepared) = match ahead.take() {
+                            Some((job, prepared)) => (job, Some(prepared)),
                             None => match job_rx.lock().await.recv().await {
-                                Some(job) => job,
+                                Some(job) => (job, None),
                                 None => break,
                             },
                         };
@@ -294,21 +295,33 @@ impl Workers {
                         } else if breaker.is_open() {
                             Outcome::Deferred(job.claimed.id)
                         } else {
-                            let outcome = match prepare(&engine, &mut encoder, &job) {
+                            let prepared =
+                                prepared.unwrap_or_else(|| prepare(&engine, &mut encoder, &job));
+                            let outcome = match prepared {
                                 Err(outcome) => outcome,
                                 Ok(message) => {
                                     // Without a rate limit to keep, the next
-                                    // job waiting, if any, is taken now, so
-                                    // that its envelope goes out with this
-                                    // message's content.
+                                    // job waiting, if any, is taken and built
+                                    // now, so that its envelope goes out with
+                                    // this message's content.
                                     if limiter.is_none() && sender.chains() {
                                         ahead = job_rx
                                             .try_lock()
                                             .ok()
-                                            .and_then(|mut rx| rx.try_recv().ok());
+                                            .and_then(|mut rx| rx.try_recv().ok())
+                                            .map(|next| {
+                                                let prepared =
+                                                    prepare(&engine, &mut encoder, &next);
+                                                (next, prepared)
+                                            });
                                     }
-                                    let next = ahead.as_ref().and_then(|j| envelope_of(&engine, j));
-                                    send_one(&mut sender, &job, &message, next.as_ref()).await
+                                    // (Its lease is checked again before its
+                                    // content is sent.)
+                                    let next = ahead.as_ref().and_then(|(next, prepared)| {
+                                        prepared.as_ref().ok().filter(|_| next.usable())
+                                    });
+                                    let next = next.map(lettre::Message::envelope);
+                                    send_one(&mut sender, &job, &message, next).await
                                 }
                             };
                             breaker.record(matches!(outcome, Outcome::Retry { .. }));
@@ -367,19 +380,6 @@ fn prepare(
         id: c.id,
         error: format!("cannot render or build the message: {e:#}"),
     })
-}
-
-/// The envelope `job`'s message will have, if it is to be sent: the one
-/// its transaction can be started with ahead of time.
-fn envelope_of(engine: &Engine, job: &Job) -> Option<lettre::address::Envelope> {
-    let c = &job.claimed;
-    // (The lease is checked again before it is sent.)
-    if c.subscriber_status != "confirmed" || !job.usable() {
-        return None;
-    }
-    let to = c.email.parse().ok()?;
-    let from = engine.settings.mail.from.email.clone();
-    lettre::address::Envelope::new(Some(from), vec![to]).ok()
 }
 
 async fn send_one(

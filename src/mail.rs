@@ -911,7 +911,6 @@ mod tests {
         // take each path: runs, `=`, spaces and tabs (also at the end),
         // control and multi-byte characters, at every offset.
         let pieces = ["a", " ", "\t", "=", "é", "€", "\r", ".", "~", "\u{1}"];
-        let mut checked = 0;
         for len in 0..200 {
             for seed in 0..pieces.len() {
                 let line: String = (0..len)
@@ -927,10 +926,8 @@ mod tests {
                     String::from_utf8_lossy(&quoted_printable::encode(&line)),
                     "line {line:?}"
                 );
-                checked += 1;
             }
         }
-        assert_eq!(checked, 2000);
     }
 
     #[test]

@@ -772,34 +772,6 @@ impl Store {
         }
     }
 
-    /// Records deliveries accepted by the relay (one statement per batch).
-    pub async fn mark_sent(&self, ids: &[i64], now: Timestamp) -> Result<()> {
-        self.ledger_connection().await?.mark_sent(ids, now).await
-    }
-
-    /// Records deliveries not sent because the subscriber left meanwhile.
-    pub async fn mark_skipped(&self, ids: &[i64]) -> Result<()> {
-        self.ledger_connection().await?.mark_skipped(ids).await
-    }
-
-    /// Returns claimed rows to pending without counting an attempt.
-    pub async fn release(&self, ids: &[i64]) -> Result<()> {
-        self.ledger_connection().await?.release(ids).await
-    }
-
-    /// A transient failure: try again at `next_attempt_at`.
-    pub async fn mark_retry(&self, id: i64, next_attempt_at: Timestamp, error: &str) -> Result<()> {
-        self.ledger_connection()
-            .await?
-            .mark_retry(id, next_attempt_at, error)
-            .await
-    }
-
-    /// A permanent failure, or attempts exhausted.
-    pub async fn mark_failed(&self, id: i64, error: &str) -> Result<()> {
-        self.ledger_connection().await?.mark_failed(id, error).await
-    }
-
     /// A connection of the pool, kept for a series of outcome writes.
     pub async fn ledger_connection(&self) -> Result<LedgerConnection> {
         Ok(LedgerConnection(match self {

@@ -316,15 +316,17 @@ async fn claims_take_due_rows_in_order_and_rows_whose_lease_expired(backend: Bac
 
     // One sent, one to retry later, one failed; the lease of the other three
     // runs out, and a claim takes them over as they are.
-    store.mark_sent(&[first[0].id], at(3)).await.unwrap();
-    store
+    let mut ledger = store.ledger_connection().await.unwrap();
+    ledger.mark_sent(&[first[0].id], at(3)).await.unwrap();
+    ledger
         .mark_retry(first[1].id, at(120), "451 try again later")
         .await
         .unwrap();
-    store
+    ledger
         .mark_failed(first[2].id, "550 no such user")
         .await
         .unwrap();
+    drop(ledger);
     let expired = store.claim(run_id, 0, at(61), at(200), 10).await.unwrap();
     assert_eq!(
         emails(&expired),
