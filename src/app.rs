@@ -24,6 +24,7 @@ pub async fn open(settings: Settings) -> Result<Engine> {
         settings: Arc::new(settings),
         store,
         renderer: Arc::new(renderer),
+        panic_for_tests: None,
     })
 }
 

@@ -485,7 +485,7 @@ async fn send_confirmation(
             date: Utc::now(),
         },
         &rendered.subject,
-        mail::BodyEncoder::default().bodies(&rendered),
+        mail::BodyEncoder::default().bodies(&rendered.text, &rendered.html),
     )?;
     let mut sender = Sender::new(&engine.settings);
     let stem = format!("confirm-{subscriber_id}-{}", Utc::now().timestamp_millis());

@@ -187,7 +187,7 @@ fn a_skeleton_renders_each_reader_exactly_as_the_templates_do() {
                     .render_for_mail(&run, &reader, &mut BodyEncoder::default())
                     .unwrap();
                 assert_eq!(subject, full.subject);
-                let whole = BodyEncoder::default().bodies(&full);
+                let whole = BodyEncoder::default().bodies(&full.text, &full.html);
                 assert_eq!(
                     String::from_utf8(bodies.text).unwrap(),
                     String::from_utf8(whole.text).unwrap(),

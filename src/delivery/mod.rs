@@ -1,0 +1,76 @@
+//! Delivering a digest: the ledger's state machine.
+//!
+//! - [`plan`]: a (digest, slot) becomes a run, its articles and one ledger
+//!   row per confirmed subscriber, in one idempotent transaction;
+//! - [`run`]: the loop that drains one run: claims batches of due rows
+//!   with a lease, feeds them to the workers, hands their outcomes to the
+//!   writer, and waits for retries;
+//! - [`worker`]: `delivery.concurrency` workers, each with one SMTP
+//!   connection, render and send one message at a time ([`job`]);
+//! - [`writer`]: outcomes written to the ledger in batches;
+//! - [`policy`]: when to try again: backoff, the relay breaker, the rate
+//!   limit, and retrying the database.
+
+mod job;
+mod plan;
+mod policy;
+mod run;
+mod worker;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Result;
+use tokio::sync::watch;
+
+pub use self::job::compose;
+pub use self::plan::{plan, select_for_slot};
+pub use self::policy::backoff;
+pub use self::run::{Drain, deliver_run};
+pub use self::worker::Workers;
+use crate::config::Settings;
+use crate::domain::DigestName;
+use crate::render::Renderer;
+use crate::store::{DeliveryCounts, Store};
+
+/// What the delivery code needs, shared by every command.
+#[derive(Clone)]
+pub struct Engine {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub renderer: Arc<Renderer>,
+    /// A worker handed this reader's delivery panics: for the tests of
+    /// what a panicking worker leaves behind.
+    #[doc(hidden)]
+    pub panic_for_tests: Option<String>,
+}
+
+/// Delivers every unfinished run (of one digest, or all), oldest first.
+pub async fn deliver_unfinished(
+    engine: &Engine,
+    digest: Option<&DigestName>,
+    drain: Drain,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<HashMap<i64, DeliveryCounts>> {
+    let runs = engine.store.unfinished_runs(digest).await?;
+    let mut done = HashMap::new();
+    if runs.is_empty() {
+        return Ok(done);
+    }
+    let mut workers = Workers::start(engine);
+    let mut result = Ok(());
+    for run in &runs {
+        match deliver_run(engine, &mut workers, run, drain, shutdown).await {
+            Ok(counts) => {
+                done.insert(run.id, counts);
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    workers.stop().await;
+    result.map(|()| done)
+}

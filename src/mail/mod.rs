@@ -1,0 +1,24 @@
+//! From a rendered digest to bytes at a relay.
+//!
+//! - [`qp`]: quoted-printable bodies, encoded line by line with memory of
+//!   the lines a run shares;
+//! - [`message`]: the MIME message and its headers (digests and the
+//!   confirmation email alike);
+//! - [`outbox`]: `.eml` files instead of a relay;
+//! - [`smtp`]: our own SMTP connections (TCP_NODELAY, TLS, pipelining) and
+//!   how a reply is classified;
+//! - [`sender`]: one worker's way out, either of the two.
+
+pub mod message;
+pub mod outbox;
+pub mod qp;
+pub mod sender;
+pub mod smtp;
+
+pub use message::{
+    ListHeaders, MessageMeta, Rendered, build_message, list_id, message_id, one_line,
+};
+pub use outbox::write_eml;
+pub use qp::{BodyEncoder, EncodedBodies, encode_body};
+pub use sender::{SendError, Sender};
+pub use smtp::check_relay;

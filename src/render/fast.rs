@@ -1,0 +1,487 @@
+//! The once-per-shape fast path: a run is rendered once for each shape of
+//! reader ([`Pattern`]) with markers in place of the reader's values, and
+//! each email is that [`Skeleton`] with the reader's values put in.
+//!
+//! Whether a digest's templates allow this is decided by reading
+//! minijinja's compiled instructions ([`reader_values_only_printed`]),
+//! which are not a stable interface: this file is the only user of
+//! `minijinja::machinery`, minijinja is pinned to an exact version, and
+//! the analysis is an allow-list, so an instruction it does not know
+//! makes the digest render in full. The renderer also compares the first
+//! email of each shape with a full rendering before it trusts a skeleton.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use minijinja::machinery;
+use minijinja::{AutoEscape, Environment, HtmlEscape, Output, State, Value};
+
+use crate::mail::{EncodedBodies, Rendered, encode_body, one_line};
+
+/// How many reader values a template sees: `subscriber.name`,
+/// `subscriber.email`, `links.unsubscribe`, `links.preferences`,
+/// `links.web_view`, in this order.
+pub(super) const FIELDS: usize = 5;
+
+/// The template variables that hold reader values.
+const READER_VARIABLES: [&str; 2] = ["subscriber", "links"];
+
+pub(super) type ReaderValues<'a> = [Option<Cow<'a, str>>; FIELDS];
+
+/// What a template can tell of a reader value without printing it: absent
+/// (`none`), empty, or a string that is true in a test. Readers with the
+/// same pattern share a skeleton.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Slot {
+    Absent,
+    Empty,
+    Marker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Pattern([Slot; FIELDS]);
+
+impl Pattern {
+    pub(super) fn of(values: &ReaderValues<'_>) -> Self {
+        Self(values.each_ref().map(|v| match v.as_deref() {
+            None => Slot::Absent,
+            Some("") => Slot::Empty,
+            Some(_) => Slot::Marker,
+        }))
+    }
+}
+
+/// A piece of a rendered skeleton.
+#[derive(Debug, Clone)]
+enum Piece {
+    Text(String),
+    /// A reader value, HTML-escaped or as is.
+    Value {
+        field: usize,
+        html: bool,
+    },
+}
+
+/// A run's subject, HTML and text, rendered once for a [`Pattern`].
+#[derive(Debug)]
+pub(super) struct Skeleton {
+    subject: Vec<Piece>,
+    html: Vec<Piece>,
+    text: Vec<Piece>,
+    html_body: Vec<Chunk>,
+    text_body: Vec<Chunk>,
+}
+
+impl Skeleton {
+    fn new(subject: Vec<Piece>, html: Vec<Piece>, text: Vec<Piece>) -> Self {
+        Self {
+            html_body: Chunk::prepare(&html),
+            text_body: Chunk::prepare(&text),
+            subject,
+            html,
+            text,
+        }
+    }
+
+    /// This skeleton with a stray byte at the end of its HTML.
+    pub(super) fn spoiled(mut self) -> Self {
+        self.html.push(Piece::Text("\u{0}".into()));
+        self.html_body = Chunk::prepare(&self.html);
+        self
+    }
+
+    pub(super) fn fill(&self, values: &ReaderValues<'_>) -> Rendered {
+        let fill = |pieces: &[Piece]| {
+            let mut out = String::with_capacity(
+                pieces
+                    .iter()
+                    .map(|p| match p {
+                        Piece::Text(t) => t.len(),
+                        Piece::Value { field, .. } => {
+                            values[*field].as_deref().map_or(0, |v| v.len() * 2)
+                        }
+                    })
+                    .sum(),
+            );
+            fill_into(pieces, values, &mut out);
+            out
+        };
+        Rendered {
+            subject: one_line(&fill(&self.subject)),
+            html: fill(&self.html),
+            text: fill(&self.text),
+        }
+    }
+
+    pub(super) fn subject(&self, values: &ReaderValues<'_>) -> String {
+        let mut subject = String::new();
+        fill_into(&self.subject, values, &mut subject);
+        one_line(&subject)
+    }
+
+    pub(super) fn encode(&self, values: &ReaderValues<'_>) -> EncodedBodies {
+        EncodedBodies {
+            text: Chunk::encode(&self.text_body, values),
+            html: Chunk::encode(&self.html_body, values),
+        }
+    }
+}
+
+fn fill_into(pieces: &[Piece], values: &ReaderValues<'_>, out: &mut String) {
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Value { field, html } => {
+                let value = values[*field].as_deref().unwrap_or_default();
+                if *html {
+                    let _ = write!(out, "{}", HtmlEscape(value));
+                } else {
+                    out.push_str(value);
+                }
+            }
+        }
+    }
+}
+
+/// Part of a body's quoted-printable encoding, prepared with the skeleton.
+/// Quoted-printable is line-local, so the lines without a reader value
+/// are encoded once, and only the lines with one for each reader.
+#[derive(Debug)]
+enum Chunk {
+    /// Whole lines, encoded, with the CRLFs between them and around them.
+    Encoded(Vec<u8>),
+    /// One line holding reader values (without its line end).
+    Line(Vec<Piece>),
+}
+
+impl Chunk {
+    fn prepare(pieces: &[Piece]) -> Vec<Chunk> {
+        let mut chunks = Vec::new();
+        let mut encoded = Vec::new();
+        let mut line: Vec<Piece> = Vec::new();
+        let mut first = true;
+        // Ends the current line: encoded now if it has no reader value.
+        let mut end_line =
+            |line: &mut Vec<Piece>, encoded: &mut Vec<u8>, chunks: &mut Vec<Chunk>| {
+                if !std::mem::take(&mut first) {
+                    encoded.extend_from_slice(b"\r\n");
+                }
+                if line.iter().any(|p| matches!(p, Piece::Value { .. })) {
+                    if !encoded.is_empty() {
+                        chunks.push(Chunk::Encoded(std::mem::take(encoded)));
+                    }
+                    chunks.push(Chunk::Line(std::mem::take(line)));
+                } else {
+                    let mut text = String::new();
+                    for piece in line.drain(..) {
+                        if let Piece::Text(t) = piece {
+                            text.push_str(&t);
+                        }
+                    }
+                    encode_body(&text, encoded);
+                }
+            };
+        for piece in pieces {
+            match piece {
+                Piece::Value { .. } => line.push(piece.clone()),
+                Piece::Text(t) => {
+                    let mut parts = t.split('\n').peekable();
+                    while let Some(part) = parts.next() {
+                        if !part.is_empty() {
+                            line.push(Piece::Text(part.to_string()));
+                        }
+                        if parts.peek().is_some() {
+                            end_line(&mut line, &mut encoded, &mut chunks);
+                        }
+                    }
+                }
+            }
+        }
+        end_line(&mut line, &mut encoded, &mut chunks);
+        if !encoded.is_empty() {
+            chunks.push(Chunk::Encoded(encoded));
+        }
+        chunks
+    }
+
+    fn encode(chunks: &[Chunk], values: &ReaderValues<'_>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            chunks
+                .iter()
+                .map(|c| match c {
+                    Chunk::Encoded(bytes) => bytes.len(),
+                    Chunk::Line(_) => 160,
+                })
+                .sum(),
+        );
+        let mut line = String::new();
+        for chunk in chunks {
+            match chunk {
+                Chunk::Encoded(bytes) => out.extend_from_slice(bytes),
+                Chunk::Line(pieces) => {
+                    line.clear();
+                    fill_into(pieces, values, &mut line);
+                    encode_body(&line, &mut out);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The markers that stand for reader values in a skeleton: private-use
+/// characters around a random nonce, so no article or reader text can
+/// contain one by accident. A marker value is `OPEN nonce field CLOSE`; the
+/// formatter prints it as `OPEN nonce field mode CLOSE`, the mode saying
+/// whether the value is HTML-escaped where it was printed.
+#[derive(Clone)]
+pub(super) struct Markers {
+    nonce: Arc<str>,
+}
+
+impl Markers {
+    const OPEN: char = '\u{E000}';
+    const CLOSE: char = '\u{E001}';
+
+    pub(super) fn new() -> Self {
+        let mut bytes = [0u8; 16];
+        let _ = getrandom::fill(&mut bytes);
+        let nonce: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Self {
+            nonce: nonce.into(),
+        }
+    }
+
+    fn value(&self, field: usize) -> String {
+        format!("{}{}{field}{}", Self::OPEN, self.nonce, Self::CLOSE)
+    }
+
+    /// The field a marker value stands for.
+    fn field_of(&self, value: &str) -> Option<usize> {
+        let rest = value.strip_prefix(Self::OPEN)?.strip_prefix(&*self.nonce)?;
+        let digit = rest.strip_suffix(Self::CLOSE)?;
+        let field = digit.parse::<usize>().ok()?;
+        (digit.len() == 1 && field < FIELDS).then_some(field)
+    }
+
+    /// Prints reader markers with their escaping mode, anything else as
+    /// minijinja does.
+    pub(super) fn format(
+        &self,
+        out: &mut Output,
+        state: &State,
+        value: &Value,
+    ) -> Result<(), minijinja::Error> {
+        let Some(field) = value.as_str().and_then(|s| self.field_of(s)) else {
+            return minijinja::escape_formatter(out, state, value);
+        };
+        let mode = match state.auto_escape() {
+            AutoEscape::None => 'n',
+            AutoEscape::Html => 'h',
+            _ => {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    "a reader value printed with an escaping other than HTML",
+                ));
+            }
+        };
+        write!(
+            out,
+            "{}{}{field}{mode}{}",
+            Self::OPEN,
+            self.nonce,
+            Self::CLOSE
+        )
+        .map_err(minijinja::Error::from)
+    }
+
+    /// Splits rendered text at the printed markers; `None` if a marker
+    /// reached the output other than through the formatter.
+    fn parse(&self, text: &str) -> Option<Vec<Piece>> {
+        let open = format!("{}{}", Self::OPEN, self.nonce);
+        let mut parts = text.split(open.as_str());
+        let mut pieces = vec![Piece::Text(parts.next()?.to_string())];
+        for part in parts {
+            let mut chars = part.chars();
+            let field = chars.next()?.to_digit(10)? as usize;
+            let html = match chars.next()? {
+                'h' => true,
+                'n' => false,
+                _ => return None,
+            };
+            if field >= FIELDS || chars.next()? != Self::CLOSE {
+                return None;
+            }
+            pieces.push(Piece::Value { field, html });
+            pieces.push(Piece::Text(chars.as_str().to_string()));
+        }
+        pieces.retain(|p| !matches!(p, Piece::Text(t) if t.is_empty()));
+        Some(pieces)
+    }
+}
+
+/// Whether template `name`, and every template it extends or includes,
+/// uses the reader's values only printed (`{{ subscriber.name }}`, also as
+/// the value of an inline `if`) or tested for truth (`{% if
+/// subscriber.name %}`, `not subscriber.name`), and never captures output into a value (macros,
+/// `{% set %}` and filter blocks, `super()`, `self`, recursive loops). Only
+/// then does a skeleton render every reader's email exactly: anything else
+/// (a comparison, a filter, a length) could differ from one reader to the
+/// next, and those digests are rendered in full for every reader.
+///
+/// This reads minijinja's compiled instructions, which are not a stable
+/// interface: a minijinja update that changes them makes digests fall back
+/// to full rendering (the renderer tests say so), never render wrongly.
+pub(super) fn reader_values_only_printed(
+    env: &Environment<'_>,
+    name: &str,
+    seen: &mut HashSet<String>,
+) -> bool {
+    if !seen.insert(name.to_string()) {
+        return true;
+    }
+    let Ok(template) = env.get_template(name) else {
+        return false;
+    };
+    let compiled = machinery::get_compiled_template(&template);
+    std::iter::once(&compiled.instructions)
+        .chain(compiled.blocks.values())
+        .all(|code| instructions_only_print(env, code, seen))
+}
+
+fn instructions_only_print(
+    env: &Environment<'_>,
+    code: &machinery::Instructions<'_>,
+    seen: &mut HashSet<String>,
+) -> bool {
+    use machinery::Instruction as I;
+    let at = |i: usize| u32::try_from(i).ok().and_then(|i| code.get(i));
+    for i in 0..code.len() {
+        let ok = match at(i) {
+            // A reader value: only printed, or tested for truth.
+            Some(I::Lookup(var)) if READER_VARIABLES.contains(var) => {
+                matches!(at(i + 1), Some(I::GetAttr(_)))
+                    && match at(i + 2) {
+                        // (`not` makes a boolean of its truth.)
+                        Some(I::Emit | I::JumpIfFalse(_) | I::Not) => true,
+                        // `{{ subscriber.name if … else … }}`
+                        Some(I::Jump(to)) => matches!(code.get(*to), Some(I::Emit)),
+                        _ => false,
+                    }
+            }
+            // `self` gives access to blocks, which render into values.
+            Some(I::Lookup("self")) => false,
+            // Functions that render template code into a value.
+            Some(I::CallFunction(f, _)) => !matches!(*f, "super" | "loop" | "caller" | "self"),
+            // Other templates, when their name is a constant: checked too.
+            Some(I::Include(_) | I::LoadBlocks) => match i.checked_sub(1).and_then(at) {
+                Some(I::LoadConst(included)) => included
+                    .as_str()
+                    .is_some_and(|included| reader_values_only_printed(env, included, seen)),
+                _ => false,
+            },
+            // The instructions known to neither capture output nor pass a
+            // reader value anywhere but to `Emit` (checked above): values,
+            // operators, filters and tests of other values, loops,
+            // conditions, blocks and escaping.
+            Some(
+                I::EmitRaw(_)
+                | I::Emit
+                | I::StoreLocal(_)
+                | I::Lookup(_)
+                | I::GetAttr(_)
+                | I::GetItem
+                | I::Slice
+                | I::LoadConst(_)
+                | I::BuildMap(_)
+                | I::BuildKwargs(_)
+                | I::MergeKwargs(_)
+                | I::BuildList(_)
+                | I::UnpackList(_)
+                | I::UnpackLists(_)
+                | I::Add
+                | I::Sub
+                | I::Mul
+                | I::Div
+                | I::IntDiv
+                | I::Rem
+                | I::Pow
+                | I::Neg
+                | I::Eq
+                | I::Ne
+                | I::Gt
+                | I::Gte
+                | I::Lt
+                | I::Lte
+                | I::Not
+                | I::StringConcat
+                | I::In
+                | I::CompareAndPreserve(_)
+                | I::ApplyFilter(..)
+                | I::PerformTest(..)
+                | I::PushLoop(_)
+                | I::PushWith
+                | I::Iterate(_)
+                | I::PushDidNotIterate
+                | I::PopFrame
+                | I::PopLoopFrame
+                | I::Jump(_)
+                | I::JumpIfFalse(_)
+                | I::JumpIfFalseOrPop(_)
+                | I::JumpIfTrueOrPop(_)
+                | I::PushAutoEscape
+                | I::PopAutoEscape
+                | I::CallMethod(..)
+                | I::DupTop
+                | I::DiscardTop
+                | I::Swap
+                | I::CallBlock(_),
+            ) => true,
+            // Everything else: known to capture output (`{% set %}` blocks,
+            // filter blocks, macros, `super()`, recursive loops, calling a
+            // value), or unknown to this analysis (an instruction of a
+            // later minijinja). The digest is rendered in full.
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+impl Markers {
+    /// The values a skeleton of `pattern` is rendered with: a marker for
+    /// each value that is there and not empty.
+    pub(super) fn stand_ins(&self, pattern: Pattern) -> [Option<String>; FIELDS] {
+        std::array::from_fn(|field| match pattern.0[field] {
+            Slot::Absent => None,
+            Slot::Empty => Some(String::new()),
+            Slot::Marker => Some(self.value(field)),
+        })
+    }
+}
+
+/// The emails of a run for every reader whose values fit one pattern,
+/// rendered from `templates` (subject, HTML, text) with `ctx`, which holds
+/// the pattern's [`Markers::stand_ins`]; `None` if a template fails (or
+/// prints a marker other than through `{{ … }}`).
+pub(super) fn build(
+    env: &Environment<'_>,
+    markers: &Markers,
+    templates: [&str; 3],
+    ctx: &Value,
+) -> Option<Skeleton> {
+    let render = |name: &str| -> Option<Vec<Piece>> {
+        let text = env.get_template(name).ok()?.render(ctx).ok()?;
+        markers.parse(&text)
+    };
+    let [subject, html, text] = templates;
+    Some(Skeleton::new(
+        render(subject)?,
+        render(html)?,
+        render(text)?,
+    ))
+}

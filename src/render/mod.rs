@@ -1,0 +1,320 @@
+//! The minijinja environment over `templates/`: for each subscriber of a
+//! run, a subject, an HTML body and a plain-text body.
+//!
+//! Templates are strict about undefined variables and `.html.j2` templates
+//! are HTML auto-escaped, so article text is always data. Everything that
+//! is the same for all subscribers of a run (digest, articles) is turned
+//! into template values once per run ([`RunContext`], in [`context`]); the
+//! once-per-shape fast path is in [`fast`].
+
+mod context;
+mod fast;
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use minijinja::{Environment, UndefinedBehavior, Value};
+
+pub use self::context::{Recipient, RunContext};
+use self::context::{subject_template_name, template_names};
+use self::fast::{Markers, Pattern, ReaderValues, Skeleton};
+use crate::config::{Digest, Settings};
+pub use crate::mail::Rendered;
+use crate::mail::{BodyEncoder, EncodedBodies, one_line};
+use crate::store::RunArticle;
+
+pub struct Renderer {
+    env: Environment<'static>,
+    base_url: String,
+    markers: Markers,
+    /// The digests whose emails are rendered from a skeleton per run.
+    skeleton_digests: HashSet<String>,
+}
+
+impl Renderer {
+    /// Loads the templates of every configured digest and renders each once
+    /// with sample data, so that a syntax error or a misspelt variable stops
+    /// the command now, naming the template and line.
+    pub fn new(settings: &Settings) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // Block tags do not leave blank lines behind (matters for text mails).
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_loader(minijinja::path_loader(&settings.templates_dir));
+        let markers = Markers::new();
+        let formatter = markers.clone();
+        env.set_formatter(move |out, state, value| formatter.format(out, state, value));
+        for digest in &settings.digests {
+            env.add_template_owned(subject_template_name(digest), digest.subject.clone())
+                .with_context(|| {
+                    format!(
+                        "the subject template of digest `{}` is invalid",
+                        digest.name
+                    )
+                })?;
+        }
+        let mut renderer = Self {
+            env,
+            base_url: settings.web.base_url.clone(),
+            markers,
+            skeleton_digests: HashSet::new(),
+        };
+        for digest in &settings.digests {
+            renderer
+                .check_digest(digest, &settings.templates_dir)
+                .with_context(|| format!("templates of digest `{}`", digest.name))?;
+        }
+        for digest in &settings.digests {
+            let mut seen = HashSet::new();
+            let only_printed = template_names(digest)
+                .iter()
+                .all(|name| fast::reader_values_only_printed(&renderer.env, name, &mut seen));
+            if only_printed {
+                renderer.skeleton_digests.insert(digest.name.to_string());
+            } else {
+                tracing::info!(
+                    digest = %digest.name,
+                    "the templates do more with reader values than print or test them: \
+                     each email is rendered in full"
+                );
+            }
+        }
+        Ok(renderer)
+    }
+
+    fn check_digest(&self, digest: &Digest, dir: &Path) -> Result<()> {
+        for name in &template_names(digest)[1..] {
+            self.env
+                .get_template(name)
+                .map_err(|e| anyhow::anyhow!("{}: {}", dir.join(name).display(), describe(&e)))?;
+        }
+        let sample = RunArticle {
+            article_id: 0,
+            url: "https://example.org/sample".into(),
+            title: "Sample article".into(),
+            summary: Some("A summary.".into()),
+            body: Some("A body.".into()),
+            author: Some("A. Author".into()),
+            tags: vec!["sample".into()],
+            published_at: Utc::now(),
+        };
+        let ctx = RunContext::new(digest, Utc::now(), &[sample], Some(0));
+        let recipient = Recipient {
+            name: Some("Sample Reader"),
+            email: "reader@example.org",
+            unsubscribe_token: "sample",
+        };
+        self.render(&ctx, &recipient)?;
+        Ok(())
+    }
+
+    /// The templates of the web pages and the confirmation email, checked
+    /// before `run` or `serve` starts (and by `gazette check`).
+    pub const WEB_TEMPLATES: [&'static str; 7] = [
+        "web/subscribe.html.j2",
+        "web/message.html.j2",
+        "web/unsubscribe.html.j2",
+        "web/preferences.html.j2",
+        "web/archive.html.j2",
+        "confirm.html.j2",
+        "confirm.txt.j2",
+    ];
+
+    pub fn check_web(&self) -> Result<()> {
+        for name in Self::WEB_TEMPLATES {
+            self.env
+                .get_template(name)
+                .map_err(|e| anyhow::anyhow!("{name}: {}", describe(&e)))?;
+        }
+        Ok(())
+    }
+
+    pub fn unsubscribe_url(&self, token: &str) -> String {
+        format!("{}/unsubscribe/{token}", self.base_url)
+    }
+
+    pub fn preferences_url(&self, token: &str) -> String {
+        format!("{}/preferences/{token}", self.base_url)
+    }
+
+    pub fn web_view_url(&self, run: i64, token: &str) -> String {
+        format!("{}/digests/{run}/{token}", self.base_url)
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Renders any template under the templates directory (web pages,
+    /// the confirmation email) with `ctx`.
+    pub fn render_template(&self, name: &str, ctx: &Value) -> Result<String> {
+        let template = self
+            .env
+            .get_template(name)
+            .map_err(|e| anyhow::anyhow!("{name}: {}", describe(&e)))?;
+        template
+            .render(ctx)
+            .map_err(|e| anyhow::anyhow!("{name}: {}", describe(&e)))
+    }
+
+    /// Whether the emails of `digest` are rendered from a skeleton per run
+    /// (see [`Renderer::render`]) rather than in full for every reader.
+    pub fn renders_from_skeleton(&self, digest: &str) -> bool {
+        self.skeleton_digests.contains(digest)
+    }
+
+    /// Renders one subscriber's email of a run.
+    ///
+    /// When the digest's templates use the reader's values only as
+    /// `{{ subscriber.name }}` or `{% if subscriber.name %}` (see
+    /// [`Renderer::new`]), the run is rendered once per [`Pattern`] with
+    /// markers in the reader's place, and each email is that skeleton with
+    /// the reader's values (escaped as the template would have) put in:
+    /// the same text as [`Renderer::render_full`], without running the
+    /// templates for every reader.
+    pub fn render(&self, run: &RunContext, to: &Recipient<'_>) -> Result<Rendered> {
+        let values = self.reader_values(run, to);
+        match self.skeleton_for(run, &values)? {
+            Some(skeleton) => Ok(skeleton.fill(&values)),
+            None => self.render_values(run, &values),
+        }
+    }
+
+    /// What an email needs of [`Renderer::render`]: the subject and both
+    /// bodies, quoted-printable. From a skeleton, only the lines with the
+    /// reader's values are encoded; otherwise `encoder` encodes the
+    /// rendered text.
+    pub fn render_for_mail(
+        &self,
+        run: &RunContext,
+        to: &Recipient<'_>,
+        encoder: &mut BodyEncoder,
+    ) -> Result<(String, EncodedBodies)> {
+        let values = self.reader_values(run, to);
+        match self.skeleton_for(run, &values)? {
+            Some(skeleton) => Ok((skeleton.subject(&values), skeleton.encode(&values))),
+            None => {
+                let rendered = self.render_values(run, &values)?;
+                let bodies = encoder.bodies(&rendered.text, &rendered.html);
+                Ok((rendered.subject, bodies))
+            }
+        }
+    }
+
+    /// The run's skeleton for these values; `None` if the digest renders
+    /// in full for every reader, if rendering failed (rendering again with
+    /// the reader's values gives the error message), or if a skeleton's
+    /// email differed from the full rendering.
+    ///
+    /// The first reader of each shape is also rendered in full, and the
+    /// skeleton is used only if it gives the same bytes (subject, both
+    /// bodies, and their encoding): on any difference the rest of the run
+    /// is rendered in full, and the log says so once.
+    fn skeleton_for(
+        &self,
+        run: &RunContext,
+        values: &ReaderValues<'_>,
+    ) -> Result<Option<Arc<Skeleton>>> {
+        if !self.skeleton_digests.contains(run.name()) || run.full_only.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let pattern = Pattern::of(values);
+        let mut skeletons = run
+            .skeletons
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(known) = skeletons.get(&pattern) {
+            return Ok(known.clone());
+        }
+        let stand_ins = self.markers.stand_ins(pattern);
+        let ctx = run.context(stand_ins.each_ref().map(|v| v.as_deref()));
+        let [subject, html, text] = run.template_names();
+        let Some(skeleton) = fast::build(&self.env, &self.markers, [subject, html, text], &ctx)
+        else {
+            skeletons.insert(pattern, None);
+            return Ok(None);
+        };
+        let skeleton = run.as_built(skeleton);
+        let full = self.render_values(run, values)?;
+        let same = skeleton.fill(values) == full
+            && skeleton.encode(values) == BodyEncoder::default().bodies(&full.text, &full.html);
+        if same {
+            let skeleton = Arc::new(skeleton);
+            skeletons.insert(pattern, Some(skeleton.clone()));
+            return Ok(Some(skeleton));
+        }
+        skeletons.insert(pattern, None);
+        if !run.full_only.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                digest = run.name(),
+                run_id = run.run_id(),
+                "an email rendered once per reader shape differs from the same email \
+                 rendered in full: this run is rendered in full for every reader"
+            );
+        }
+        Ok(None)
+    }
+
+    /// Renders one subscriber's email by running the templates with the
+    /// reader's values.
+    pub fn render_full(&self, run: &RunContext, to: &Recipient<'_>) -> Result<Rendered> {
+        self.render_values(run, &self.reader_values(run, to))
+    }
+
+    fn reader_values<'a>(&self, run: &RunContext, to: &Recipient<'a>) -> ReaderValues<'a> {
+        [
+            to.name.map(Cow::Borrowed),
+            Some(Cow::Borrowed(to.email)),
+            Some(Cow::Owned(self.unsubscribe_url(to.unsubscribe_token))),
+            Some(Cow::Owned(self.preferences_url(to.unsubscribe_token))),
+            run.run_id()
+                .map(|r| Cow::Owned(self.web_view_url(r, to.unsubscribe_token))),
+        ]
+    }
+
+    fn render_values(&self, run: &RunContext, values: &ReaderValues<'_>) -> Result<Rendered> {
+        let ctx = run.context(values.each_ref().map(|v| v.as_deref()));
+        let render = |name: &str| -> Result<String> {
+            let template = self
+                .env
+                .get_template(name)
+                .map_err(|e| anyhow::anyhow!("{name}: {}", describe(&e)))?;
+            template
+                .render(&ctx)
+                .map_err(|e| anyhow::anyhow!("{name}: {}", describe(&e)))
+        };
+        let subject = one_line(&render(&run.subject_template)?);
+        let html = render(&run.html_template)?;
+        let text = render(&run.text_template)?;
+        Ok(Rendered {
+            subject,
+            html,
+            text,
+        })
+    }
+}
+
+/// A minijinja error with its template, line and cause chain.
+fn describe(e: &minijinja::Error) -> String {
+    let mut out = match (e.name(), e.line()) {
+        (Some(name), Some(line)) => format!("{} (template {name}, line {line})", e.kind()),
+        _ => e.kind().to_string(),
+    };
+    if let Some(detail) = e.detail() {
+        out.push_str(": ");
+        out.push_str(detail);
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        out.push_str(": ");
+        out.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    out
+}

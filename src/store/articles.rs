@@ -1,0 +1,180 @@
+//! Articles: imported, added, listed, and chosen for a run.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, QueryBuilder};
+
+use super::{Store, Timestamp};
+
+/// An article to store, as parsed from an import or the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewArticle {
+    pub url: String,
+    pub title: String,
+    pub summary: Option<String>,
+    pub body: Option<String>,
+    pub author: Option<String>,
+    pub tags: Vec<String>,
+    pub published_at: Timestamp,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct Article {
+    pub id: i64,
+    pub url: String,
+    pub title: String,
+    pub summary: Option<String>,
+    pub author: Option<String>,
+    pub published_at: Timestamp,
+}
+
+/// An article as it went into a run: a snapshot, so the run renders the
+/// same email later even if the article is edited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunArticle {
+    pub article_id: i64,
+    pub url: String,
+    pub title: String,
+    pub summary: Option<String>,
+    pub body: Option<String>,
+    pub author: Option<String>,
+    pub tags: Vec<String>,
+    pub published_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, FromRow)]
+pub(super) struct RunArticleRow {
+    article_id: i64,
+    url: String,
+    title: String,
+    summary: Option<String>,
+    body: Option<String>,
+    author: Option<String>,
+    tags: String,
+    published_at: Timestamp,
+}
+
+impl From<RunArticleRow> for RunArticle {
+    fn from(r: RunArticleRow) -> Self {
+        Self {
+            article_id: r.article_id,
+            url: r.url,
+            title: r.title,
+            summary: r.summary,
+            body: r.body,
+            author: r.author,
+            tags: serde_json::from_str(&r.tags).unwrap_or_default(),
+            published_at: r.published_at.0,
+        }
+    }
+}
+
+impl Store {
+    // -- articles -----------------------------------------------------------
+
+    /// Inserts or updates (by url) every article in one transaction: either
+    /// all of them are stored or none. Returns (inserted, updated).
+    pub async fn upsert_articles(
+        &self,
+        articles: &[NewArticle],
+        now: Timestamp,
+    ) -> Result<(u64, u64)> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let (mut inserted, mut updated) = (0, 0);
+            for a in articles {
+                let existing: Option<(i64,)> = sqlx::query_as("select id from articles where url = $1")
+                    .bind(&a.url)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let id = match existing {
+                    Some((id,)) => {
+                        sqlx::query(
+                            "update articles set title = $2, summary = $3, body = $4, author = $5, \
+                             published_at = $6, updated_at = $7 where id = $1",
+                        )
+                        .bind(id).bind(&a.title).bind(&a.summary).bind(&a.body).bind(&a.author)
+                        .bind(a.published_at).bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        sqlx::query("delete from article_tags where article_id = $1")
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                        updated += 1;
+                        id
+                    }
+                    None => {
+                        let (id,): (i64,) = sqlx::query_as(
+                            "insert into articles (url, title, summary, body, author, published_at, created_at, updated_at) \
+                             values ($1, $2, $3, $4, $5, $6, $7, $7) returning id",
+                        )
+                        .bind(&a.url).bind(&a.title).bind(&a.summary).bind(&a.body).bind(&a.author)
+                        .bind(a.published_at).bind(now)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        inserted += 1;
+                        id
+                    }
+                };
+                for tag in &a.tags {
+                    sqlx::query("insert into article_tags (article_id, tag) values ($1, $2) on conflict do nothing")
+                        .bind(id)
+                        .bind(tag)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok((inserted, updated))
+        })
+    }
+
+    /// The newest `limit` articles.
+    pub async fn list_articles(&self, limit: i64) -> Result<Vec<Article>> {
+        let sql = "select id, url, title, summary, author, published_at from articles \
+                   order by published_at desc, id desc limit $1";
+        on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(limit).fetch_all(pool).await?))
+    }
+
+    pub async fn article_tags(&self, article_id: i64) -> Result<Vec<String>> {
+        let sql = "select tag from article_tags where article_id = $1 order by tag";
+        on_pool!(self, pool => {
+            let rows: Vec<(String,)> = sqlx::query_as(sql).bind(article_id).fetch_all(pool).await?;
+            Ok(rows.into_iter().map(|(t,)| t).collect())
+        })
+    }
+
+    /// The articles a run would take: published in (`after`, `until`],
+    /// newest first, at most `limit`, with one of `tags` when any are given.
+    pub async fn select_articles(
+        &self,
+        after: Timestamp,
+        until: Timestamp,
+        tags: &[String],
+        limit: u32,
+    ) -> Result<Vec<RunArticle>> {
+        let rows: Vec<RunArticleRow> = on_pool!(self, pool => {
+            let mut q = QueryBuilder::new(
+                "select a.id as article_id, a.url, a.title, a.summary, a.body, a.author, \
+                 '[]' as tags, a.published_at from articles a where a.published_at > ",
+            );
+            q.push_bind(after).push(" and a.published_at <= ").push_bind(until);
+            if !tags.is_empty() {
+                q.push(" and exists (select 1 from article_tags t where t.article_id = a.id and t.tag in (");
+                let mut list = q.separated(", ");
+                for tag in tags {
+                    list.push_bind(tag);
+                }
+                q.push("))");
+            }
+            q.push(" order by a.published_at desc, a.id desc limit ").push_bind(i64::from(limit));
+            q.build_query_as().fetch_all(pool).await?
+        });
+        let mut articles: Vec<RunArticle> = rows.into_iter().map(RunArticle::from).collect();
+        for a in &mut articles {
+            a.tags = self.article_tags(a.article_id).await?;
+        }
+        Ok(articles)
+    }
+}

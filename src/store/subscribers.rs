@@ -1,0 +1,195 @@
+//! Subscribers as the operator manages them: imports, additions,
+//! removals, lists.
+
+use anyhow::Result;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use sqlx::FromRow;
+
+use super::{Store, Timestamp};
+use crate::domain::{DigestName, EmailAddress, SubscriberStatus, new_token};
+
+#[derive(Debug, Clone)]
+pub struct NewSubscriber {
+    pub email: EmailAddress,
+    pub name: Option<String>,
+    pub digests: Vec<DigestName>,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct Subscriber {
+    pub id: i64,
+    pub email: String,
+    pub name: Option<String>,
+    pub status: String,
+    pub unsubscribe_token: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ImportCounts {
+    pub added: u64,
+    pub updated: u64,
+    /// Existing subscribers left unsubscribed or bounced: an import never
+    /// re-subscribes someone who left.
+    pub kept_inactive: u64,
+}
+
+impl Store {
+    // -- subscribers --------------------------------------------------------
+
+    /// Adds or updates subscribers, all in one transaction, as confirmed
+    /// (an operator vouches for them). Existing subscribers keep their
+    /// token; unsubscribed or bounced ones stay so.
+    pub async fn upsert_subscribers(
+        &self,
+        subs: &[NewSubscriber],
+        now: Timestamp,
+    ) -> Result<ImportCounts> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut counts = ImportCounts::default();
+            for s in subs {
+                let existing: Option<(i64, String)> =
+                    sqlx::query_as("select id, status from subscribers where email_key = $1")
+                        .bind(s.email.key())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let id = match existing {
+                    Some((id, status)) => {
+                        sqlx::query(
+                            "update subscribers set name = coalesce($2, name), updated_at = $3, \
+                             status = case when status = 'pending' then 'confirmed' else status end \
+                             where id = $1",
+                        )
+                        .bind(id).bind(&s.name).bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        if status == "unsubscribed" || status == "bounced" {
+                            counts.kept_inactive += 1;
+                        } else {
+                            counts.updated += 1;
+                        }
+                        id
+                    }
+                    None => {
+                        let (id,): (i64,) = sqlx::query_as(
+                            "insert into subscribers (email, email_key, name, status, unsubscribe_token, created_at, updated_at) \
+                             values ($1, $2, $3, 'confirmed', $4, $5, $5) returning id",
+                        )
+                        .bind(s.email.as_str()).bind(s.email.key()).bind(&s.name).bind(new_token()).bind(now)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        counts.added += 1;
+                        id
+                    }
+                };
+                for digest in &s.digests {
+                    sqlx::query(
+                        "insert into subscriptions (subscriber_id, digest, created_at) values ($1, $2, $3) \
+                         on conflict do nothing",
+                    )
+                    .bind(id).bind(digest.as_str()).bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(counts)
+        })
+    }
+
+    /// Deletes a subscriber with their subscriptions and ledger rows (on
+    /// Postgres the ledger has no foreign key to cascade from).
+    pub async fn remove_subscriber(&self, email: &EmailAddress) -> Result<bool> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let removed: Option<(i64,)> =
+                sqlx::query_as("delete from subscribers where email_key = $1 returning id")
+                    .bind(email.key())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some((id,)) = removed {
+                sqlx::query("delete from deliveries where subscriber_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(removed.is_some())
+        })
+    }
+
+    pub async fn set_subscriber_status(
+        &self,
+        email: &EmailAddress,
+        status: SubscriberStatus,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let sql = "update subscribers set status = $2, updated_at = $3 where email_key = $1";
+        on_pool!(self, pool => {
+            let done = sqlx::query(sql).bind(email.key()).bind(status.as_str()).bind(now).execute(pool).await?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    pub async fn find_subscriber(&self, email: &EmailAddress) -> Result<Option<Subscriber>> {
+        let sql = "select id, email, name, status, unsubscribe_token, created_at from subscribers where email_key = $1";
+        on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(email.key()).fetch_optional(pool).await?))
+    }
+
+    /// The first confirmed subscriber of a digest (a realistic preview).
+    pub async fn first_subscriber_of(&self, digest: &DigestName) -> Result<Option<Subscriber>> {
+        let sql = "select s.id, s.email, s.name, s.status, s.unsubscribe_token, s.created_at \
+                   from subscribers s join subscriptions d on d.subscriber_id = s.id \
+                   where d.digest = $1 and s.status = 'confirmed' order by s.id limit 1";
+        on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(digest.as_str()).fetch_optional(pool).await?))
+    }
+
+    pub async fn subscriber_digests(&self, subscriber_id: i64) -> Result<Vec<String>> {
+        let sql = "select digest from subscriptions where subscriber_id = $1 order by digest";
+        on_pool!(self, pool => {
+            let rows: Vec<(String,)> = sqlx::query_as(sql).bind(subscriber_id).fetch_all(pool).await?;
+            Ok(rows.into_iter().map(|(d,)| d).collect())
+        })
+    }
+
+    /// Streams subscribers in id order, optionally of one status: memory
+    /// stays flat however long the list.
+    pub fn stream_subscribers<'a>(
+        &'a self,
+        status: Option<SubscriberStatus>,
+    ) -> BoxStream<'a, Result<Subscriber>> {
+        let sql = match status {
+            Some(_) => {
+                "select id, email, name, status, unsubscribe_token, created_at from subscribers where status = $1 order by id"
+            }
+            None => {
+                "select id, email, name, status, unsubscribe_token, created_at from subscribers order by id"
+            }
+        };
+        let status = status.map(|s| s.as_str());
+        on_pool!(self, pool => {
+            let mut q = sqlx::query_as::<_, Subscriber>(sql);
+            if let Some(s) = status {
+                q = q.bind(s);
+            }
+            q.fetch(pool).map_err(anyhow::Error::from).boxed()
+        })
+    }
+
+    /// Streams the confirmed subscribers of a digest (for a dry run).
+    pub fn stream_confirmed_subscribers<'a>(
+        &'a self,
+        digest: &'a DigestName,
+    ) -> BoxStream<'a, Result<Subscriber>> {
+        let sql = "select s.id, s.email, s.name, s.status, s.unsubscribe_token, s.created_at \
+                   from subscribers s join subscriptions d on d.subscriber_id = s.id \
+                   where d.digest = $1 and s.status = 'confirmed' order by s.id";
+        on_pool!(self, pool => sqlx::query_as::<_, Subscriber>(sql)
+            .bind(digest.as_str())
+            .fetch(pool)
+            .map_err(anyhow::Error::from)
+            .boxed())
+    }
+}
