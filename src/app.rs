@@ -595,7 +595,7 @@ pub async fn check(settings: Settings) -> Result<()> {
     println!(
         "database: ok ({}, {})",
         store.backend(),
-        crate::store::redact_url(&settings.database.url)
+        settings.database.redacted_url()
     );
     store.close().await;
     match settings.mail.transport {

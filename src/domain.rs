@@ -85,6 +85,25 @@ impl fmt::Display for DigestName {
     }
 }
 
+/// A secret (the SMTP password): never printed by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// A fresh random token of 256 bits, hex encoded: unguessable links.
 pub fn new_token() -> String {
     let mut bytes = [0u8; 32];

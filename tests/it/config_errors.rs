@@ -215,16 +215,11 @@ fn the_smtp_password_never_appears_in_output() {
 #[test]
 fn an_all_digit_password_from_the_environment_stays_a_string() {
     let ws = workspace_with(&digest_section("daily", ""));
-    // SAFETY: this test binary's other tests do not read this variable.
-    unsafe {
-        std::env::set_var("GAZETTE__SMTP__PASSWORD", "007");
-        std::env::set_var("GAZETTE__SMTP__USERNAME", "bond");
-    }
-    let settings = ws.settings();
-    unsafe {
-        std::env::remove_var("GAZETTE__SMTP__PASSWORD");
-        std::env::remove_var("GAZETTE__SMTP__USERNAME");
-    }
+    let env = [
+        ("GAZETTE__SMTP__PASSWORD".to_string(), "007".to_string()),
+        ("GAZETTE__SMTP__USERNAME".to_string(), "bond".to_string()),
+    ];
+    let settings = gazette::config::load_from(ws.dir.path(), Some(&ws.config), env).unwrap();
     assert_eq!(settings.smtp.password.unwrap().expose(), "007");
 }
 

@@ -184,7 +184,7 @@ dir = "{templates}"
     }
 
     pub fn settings(&self) -> Settings {
-        config::load(self.dir.path(), Some(&self.config))
+        config::load_from(self.dir.path(), Some(&self.config), [])
             .expect("the test configuration is invalid")
     }
 

@@ -1,0 +1,97 @@
+//! What every section's validator shares: where each key came from, and
+//! the list of problems found, each naming its file (or environment
+//! variable) and key.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Every problem found while loading the configuration, one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration:")?;
+        for problem in &self.0 {
+            write!(f, "\n  - {}", problem.replace('\n', "\n    "))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where each key came from, so that errors can name the file or variable.
+#[derive(Default)]
+pub(super) struct Sources {
+    pub(super) files: Vec<(String, toml::Table)>,
+    /// (dotted key, variable name)
+    pub(super) env: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// The source that gave `path` (a dotted key such as `smtp.port`) its value.
+    pub(super) fn origin(&self, path: &str) -> String {
+        if let Some((_, var)) = self.env.iter().rev().find(|(key, _)| key == path) {
+            return format!("environment variable {var}");
+        }
+        let parts: Vec<&str> = path.split('.').collect();
+        for (file, table) in self.files.iter().rev() {
+            let mut node = Some(table);
+            let mut found = false;
+            for (i, part) in parts.iter().enumerate() {
+                let Some(t) = node else { break };
+                match t.get(*part) {
+                    Some(toml::Value::Table(inner)) if i + 1 < parts.len() => node = Some(inner),
+                    Some(_) if i + 1 == parts.len() => found = true,
+                    _ => break,
+                }
+            }
+            if found {
+                return file.clone();
+            }
+        }
+        "built-in default".into()
+    }
+}
+
+/// The problems a validation finds, each with the origin of its key.
+pub(super) struct Problems<'a> {
+    sources: &'a Sources,
+    pub(super) list: Vec<String>,
+}
+
+impl<'a> Problems<'a> {
+    pub(super) fn new(sources: &'a Sources) -> Self {
+        Self {
+            sources,
+            list: Vec::new(),
+        }
+    }
+
+    /// A problem with the key `key` (dotted, such as `smtp.port`).
+    pub(super) fn key(&mut self, key: &str, message: impl fmt::Display) {
+        let origin = self.sources.origin(key);
+        self.list.push(format!("{origin}: key `{key}`: {message}"));
+    }
+
+    /// A problem with `field` of the digest at `index` (named `name`).
+    pub(super) fn digest(
+        &mut self,
+        index: usize,
+        name: &str,
+        field: &str,
+        message: impl fmt::Display,
+    ) {
+        let origin = self.sources.origin("digests");
+        self.list.push(format!(
+            "{origin}: key `digests[{index}].{field}` (digest `{name}`): {message}"
+        ));
+    }
+}
+
+/// `24h`, `90m`, `7d`, `1h 30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration such as `24h`, `90m` or `7d` ({e})"))
+}

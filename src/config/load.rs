@@ -1,0 +1,201 @@
+//! Reading the configuration: `config/default.toml`, the `--config` file,
+//! then `GAZETTE__SECTION__KEY` variables of the environment it is given;
+//! then each section's validator.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::check::{ConfigError, Problems, Sources};
+use super::database::{self, RawDatabase, is_secret_key};
+use super::delivery::{self, RawDelivery};
+use super::digests::{self, RawDigest};
+use super::mail::{self, RawMail};
+use super::settings::Settings;
+use super::smtp::{self, RawSmtp};
+use super::web::{self, RawWeb};
+
+/// The configuration file that is always read first when it exists.
+pub const DEFAULT_FILE: &str = "config/default.toml";
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "GAZETTE";
+
+/// What the files say. Every field has a default so that any file may set
+/// only some keys; unknown keys are refused.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawSettings {
+    database: RawDatabase,
+    mail: RawMail,
+    smtp: RawSmtp,
+    web: RawWeb,
+    templates: RawTemplates,
+    delivery: RawDelivery,
+    digests: Vec<RawDigest>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTemplates {
+    dir: PathBuf,
+}
+
+impl Default for RawTemplates {
+    fn default() -> Self {
+        Self {
+            dir: "templates".into(),
+        }
+    }
+}
+
+/// Loads and validates the configuration, with this process's
+/// environment. `explicit` is `--config FILE`; the default file is
+/// `config/default.toml` under `base_dir`.
+pub fn load(base_dir: &Path, explicit: Option<&Path>) -> Result<Settings, ConfigError> {
+    load_from(base_dir, explicit, std::env::vars())
+}
+
+/// [`load`] with the environment variables given (those that do not start
+/// with `GAZETTE__` are ignored).
+pub fn load_from(
+    base_dir: &Path,
+    explicit: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Settings, ConfigError> {
+    let mut files = Vec::new();
+    let default = base_dir.join(DEFAULT_FILE);
+    if default.exists() {
+        files.push(default);
+    }
+    if let Some(path) = explicit {
+        if !path.exists() {
+            return Err(ConfigError(vec![format!(
+                "{}: configuration file not found",
+                path.display()
+            )]));
+        }
+        files.push(path.to_path_buf());
+    }
+
+    let mut problems = Vec::new();
+    let mut sources = Sources::default();
+    let mut builder = config::Config::builder();
+    for path in &files {
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                problems.push(format!("{shown}: cannot read: {e}"));
+                continue;
+            }
+        };
+        // Each file alone must be well-formed with known keys of the right
+        // type; toml's errors carry the line and column (and the line
+        // itself, hidden where it may hold a secret).
+        if let Err(e) = toml::from_str::<RawSettings>(&text) {
+            problems.push(format!(
+                "{shown}: {}",
+                hide_secrets(e.to_string().trim_end())
+            ));
+            continue;
+        }
+        let table: toml::Table = text.parse().unwrap_or_default();
+        sources.files.push((shown, table));
+        builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError(problems));
+    }
+
+    let env_prefix = format!("{ENV_PREFIX}__");
+    let env: config::Map<String, String> = env
+        .into_iter()
+        .filter(|(var, _)| var.starts_with(&env_prefix))
+        .collect();
+    for var in env.keys() {
+        let key = var[env_prefix.len()..].to_lowercase().replace("__", ".");
+        sources.env.push((key, var.clone()));
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .source(Some(env)),
+    );
+    let raw: RawSettings = builder
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| {
+            let vars: Vec<&str> = sources.env.iter().map(|(_, v)| v.as_str()).collect();
+            ConfigError(vec![format!("environment ({}): {e}", vars.join(", "))])
+        })?;
+
+    let mut shown: Vec<String> = sources.files.iter().map(|(f, _)| f.clone()).collect();
+    if !sources.env.is_empty() {
+        shown.push(format!("{env_prefix}* environment variables"));
+    }
+    if shown.is_empty() {
+        shown.push("built-in defaults".into());
+    }
+    validate(&raw, &sources, shown)
+}
+
+/// Each section's validator in turn; every problem of every section is
+/// reported at once.
+fn validate(
+    raw: &RawSettings,
+    sources: &Sources,
+    shown: Vec<String>,
+) -> Result<Settings, ConfigError> {
+    let mut problems = Problems::new(sources);
+    let database = database::validate(&raw.database, &mut problems);
+    let mail = mail::validate(&raw.mail, &mut problems);
+    let smtp = smtp::validate(&raw.smtp, &mut problems);
+    let web = web::validate(&raw.web, &mut problems);
+    let delivery = delivery::validate(&raw.delivery, raw.smtp.pool_size, &mut problems);
+    let digests = digests::validate(&raw.digests, &raw.templates.dir, &mut problems);
+    match (database, mail, smtp, web, delivery) {
+        (Some(database), Some(mail), Some(smtp), Some(web), Some(delivery))
+            if problems.list.is_empty() =>
+        {
+            Ok(Settings {
+                database,
+                mail,
+                smtp,
+                web,
+                templates_dir: raw.templates.dir.clone(),
+                delivery,
+                digests,
+                sources: shown,
+            })
+        }
+        _ => Err(ConfigError(problems.list)),
+    }
+}
+
+/// A TOML error shows the line at fault: where that line sets a secret
+/// (a password, a token) or a database address with credentials, its
+/// value is replaced with `…`.
+fn hide_secrets(message: &str) -> String {
+    message
+        .lines()
+        .map(|line| {
+            // The quoted lines look like `12 | key = value`.
+            let Some((gutter, source)) = line.split_once('|') else {
+                return line.to_string();
+            };
+            if !gutter.trim().chars().all(|c| c.is_ascii_digit()) || gutter.trim().is_empty() {
+                return line.to_string();
+            }
+            let Some((key, _)) = source.split_once('=') else {
+                return line.to_string();
+            };
+            if is_secret_key(key) || (source.contains("://") && source.contains('@')) {
+                format!("{gutter}|{key}= … (hidden: it may hold a secret)")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

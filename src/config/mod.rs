@@ -1,0 +1,31 @@
+//! Typed settings: `config/default.toml`, then `--config FILE` (or
+//! `GAZETTE_CONFIG`), then `GAZETTE__SECTION__KEY` environment variables,
+//! later sources overriding earlier ones. Every problem is reported with
+//! the file (and line) or the environment variable it came from.
+//!
+//! [`load`] reads the sources (the environment is passed in); each section
+//! has a file of its own with its keys as written, its typed settings and
+//! its validator ([`database`], [`mail`], [`smtp`], [`web`], [`delivery`],
+//! [`digests`]); [`check`] is what the validators share: where a key came
+//! from, and the error listing every problem.
+
+mod check;
+mod database;
+mod delivery;
+mod digests;
+mod load;
+mod mail;
+mod settings;
+mod smtp;
+mod web;
+
+pub use self::check::{ConfigError, parse_duration};
+pub use self::database::{DatabaseSettings, redact_url};
+pub use self::delivery::DeliverySettings;
+pub use self::digests::{Digest, Schedule};
+pub use self::load::{DEFAULT_FILE, ENV_PREFIX, load, load_from};
+pub use self::mail::{MailSettings, TransportKind};
+pub use self::settings::Settings;
+pub use self::smtp::{SmtpSettings, TlsMode};
+pub use self::web::{IpRange, WebSettings};
+pub use crate::domain::Secret;

@@ -1,0 +1,45 @@
+//! The settings the rest of the program uses: validated and typed.
+
+use std::path::PathBuf;
+
+use super::database::DatabaseSettings;
+use super::delivery::DeliverySettings;
+use super::digests::Digest;
+use super::mail::MailSettings;
+use super::smtp::SmtpSettings;
+use super::web::WebSettings;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub mail: MailSettings,
+    pub smtp: SmtpSettings,
+    pub web: WebSettings,
+    pub templates_dir: PathBuf,
+    pub delivery: DeliverySettings,
+    pub digests: Vec<Digest>,
+    /// The sources that were read, in order, for messages.
+    pub sources: Vec<String>,
+}
+
+impl Settings {
+    pub fn digest(&self, name: &str) -> Option<&Digest> {
+        self.digests.iter().find(|d| d.name.as_str() == name)
+    }
+
+    /// The digest named `name`, or an error listing the configured ones.
+    pub fn require_digest(&self, name: &str) -> anyhow::Result<&Digest> {
+        self.digest(name).ok_or_else(|| {
+            let known: Vec<&str> = self.digests.iter().map(|d| d.name.as_str()).collect();
+            anyhow::anyhow!(
+                "no digest named `{name}` in the configuration ({}); configured: {}",
+                self.sources.join(", "),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+    }
+}
