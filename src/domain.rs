@@ -10,6 +10,10 @@ pub enum DomainError {
     #[error("`{0}` is not a valid email address")]
     InvalidEmail(String),
     #[error(
+        "`{0}` has characters outside ASCII: internationalized addresses are not supported; use the address's ASCII form"
+    )]
+    NonAsciiEmail(String),
+    #[error(
         "`{0}` is not a valid digest name (use lowercase letters, digits, `-` and `_`, at most 64)"
     )]
     InvalidDigestName(String),
@@ -28,6 +32,11 @@ impl EmailAddress {
         // list (no dot in the domain, quoted local parts with spaces).
         if trimmed.len() > 254 || trimmed.contains(char::is_whitespace) {
             return Err(invalid());
+        }
+        // Headers and envelopes are written in ASCII: an address with
+        // other characters would need SMTPUTF8 from every relay on its way.
+        if !trimmed.is_ascii() {
+            return Err(DomainError::NonAsciiEmail(input.to_string()));
         }
         let address: lettre::Address = trimmed.parse().map_err(|_| invalid())?;
         if !address.domain().contains('.') || address.domain().starts_with('[') {
@@ -172,6 +181,17 @@ mod tests {
         ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn internationalized_addresses_are_refused_with_their_own_reason() {
+        for idn in ["zoë@example.org", "ada@exämple.org", "пример@example.org"] {
+            assert_eq!(
+                EmailAddress::parse(idn),
+                Err(DomainError::NonAsciiEmail(idn.to_string()))
+            );
+        }
+        assert!(EmailAddress::parse("ada@xn--exmple-cua.org").is_ok());
     }
 
     #[test]
