@@ -53,8 +53,8 @@ async fn refuse_a_misconfigured_relay(engine: &Engine) -> Result<()> {
         return Ok(());
     }
     match mail::check_relay(&engine.settings.smtp).await {
-        Err(mail::SendError::Permanent(e)) => Err(anyhow::anyhow!("{e}")),
-        Ok(()) | Err(mail::SendError::Transient(_)) => Ok(()),
+        Err(mail::SendError::Setup(e)) => Err(anyhow::anyhow!("{e}")),
+        Ok(()) | Err(mail::SendError::Transient(_) | mail::SendError::Permanent(_)) => Ok(()),
     }
 }
 

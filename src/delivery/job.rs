@@ -121,7 +121,7 @@ pub(super) async fn send_one(
     match sender.send_then(message, &stem, next).await {
         Ok(()) => Outcome::Sent(c.id),
         Err(SendError::Permanent(error)) => Outcome::Failed { id: c.id, error },
-        Err(SendError::Transient(error)) => Outcome::Retry {
+        Err(SendError::Transient(error) | SendError::Setup(error)) => Outcome::Retry {
             id: c.id,
             attempts: c.attempts + 1,
             error,

@@ -15,6 +15,11 @@ pub enum SendError {
     Transient(String),
     /// Do not try again: a 5xx reply for this recipient or message.
     Permanent(String),
+    /// The relay refuses this configuration (credentials, an untrusted
+    /// certificate, TLS that cannot work): `send` and `run` stop before
+    /// planning; a delivery that meets it mid-run is tried again later,
+    /// as it may pass once the configuration is mended.
+    Setup(String),
 }
 
 impl std::fmt::Display for SendError {
@@ -22,6 +27,7 @@ impl std::fmt::Display for SendError {
         match self {
             SendError::Transient(m) => write!(f, "temporary failure: {m}"),
             SendError::Permanent(m) => write!(f, "permanent failure: {m}"),
+            SendError::Setup(m) => write!(f, "{m}"),
         }
     }
 }

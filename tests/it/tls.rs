@@ -100,6 +100,17 @@ async fn a_relay_certificate_from_an_unknown_authority_is_refused() {
             "{mode}: {}",
             stderr(&out)
         );
+
+        // `send` stops there too, before any run is planned.
+        let out = ws.run(&["send", "daily"]);
+        assert_eq!(out.status.code(), Some(1), "{mode}: {}", stdout(&out));
+        assert!(
+            stderr(&out).contains("certificate") && stderr(&out).contains("smtp.ca_file"),
+            "{mode}: {}",
+            stderr(&out)
+        );
+        let status = ws.run(&["status"]);
+        assert_eq!(stdout(&status).trim(), "no runs yet", "{mode}");
         assert!(smtp.received().is_empty());
     }
 }

@@ -88,13 +88,19 @@ impl AsyncTokioStream for SharedStream {
     }
 }
 
-/// A TLS error, with a hint when the relay's certificate is not trusted.
-fn tls_hint(e: &dyn std::fmt::Display) -> String {
-    let message = e.to_string();
+/// A failed TLS handshake. A certificate that does not chain to a trusted
+/// authority, has expired or names another host is a configuration error
+/// (with a hint when its authority is unknown); anything else may pass on
+/// another try.
+fn tls_failure(what: &str, s: &SmtpSettings, e: &dyn std::fmt::Display) -> SendError {
+    let mut message = format!("{what} {}:{}: {e}", s.host, s.port);
     if message.contains("UnknownIssuer") {
-        format!("{message} (a private relay's certificate authority goes in smtp.ca_file)")
+        message.push_str(" (a private relay's certificate authority goes in smtp.ca_file)");
+    }
+    if message.contains("invalid peer certificate") {
+        SendError::Setup(message)
     } else {
-        message
+        SendError::Transient(message)
     }
 }
 
@@ -104,9 +110,9 @@ fn roots(s: &SmtpSettings) -> Result<rustls::RootCertStore, SendError> {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     for cert in &s.extra_roots {
-        roots.add(cert.clone()).map_err(|e| {
-            SendError::Permanent(format!("smtp.ca_file: unusable certificate: {e}"))
-        })?;
+        roots
+            .add(cert.clone())
+            .map_err(|e| SendError::Setup(format!("smtp.ca_file: unusable certificate: {e}")))?;
     }
     Ok(roots)
 }
@@ -116,7 +122,7 @@ fn tls_config(s: &SmtpSettings) -> Result<Arc<rustls::ClientConfig>, SendError> 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| SendError::Permanent(format!("TLS setup for {}: {e}", s.host)))?
+        .map_err(|e| SendError::Setup(format!("TLS setup for {}: {e}", s.host)))?
         .with_root_certificates(roots(s)?)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -126,15 +132,13 @@ fn tls_config(s: &SmtpSettings) -> Result<Arc<rustls::ClientConfig>, SendError> 
 fn starttls_parameters(s: &SmtpSettings) -> Result<TlsParameters, SendError> {
     let mut builder = TlsParameters::builder(s.host.clone());
     for cert in &s.extra_roots {
-        let cert =
-            lettre::transport::smtp::client::Certificate::from_der(cert.to_vec()).map_err(|e| {
-                SendError::Permanent(format!("smtp.ca_file: unusable certificate: {e}"))
-            })?;
+        let cert = lettre::transport::smtp::client::Certificate::from_der(cert.to_vec())
+            .map_err(|e| SendError::Setup(format!("smtp.ca_file: unusable certificate: {e}")))?;
         builder = builder.add_root_certificate(cert);
     }
     builder
         .build_rustls()
-        .map_err(|e| SendError::Permanent(format!("TLS setup for {}: {e}", s.host)))
+        .map_err(|e| SendError::Setup(format!("TLS setup for {}: {e}", s.host)))
 }
 
 /// Opens a connection: our own TCP stream with TCP_NODELAY (lettre
@@ -163,16 +167,15 @@ pub(super) async fn connect(
         TlsMode::Tls => {
             // Our own TLS under lettre's session, so that the socket
             // keeps TCP_NODELAY (lettre's own connect leaves Nagle on).
-            let name = rustls::pki_types::ServerName::try_from(s.host.clone()).map_err(|e| {
-                SendError::Permanent(format!("smtp.host `{}` for TLS: {e}", s.host))
-            })?;
+            let name = rustls::pki_types::ServerName::try_from(s.host.clone())
+                .map_err(|e| SendError::Setup(format!("smtp.host `{}` for TLS: {e}", s.host)))?;
             let tls = tokio::time::timeout(
                 s.timeout,
                 tokio_rustls::TlsConnector::from(tls_config(s)?).connect(name, tcp),
             )
             .await
             .map_err(|_| transient("timed out in the TLS handshake with", &"no answer"))?
-            .map_err(|e| transient("TLS handshake failed with", &tls_hint(&e)))?;
+            .map_err(|e| tls_failure("TLS handshake failed with", s, &e))?;
             Box::new(tls)
         }
     };
@@ -207,14 +210,14 @@ pub(super) async fn connect(
     };
     if s.tls == TlsMode::Starttls {
         if !conn.can_starttls() {
-            return Err(SendError::Transient(format!(
+            return Err(SendError::Setup(format!(
                 "SMTP relay {}:{} does not offer STARTTLS (set smtp.tls = \"none\" only for a trusted relay)",
                 s.host, s.port
             )));
         }
         with_timeout(s.timeout, conn.starttls(starttls_parameters(s)?, hello))
             .await
-            .map_err(|e| transient("STARTTLS failed with", &tls_hint(&e)))?;
+            .map_err(|e| tls_failure("STARTTLS failed with", s, &e))?;
     }
     if let (Some(user), Some(password)) = (&s.username, &s.password) {
         let credentials = Credentials::new(user.clone(), password.expose().to_string());
@@ -230,7 +233,11 @@ pub(super) async fn connect(
                 } else {
                     ""
                 };
-                classify(&format!("SMTP authentication failed{hint}"), &e)
+                // (A refusal is the credentials': nothing to retry.)
+                match classify(&format!("SMTP authentication failed{hint}"), &e) {
+                    SendError::Permanent(m) => SendError::Setup(m),
+                    other => other,
+                }
             })?;
     }
     Ok(Connection {
