@@ -131,6 +131,12 @@ impl RunContext {
         self.run_id
     }
 
+    /// Whether this run renders every email in full, having found a
+    /// skeleton that differs from the full rendering.
+    pub fn renders_in_full(&self) -> bool {
+        self.full_only.load(Ordering::Relaxed)
+    }
+
     /// The names of the run's subject, HTML and text templates.
     pub(super) fn template_names(&self) -> [&str; 3] {
         [

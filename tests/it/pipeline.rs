@@ -24,6 +24,7 @@ on_both_backends!(
     preview_writes_the_email_that_send_delivers,
     a_reader_who_leaves_after_planning_is_skipped_not_mailed,
     the_rate_limit_spaces_messages_out,
+    a_worker_that_panics_leaves_its_delivery_to_be_retried_and_the_run_finishes,
 );
 
 const HOSTILE_TITLE: &str =
@@ -492,4 +493,42 @@ async fn the_rate_limit_spaces_messages_out(backend: Backend) {
         "{:?}",
         started.elapsed()
     );
+}
+
+async fn a_worker_that_panics_leaves_its_delivery_to_be_retried_and_the_run_finishes(
+    backend: Backend,
+) {
+    let (_db, smtp, _ws, mut engine) = fixture(backend, SmtpServer::start(), "").await;
+    engine.panic_for_tests = Some("zoe@example.org".into());
+
+    let sent = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        app::send(&engine, "daily", None, false),
+    )
+    .await
+    .expect("send hung after a worker panicked");
+    let run_id = sent.unwrap().unwrap();
+
+    // The other readers got their digest, once; the one whose delivery
+    // panicked got nothing, and the run is finished with that delivery
+    // failed after its attempts (max_attempts = 3), its reason recorded.
+    assert_eq!(smtp.received_by("ada@example.org").len(), 1);
+    assert_eq!(smtp.received_by("anon@example.org").len(), 1);
+    assert!(smtp.received_by("zoe@example.org").is_empty());
+    let counts = engine.store.delivery_counts(run_id).await.unwrap();
+    assert_eq!((counts.sent, counts.failed, counts.open()), (2, 1, 0));
+    let failed = engine.store.failed_deliveries(run_id).await.unwrap();
+    assert_eq!(failed[0].email, "zoe@example.org");
+    assert_eq!(failed[0].attempts, 3);
+    let reason = failed[0].last_error.as_deref().unwrap();
+    assert!(reason.contains("internal error while sending"), "{reason}");
+    assert_eq!(
+        engine.store.run(run_id).await.unwrap().unwrap().status,
+        "finished"
+    );
+
+    // Once the fault is gone, `retry` delivers it.
+    engine.panic_for_tests = None;
+    app::retry(&engine, run_id).await.unwrap();
+    assert_eq!(smtp.received_by("zoe@example.org").len(), 1);
 }

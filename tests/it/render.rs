@@ -280,3 +280,37 @@ fn reader_values_are_escaped_as_the_template_prints_them() {
     );
     assert_eq!(r.subject, "The printed Digest for anon@example.org");
 }
+
+#[test]
+fn a_skeleton_that_differs_from_the_full_rendering_is_dropped_for_the_whole_run() {
+    let ws = workspace();
+    let settings = ws.settings();
+    let renderer = gazette::render::Renderer::new(&settings).unwrap();
+    let digest = settings.digest("printed").unwrap();
+    assert!(renderer.renders_from_skeleton("printed"));
+    let slot = Utc.with_ymd_and_hms(2026, 11, 29, 6, 0, 0).unwrap();
+
+    for spoiled in [false, true] {
+        let run = RunContext::new(digest, slot, &articles(), Some(7));
+        if spoiled {
+            run.spoil_skeletons_for_tests();
+        }
+        for (name, email, token) in readers() {
+            let reader = Recipient {
+                name,
+                email,
+                unsubscribe_token: token,
+            };
+            let full = renderer.render_full(&run, &reader).unwrap();
+            assert_eq!(renderer.render(&run, &reader).unwrap(), full, "{email}");
+            let (subject, bodies) = renderer
+                .render_for_mail(&run, &reader, &mut BodyEncoder::default())
+                .unwrap();
+            let whole = BodyEncoder::default().bodies(&full.text, &full.html);
+            assert_eq!((subject, bodies), (full.subject, whole), "{email}");
+        }
+        // A spoiled skeleton was caught by the comparison with the full
+        // rendering, and the run went on in full; a sound one is used.
+        assert_eq!(run.renders_in_full(), spoiled);
+    }
+}
