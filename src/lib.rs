@@ -20,6 +20,6 @@ pub mod domain;
 pub mod import;
 pub mod mail;
 pub mod render;
-pub mod scheduler;
+pub mod schedule;
 pub mod store;
 pub mod web;

@@ -150,7 +150,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let threads = match runtime_threads() {
+    let threads = match app::runtime_threads(std::env::var("TOKIO_WORKER_THREADS").ok().as_deref())
+    {
         Ok(n) => n,
         Err(e) => {
             eprintln!("error: {e}");
@@ -173,28 +174,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// The runtime's worker threads: `TOKIO_WORKER_THREADS` if set, otherwise
-/// half the cores, at least one. Sending is mostly waiting on the relay and
-/// the database, which on a small machine share its cores: gazette's own
-/// work is about 0.05 ms of CPU per message, a core's worth at some 20,000
-/// messages a second, and every further thread adds wake-ups across threads
-/// (on 2 cores, 100,000 messages took 7.0 s of CPU on two threads and 5.5 s
-/// on one; see docs/benchmarks.md).
-fn runtime_threads() -> Result<usize, String> {
-    match std::env::var("TOKIO_WORKER_THREADS") {
-        Ok(v) => v
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| format!("TOKIO_WORKER_THREADS must be a positive number, not `{v}`")),
-        Err(_) => {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            Ok((cores / 2).max(1))
         }
     }
 }

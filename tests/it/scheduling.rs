@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use gazette::config::{Digest, Schedule};
 use gazette::domain::DigestName;
-use gazette::scheduler::{Decision, decide, latest_slot, reconcile};
+use gazette::schedule::{Decision, decide, latest_slot, reconcile};
 use gazette::store::{PlanOutcome, Store};
 
 use crate::helpers::{Backend, TestDb};

@@ -7,7 +7,7 @@
 //! key makes every tick, restart and replica idempotent.
 
 use chrono::{DateTime, Timelike, Utc};
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 use crate::config::Digest;
 use crate::delivery::{self, Engine};
@@ -96,56 +96,17 @@ pub async fn reconcile(
     results
 }
 
-/// The daemon loop: a UTC tick every minute (and one at start), plan what
-/// is due, deliver what is pending, until `shutdown` turns true.
-pub async fn run(
-    engine: &Engine,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    use tokio_cron_scheduler::{Job, JobScheduler};
-
-    let (tick_tx, mut tick_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let mut scheduler = JobScheduler::new().await?;
-    scheduler
-        .add(Job::new_async("0 * * * * *", move |_, _| {
-            let tick_tx = tick_tx.clone();
-            Box::pin(async move {
-                // A tick while the previous one is still running is dropped:
-                // runs never overlap.
-                let _ = tick_tx.try_send(());
-            })
-        })?)
-        .await?;
-    scheduler.start().await?;
-    for digest in &engine.settings.digests {
-        if let Some(next) = next_slot(digest, Utc::now()) {
-            info!(digest = %digest.name, schedule = %digest.schedule.text, timezone = %digest.timezone, next = %next, "scheduled");
+/// What one tick does: plans each digest's due slot, then delivers what
+/// is pending and due now. Failures are logged; the next tick tries again.
+pub async fn tick(engine: &Engine, shutdown: &tokio::sync::watch::Receiver<bool>) {
+    for (digest, result) in reconcile(&engine.store, &engine.settings.digests, Utc::now()).await {
+        if let Err(e) = result {
+            error!(digest, "cannot plan: {e:#}");
         }
     }
-    loop {
-        for (digest, result) in reconcile(&engine.store, &engine.settings.digests, Utc::now()).await
-        {
-            if let Err(e) = result {
-                error!(digest, "cannot plan: {e:#}");
-            }
-        }
-        if let Err(e) =
-            delivery::deliver_unfinished(engine, None, delivery::Drain::DueNow, &shutdown).await
-        {
-            error!("delivery stopped: {e:#}");
-        }
-        if *shutdown.borrow() {
-            break;
-        }
-        tokio::select! {
-            _ = tick_rx.recv() => {}
-            _ = shutdown.changed() => {}
-        }
-        if *shutdown.borrow() {
-            break;
-        }
+    if let Err(e) =
+        delivery::deliver_unfinished(engine, None, delivery::Drain::DueNow, shutdown).await
+    {
+        error!("delivery stopped: {e:#}");
     }
-    scheduler.shutdown().await?;
-    info!("stopped");
-    Ok(())
 }

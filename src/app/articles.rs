@@ -1,0 +1,61 @@
+//! `gazette articles …`: import, add, list.
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+
+use crate::delivery::Engine;
+use crate::import;
+use crate::store::Timestamp;
+
+pub async fn articles_import(engine: &Engine, path: &str) -> Result<()> {
+    let text = import::read_input(path)?;
+    let shown = if path == "-" { "standard input" } else { path };
+    let articles = import::parse_articles(&text, Utc::now())
+        .with_context(|| format!("{shown}: nothing was imported"))?;
+    let (inserted, updated) = engine
+        .store
+        .upsert_articles(&articles, Timestamp::now())
+        .await
+        .with_context(|| format!("{shown}: nothing was imported"))?;
+    println!(
+        "imported {} articles from {shown} ({inserted} new, {updated} updated)",
+        articles.len()
+    );
+    Ok(())
+}
+
+pub async fn articles_add(engine: &Engine, input: import::ArticleInput) -> Result<()> {
+    let article = input.validate(Utc::now()).map_err(anyhow::Error::msg)?;
+    let (inserted, _) = engine
+        .store
+        .upsert_articles(std::slice::from_ref(&article), Timestamp::now())
+        .await?;
+    println!(
+        "{} {}",
+        if inserted == 1 { "added" } else { "updated" },
+        article.url
+    );
+    Ok(())
+}
+
+pub async fn articles_list(engine: &Engine, limit: i64) -> Result<()> {
+    let articles = engine.store.list_articles(limit).await?;
+    if articles.is_empty() {
+        println!("no articles yet: add some with `gazette articles import FILE`");
+    }
+    for a in articles {
+        let tags = engine.store.article_tags(a.id).await?;
+        println!(
+            "{}  {}  {}{}",
+            a.published_at.0.format("%Y-%m-%d %H:%M"),
+            a.title,
+            a.url,
+            if tags.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", tags.join(", "))
+            }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! `gazette check`: everything a deploy needs, before it is needed.
+
+use anyhow::Result;
+use chrono::Utc;
+
+use crate::config::{Settings, TransportKind};
+use crate::mail;
+use crate::render::Renderer;
+use crate::schedule;
+use crate::store::Store;
+
+/// `gazette check`: configuration and templates were checked on load; this
+/// also reaches the database and, for SMTP, the relay.
+pub async fn check(settings: Settings) -> Result<()> {
+    let sources = settings.sources.join(", ");
+    println!("configuration: ok ({sources})");
+    let renderer = Renderer::new(&settings)?;
+    renderer.check_web()?;
+    drop(renderer);
+    println!(
+        "templates: ok ({} digests, {})",
+        settings.digests.len(),
+        settings.templates_dir.display()
+    );
+    for d in &settings.digests {
+        let next = schedule::next_slot(d, Utc::now())
+            .map(|t| t.with_timezone(&d.timezone).to_rfc3339())
+            .unwrap_or_else(|| "never".into());
+        println!(
+            "  {}: `{}` in {}, next {next}",
+            d.name, d.schedule.text, d.timezone
+        );
+    }
+    let store = Store::connect(&settings.database.url).await?;
+    println!(
+        "database: ok ({}, {})",
+        store.backend(),
+        settings.database.redacted_url()
+    );
+    store.close().await;
+    match settings.mail.transport {
+        TransportKind::Smtp => {
+            mail::check_relay(&settings.smtp)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "smtp: ok ({}:{}, tls {:?})",
+                settings.smtp.host, settings.smtp.port, settings.smtp.tls
+            );
+        }
+        TransportKind::Outbox => println!("mail: outbox ({})", settings.mail.outbox_dir.display()),
+    }
+    Ok(())
+}

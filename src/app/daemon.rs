@@ -1,0 +1,153 @@
+//! `gazette run` (the daemon: a tick every minute, and the web pages) and
+//! `gazette serve` (the web pages alone).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use super::process::{bind, refuse_a_misconfigured_relay, shutdown_signal};
+use crate::delivery::Engine;
+use crate::schedule;
+
+/// Without a tick for this long, the tick source is taken to be dead.
+const TICK_WATCHDOG: Duration = Duration::from_secs(150);
+
+/// `gazette run`: the scheduler and the web server, until SIGINT/SIGTERM.
+/// When either stops with an error, it is logged at once, the other is
+/// stopped, and the daemon exits non-zero for its supervisor to restart.
+pub async fn run(engine: &Engine) -> Result<()> {
+    engine.renderer.check_web()?;
+    refuse_a_misconfigured_relay(engine).await?;
+    let (stop_tx, stop) = watch::channel(false);
+    let mut signal = shutdown_signal();
+    let stop_on_signal = stop_tx.clone();
+    tokio::spawn(async move {
+        while !*signal.borrow() {
+            if signal.changed().await.is_err() {
+                return;
+            }
+        }
+        let _ = stop_on_signal.send(true);
+    });
+    let listener = bind(engine).await?;
+    let mut web = tokio::spawn(crate::web::serve(engine.clone(), listener, stop.clone()));
+    let mut ticks = tokio::spawn(tick(engine.clone(), stop.clone()));
+    let (first, other, rest) = tokio::select! {
+        r = &mut web => ("the web server", r, ticks),
+        r = &mut ticks => ("the scheduler", r, web),
+    };
+    let first = first_result(first, other);
+    if let Err(e) = &first {
+        error!("{e:#}: stopping");
+    }
+    let _ = stop_tx.send(true);
+    let rest = rest.await.context("a daemon task stopped unexpectedly")?;
+    first.and(rest)
+}
+
+/// A task's result, with a panic or an error named after the task.
+fn first_result(what: &str, joined: Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    match joined {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.context(format!("{what} stopped"))),
+        Err(e) => Err(anyhow::anyhow!("{what} stopped unexpectedly: {e}")),
+    }
+}
+
+/// `gazette serve`: the web pages alone.
+pub async fn serve(engine: &Engine) -> Result<()> {
+    engine.renderer.check_web()?;
+    let listener = bind(engine).await?;
+    crate::web::serve(engine.clone(), listener, shutdown_signal()).await
+}
+
+/// The daemon's clock: a UTC tick every minute (and one at start) plans
+/// what is due and delivers what is pending, until `shutdown` turns true.
+/// When the tick source fails or goes quiet, the failure is logged at once
+/// and the ticking restarts with a growing pause.
+async fn tick(engine: Engine, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    for digest in &engine.settings.digests {
+        if let Some(next) = schedule::next_slot(digest, Utc::now()) {
+            info!(digest = %digest.name, schedule = %digest.schedule.text, timezone = %digest.timezone, next = %next, "scheduled");
+        }
+    }
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let started = tokio::time::Instant::now();
+        match ticking(&engine, &mut shutdown).await {
+            Ok(()) => {
+                info!("stopped");
+                return Ok(());
+            }
+            Err(e) => {
+                if started.elapsed() > Duration::from_secs(600) {
+                    pause = Duration::from_secs(1);
+                }
+                error!(
+                    "the scheduler failed: {e:#}; restarting it in {}s",
+                    pause.as_secs()
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => {}
+                }
+                if *shutdown.borrow() {
+                    return Ok(());
+                }
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+/// One life of the tick source (tokio-cron-scheduler, in UTC): returns
+/// `Ok` on shutdown, an error when the source fails or stops ticking.
+async fn ticking(engine: &Engine, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
+    use tokio_cron_scheduler::{Job, JobScheduler};
+
+    let (tick_tx, mut tick_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut scheduler = JobScheduler::new()
+        .await
+        .context("cannot start the cron scheduler")?;
+    scheduler
+        .add(Job::new_async("0 * * * * *", move |_, _| {
+            let tick_tx = tick_tx.clone();
+            Box::pin(async move {
+                // A tick while the previous one is still running is dropped:
+                // runs never overlap.
+                let _ = tick_tx.try_send(());
+            })
+        })?)
+        .await
+        .context("cannot add the minute tick")?;
+    scheduler
+        .start()
+        .await
+        .context("cannot start the cron scheduler")?;
+    let result = async {
+        loop {
+            schedule::tick(engine, shutdown).await;
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            tokio::select! {
+                tick = tick_rx.recv() => if tick.is_none() {
+                    anyhow::bail!("the minute tick stopped");
+                },
+                _ = tokio::time::sleep(TICK_WATCHDOG) => anyhow::bail!(
+                    "no minute tick for {}s", TICK_WATCHDOG.as_secs()
+                ),
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    let _ = scheduler.shutdown().await;
+    result
+}

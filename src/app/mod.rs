@@ -1,0 +1,23 @@
+//! The commands, as library functions that print what the operator sees:
+//! one file per command family. `main.rs` parses the command line and
+//! calls them.
+
+mod articles;
+mod check;
+mod daemon;
+mod demo;
+mod preview;
+mod process;
+mod send;
+mod subscribers;
+
+pub use self::articles::{articles_add, articles_import, articles_list};
+pub use self::check::check;
+pub use self::daemon::{run, serve};
+pub use self::demo::demo;
+pub use self::preview::{PreviewFiles, preview, print_preview};
+pub use self::process::{open, runtime_threads, shutdown_signal};
+pub use self::send::{retry, run_status, send, status};
+pub use self::subscribers::{
+    subscribers_add, subscribers_import, subscribers_list, subscribers_remove,
+};

@@ -1,0 +1,216 @@
+//! `gazette send`, `status` and `retry`: one run at a time, from the
+//! command line.
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, SubsecRound, Utc};
+use futures_util::TryStreamExt;
+
+use super::process::{refuse_a_misconfigured_relay, shutdown_signal};
+use crate::config::{Digest, TransportKind};
+use crate::delivery::{self, Drain, Engine};
+use crate::mail::BodyEncoder;
+use crate::render::{Recipient, RunContext};
+use crate::store::{PlanOutcome, Timestamp};
+
+/// `gazette send`: finishes earlier unfinished runs of the digest, plans
+/// the run of `slot` (default: now) and delivers it; returns the run id
+/// planned, if any.
+pub async fn send(
+    engine: &Engine,
+    digest: &str,
+    slot: Option<DateTime<Utc>>,
+    dry_run: bool,
+) -> Result<Option<i64>> {
+    let digest = engine.settings.require_digest(digest)?.clone();
+    let now = Utc::now();
+    // Milliseconds: the precision the store keeps.
+    let slot = slot.unwrap_or(now).trunc_subsecs(3);
+    if dry_run {
+        dry_run_send(engine, &digest, slot).await?;
+        return Ok(None);
+    }
+    refuse_a_misconfigured_relay(engine).await?;
+    let shutdown = shutdown_signal();
+    let outcome = delivery::plan(&engine.store, &digest, slot, now).await?;
+    let counts =
+        delivery::deliver_unfinished(engine, Some(&digest.name), Drain::UntilFinished, &shutdown)
+            .await?;
+    let mut ids: Vec<&i64> = counts.keys().collect();
+    ids.sort();
+    let run_id = match &outcome {
+        PlanOutcome::Planned { run_id, .. } => Some(*run_id),
+        PlanOutcome::Skipped { run_id } => {
+            println!(
+                "{}: nothing new since the last digest: run {run_id} skipped, no mail sent",
+                digest.name
+            );
+            Some(*run_id)
+        }
+        PlanOutcome::Exists { run_id, status } => {
+            println!(
+                "{}: the slot {} was planned before (run {run_id}, {status}): nothing new to send",
+                digest.name,
+                slot.to_rfc3339()
+            );
+            Some(*run_id)
+        }
+    };
+    for id in ids {
+        let c = counts[id];
+        println!(
+            "{}: run {id}: {} sent, {} failed, {} skipped{}",
+            digest.name,
+            c.sent,
+            c.failed,
+            c.skipped,
+            if c.open() > 0 {
+                format!(", {} still pending (interrupted)", c.open())
+            } else {
+                String::new()
+            }
+        );
+    }
+    if engine.settings.mail.transport == TransportKind::Outbox {
+        println!(
+            "emails are in {}/",
+            engine.settings.mail.outbox_dir.display()
+        );
+    }
+    if *shutdown.borrow() {
+        bail!(
+            "interrupted: run `gazette send {}` again to finish",
+            digest.name
+        );
+    }
+    Ok(run_id)
+}
+
+async fn dry_run_send(engine: &Engine, digest: &Digest, slot: DateTime<Utc>) -> Result<()> {
+    let (_, _, articles) = delivery::select_for_slot(&engine.store, digest, slot).await?;
+    if articles.is_empty() && digest.skip_if_empty {
+        println!(
+            "{}: dry run: nothing new since the last digest: the run would be skipped",
+            digest.name
+        );
+        return Ok(());
+    }
+    let ctx = RunContext::new(digest, slot, &articles, None);
+    let mut rows = engine.store.stream_confirmed_subscribers(&digest.name);
+    let mut count = 0u64;
+    let mut encoder = BodyEncoder::default();
+    while let Some(s) = rows.try_next().await? {
+        let reader = Recipient {
+            name: s.name.as_deref(),
+            email: &s.email,
+            unsubscribe_token: &s.unsubscribe_token,
+        };
+        delivery::compose(engine, &ctx, &reader, s.id, slot, &mut encoder)
+            .with_context(|| format!("cannot build the email to {}", s.email))?;
+        count += 1;
+    }
+    println!(
+        "{}: dry run: {count} emails rendered ({} articles), none sent",
+        digest.name,
+        articles.len()
+    );
+    Ok(())
+}
+
+// -- status and retry -------------------------------------------------------
+
+/// `gazette status`: recent runs with their ledger counts.
+pub async fn status(engine: &Engine, limit: i64) -> Result<()> {
+    let runs = engine.store.recent_runs(limit).await?;
+    if runs.is_empty() {
+        println!("no runs yet");
+        return Ok(());
+    }
+    println!(
+        "{:>6}  {:<12} {:<22} {:<9} {:>8} {:>8} {:>8} {:>8}",
+        "run", "digest", "slot (UTC)", "status", "pending", "sent", "failed", "skipped"
+    );
+    for run in runs {
+        let c = engine.store.delivery_counts(run.id).await?;
+        println!(
+            "{:>6}  {:<12} {:<22} {:<9} {:>8} {:>8} {:>8} {:>8}",
+            run.id,
+            run.digest,
+            run.slot.0.format("%Y-%m-%d %H:%M:%S"),
+            run.status,
+            c.open(),
+            c.sent,
+            c.failed,
+            c.skipped
+        );
+    }
+    Ok(())
+}
+
+/// `gazette status RUN`: one run, and its failed deliveries with the reply.
+pub async fn run_status(engine: &Engine, run_id: i64) -> Result<()> {
+    let run = engine
+        .store
+        .run(run_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no run {run_id}"))?;
+    let c = engine.store.delivery_counts(run_id).await?;
+    println!(
+        "run {}: digest {}, slot {}, {}",
+        run.id,
+        run.digest,
+        run.slot.0.to_rfc3339(),
+        run.status
+    );
+    println!(
+        "articles published after {} up to {}: {}",
+        run.window_start.0.to_rfc3339(),
+        run.cutoff.0.to_rfc3339(),
+        engine.store.run_articles(run_id).await?.len()
+    );
+    println!(
+        "deliveries: {} pending, {} sending, {} sent, {} failed, {} skipped",
+        c.pending, c.sending, c.sent, c.failed, c.skipped
+    );
+    let failed = engine.store.failed_deliveries(run_id).await?;
+    if !failed.is_empty() {
+        println!("failed:");
+        for f in failed {
+            println!(
+                "  {}\t{} attempts\t{}",
+                f.email,
+                f.attempts,
+                f.last_error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `gazette retry RUN`: re-queues the run's failed deliveries and delivers them.
+pub async fn retry(engine: &Engine, run_id: i64) -> Result<()> {
+    let run = engine
+        .store
+        .run(run_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no run {run_id}"))?;
+    let digest = engine.settings.require_digest(&run.digest)?;
+    let n = engine
+        .store
+        .requeue_failed(run_id, Timestamp::now())
+        .await?;
+    println!("run {run_id}: {n} failed deliveries re-queued");
+    if n == 0 {
+        return Ok(());
+    }
+    let shutdown = shutdown_signal();
+    let counts =
+        delivery::deliver_unfinished(engine, Some(&digest.name), Drain::UntilFinished, &shutdown)
+            .await?;
+    if let Some(c) = counts.get(&run_id) {
+        println!(
+            "{}: run {run_id}: {} sent, {} failed, {} skipped",
+            digest.name, c.sent, c.failed, c.skipped
+        );
+    }
+    Ok(())
+}
