@@ -120,42 +120,87 @@ pub fn new_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Subscriber states, as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubscriberStatus {
-    Pending,
-    Confirmed,
-    Unsubscribed,
-    Bounced,
-}
-
-impl SubscriberStatus {
-    pub const ALL: [SubscriberStatus; 4] = [
-        Self::Pending,
-        Self::Confirmed,
-        Self::Unsubscribed,
-        Self::Bounced,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Confirmed => "confirmed",
-            Self::Unsubscribed => "unsubscribed",
-            Self::Bounced => "bounced",
+/// A state enum written in the store as a lowercase word: `as_str`,
+/// `parse`, `Display`, and comparison with the word.
+macro_rules! states {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
         }
-    }
 
-    pub fn parse(input: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == input)
-    }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$(Self::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+
+            pub fn parse(input: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|s| s.as_str() == input)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
 }
 
-impl fmt::Display for SubscriberStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+states!(
+    /// A subscriber's state.
+    SubscriberStatus {
+        /// Asked to subscribe; the confirmation link was not followed yet.
+        Pending => "pending",
+        Confirmed => "confirmed",
+        Unsubscribed => "unsubscribed",
+        Bounced => "bounced",
     }
-}
+);
+
+states!(
+    /// A run's state.
+    RunStatus {
+        /// Planned; deliveries are open.
+        Sending => "sending",
+        /// Every delivery is sent, failed or skipped.
+        Finished => "finished",
+        /// Nothing new since the previous run: no mail.
+        Skipped => "skipped",
+        /// Found too late after downtime: recorded, not sent.
+        Missed => "missed",
+    }
+);
+
+states!(
+    /// A delivery's state in the ledger.
+    DeliveryStatus {
+        Pending => "pending",
+        /// Claimed by a worker, under a lease.
+        Sending => "sending",
+        Sent => "sent",
+        Failed => "failed",
+        /// Not sent: the reader left before their turn.
+        Skipped => "skipped",
+    }
+);
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 
 use super::Engine;
+use crate::domain::SubscriberStatus;
 use crate::mail::{self, BodyEncoder, MessageMeta, SendError, Sender};
 use crate::render::{Recipient, RunContext};
 use crate::store::Claimed;
@@ -88,7 +89,7 @@ pub(super) fn prepare(
     if engine.panic_for_tests.as_deref() == Some(c.email.as_str()) {
         panic!("a fault injected for {}", c.email);
     }
-    if c.subscriber_status != "confirmed" {
+    if c.subscriber_status != Some(SubscriberStatus::Confirmed) {
         return Err(Outcome::Skipped(c.id));
     }
     let reader = Recipient {

@@ -72,7 +72,7 @@ pub async fn plan(
             )
         }
         PlanOutcome::Exists { run_id, status } => {
-            info!(run_id, status, "this slot was planned before")
+            info!(run_id, %status, "this slot was planned before")
         }
     }
     Ok(outcome)

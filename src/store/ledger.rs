@@ -5,6 +5,7 @@ use anyhow::Result;
 use sqlx::{FromRow, QueryBuilder};
 
 use super::{Store, Timestamp};
+use crate::domain::{DeliveryStatus, SubscriberStatus};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct Claimed {
@@ -14,7 +15,8 @@ pub struct Claimed {
     pub attempts: i32,
     pub email: String,
     pub name: Option<String>,
-    pub subscriber_status: String,
+    /// `None`: the subscriber was removed after the run was planned.
+    pub subscriber_status: Option<SubscriberStatus>,
     pub unsubscribe_token: String,
 }
 
@@ -67,7 +69,7 @@ impl Store {
         // planned) comes back as skipped: it is claimed, never mailed.
         const READER: &str = "c.id, c.run_id, c.subscriber_id, c.attempts, \
                               coalesce(s.email, '') as email, s.name, \
-                              coalesce(s.status, 'removed') as subscriber_status, \
+                              s.status as subscriber_status, \
                               coalesce(s.unsubscribe_token, '') as unsubscribe_token";
         // The parameters of DUE and of the lease, on either backend.
         macro_rules! bind_claim {
@@ -202,23 +204,26 @@ macro_rules! on_conn {
 impl LedgerConnection {
     /// Records deliveries accepted by the relay (one statement per batch).
     pub async fn mark_sent(&mut self, ids: &[i64], now: Timestamp) -> Result<()> {
-        self.finish_deliveries(ids, "sent", Some(now)).await
+        self.finish_deliveries(ids, DeliveryStatus::Sent, Some(now))
+            .await
     }
 
     /// Records deliveries not sent because the subscriber left meanwhile.
     pub async fn mark_skipped(&mut self, ids: &[i64]) -> Result<()> {
-        self.finish_deliveries(ids, "skipped", None).await
+        self.finish_deliveries(ids, DeliveryStatus::Skipped, None)
+            .await
     }
 
     /// Returns claimed rows to pending without counting an attempt.
     pub async fn release(&mut self, ids: &[i64]) -> Result<()> {
-        self.finish_deliveries(ids, "pending", None).await
+        self.finish_deliveries(ids, DeliveryStatus::Pending, None)
+            .await
     }
 
     async fn finish_deliveries(
         &mut self,
         ids: &[i64],
-        status: &str,
+        status: DeliveryStatus,
         sent_at: Option<Timestamp>,
     ) -> Result<()> {
         if ids.is_empty() {
@@ -230,7 +235,7 @@ impl LedgerConnection {
         // it is not sent again. The condition sits in the
         // CASEs, not the WHERE, so the rows are always found through the
         // primary key.
-        let open = if status == "sent" {
+        let open = if status == DeliveryStatus::Sent {
             "status in ('sending', 'pending')"
         } else {
             "status = 'sending'"

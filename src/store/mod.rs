@@ -44,6 +44,7 @@ mod ledger;
 mod lock;
 mod readers;
 mod runs;
+mod states;
 mod subscribers;
 mod time;
 

@@ -6,14 +6,14 @@ use sqlx::{FromRow, QueryBuilder};
 
 use super::articles::RunArticleRow;
 use super::{RunArticle, Store, Timestamp};
-use crate::domain::DigestName;
+use crate::domain::{DigestName, RunStatus};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct Run {
     pub id: i64,
     pub digest: String,
     pub slot: Timestamp,
-    pub status: String,
+    pub status: RunStatus,
     pub window_start: Timestamp,
     pub cutoff: Timestamp,
     pub created_at: Timestamp,
@@ -27,7 +27,7 @@ pub enum PlanOutcome {
     /// Nothing new to send and the digest skips empty runs: no mail.
     Skipped { run_id: i64 },
     /// This slot was planned before (another tick, a restart, a replica).
-    Exists { run_id: i64, status: String },
+    Exists { run_id: i64, status: RunStatus },
 }
 
 /// What a run's planning needs to know, decided by the caller.
@@ -50,7 +50,7 @@ impl Store {
         &self,
         digest: &DigestName,
         slot: Timestamp,
-    ) -> Result<Option<(i64, String)>> {
+    ) -> Result<Option<(i64, RunStatus)>> {
         let sql = "select id, status from digest_runs where digest = $1 and slot = $2";
         on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(digest.as_str()).bind(slot).fetch_optional(pool).await?))
     }
@@ -93,7 +93,11 @@ impl Store {
 
     async fn insert_run(&self, plan: &RunPlan<'_>) -> Result<PlanOutcome> {
         let skip = plan.articles.is_empty() && plan.skip_if_empty;
-        let status = if skip { "skipped" } else { "sending" };
+        let status = if skip {
+            RunStatus::Skipped
+        } else {
+            RunStatus::Sending
+        };
         let finished_at = skip.then_some(plan.now);
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -107,7 +111,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             let Some((run_id,)) = created else {
-                let (run_id, status): (i64, String) =
+                let (run_id, status): (i64, RunStatus) =
                     sqlx::query_as("select id, status from digest_runs where digest = $1 and slot = $2")
                         .bind(plan.digest.as_str()).bind(plan.slot)
                         .fetch_one(&mut *tx)

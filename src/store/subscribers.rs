@@ -21,7 +21,7 @@ pub struct Subscriber {
     pub id: i64,
     pub email: String,
     pub name: Option<String>,
-    pub status: String,
+    pub status: SubscriberStatus,
     pub unsubscribe_token: String,
     pub created_at: Timestamp,
 }
@@ -50,7 +50,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             let mut counts = ImportCounts::default();
             for s in subs {
-                let existing: Option<(i64, String)> =
+                let existing: Option<(i64, SubscriberStatus)> =
                     sqlx::query_as("select id, status from subscribers where email_key = $1")
                         .bind(s.email.key())
                         .fetch_optional(&mut *tx)
@@ -65,7 +65,7 @@ impl Store {
                         .bind(id).bind(&s.name).bind(now)
                         .execute(&mut *tx)
                         .await?;
-                        if status == "unsubscribed" || status == "bounced" {
+                        if matches!(status, SubscriberStatus::Unsubscribed | SubscriberStatus::Bounced) {
                             counts.kept_inactive += 1;
                         } else {
                             counts.updated += 1;

@@ -94,7 +94,7 @@ impl WebApp {
     }
 
     pub async fn status_of(&self, email: &str) -> Option<String> {
-        self.reader(email).await.map(|s| s.status)
+        self.reader(email).await.map(|s| s.status.to_string())
     }
 
     /// The link in the latest confirmation email to `email`.
