@@ -22,6 +22,7 @@ pub async fn open(settings: Settings) -> Result<Engine> {
         settings: Arc::new(settings),
         store,
         renderer: Arc::new(renderer),
+        confirmations_due: Arc::default(),
         panic_for_tests: None,
     })
 }

@@ -41,6 +41,13 @@ pub struct MailSettings {
     pub from: Mailbox,
 }
 
+impl MailSettings {
+    /// The name the emails and pages go by: the sender's name, or Gazette.
+    pub fn site_name(&self) -> String {
+        self.from.name.clone().unwrap_or_else(|| "Gazette".into())
+    }
+}
+
 pub(super) fn validate(raw: &RawMail, problems: &mut Problems) -> Option<MailSettings> {
     let from = match raw.from.parse::<Mailbox>() {
         Ok(m) if !AsRef::<str>::as_ref(&m.email).is_ascii() => {

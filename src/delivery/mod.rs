@@ -8,9 +8,12 @@
 //! - [`worker`]: `delivery.concurrency` workers, each with one SMTP
 //!   connection, render and send one message at a time ([`job`]);
 //! - [`writer`]: outcomes written to the ledger in batches;
+//! - [`confirmations`]: the double opt-in emails, sent in the background
+//!   from the rows subscribe requests leave;
 //! - [`policy`]: when to try again: backoff, the relay breaker, the rate
 //!   limit, and retrying the database.
 
+pub mod confirmations;
 mod job;
 mod plan;
 mod policy;
@@ -40,6 +43,8 @@ pub struct Engine {
     pub settings: Arc<Settings>,
     pub store: Store,
     pub renderer: Arc<Renderer>,
+    /// Woken when a subscribe request leaves a confirmation email to send.
+    pub confirmations_due: Arc<tokio::sync::Notify>,
     /// A worker handed this reader's delivery panics: for the tests of
     /// what a panicking worker leaves behind.
     #[doc(hidden)]

@@ -40,6 +40,7 @@ macro_rules! on_pool {
 }
 
 mod articles;
+mod confirmations;
 mod ledger;
 mod lock;
 mod readers;
@@ -49,6 +50,7 @@ mod subscribers;
 mod time;
 
 pub use self::articles::{Article, NewArticle, RunArticle};
+pub use self::confirmations::ConfirmationEmail;
 pub use self::ledger::{Claimed, DeliveryCounts, FailedDelivery, LedgerConnection};
 pub use self::lock::ProcessLock;
 pub use self::readers::{Reader, SubscribeOutcome, SubscriptionRequest};
