@@ -1,17 +1,32 @@
 //! Gazette, a newsletter digest mailer.
 //!
-//! A tour of the code, in the order a digest travels:
+//! A tour of the code, in the order a digest travels. Each room is a
+//! folder with a file per concern; no two modules import each other.
+//!
 //! - [`config`]: typed settings from `config/*.toml` and `GAZETTE__…`
-//!   variables, validated at start-up with the file and key in every error.
-//! - [`domain`]: values parsed once at the edge (`EmailAddress`, `DigestName`).
-//! - [`store`]: the one `Store` API over SQLite (embedded) and Postgres.
+//!   variables, one file per section with its validator; every error names
+//!   the file (or variable) and the key.
+//! - [`domain`]: values parsed once at the edge (`EmailAddress`,
+//!   `DigestName`, `Secret`) and the states of subscribers, runs and
+//!   deliveries.
+//! - [`store`]: the one `Store` API over SQLite (embedded) and Postgres,
+//!   one file per aggregate: articles, subscribers, runs, the ledger, the
+//!   readers' links, confirmation emails, the process lock.
 //! - [`import`]: article (JSON/NDJSON) and subscriber (CSV) files, checked
 //!   whole before anything is stored.
-//! - [`scheduler`]: each digest's cron slots in its own time zone.
-//! - [`delivery`]: planning a run and the workers that drain its ledger.
-//! - [`render`]: minijinja templates → subject, HTML and text.
-//! - [`mail`]: the MIME message and the transports (SMTP, outbox).
-//! - [`app`]: the commands, as the command line runs them.
+//! - [`schedule`]: each digest's cron slots in its own time zone, and what
+//!   one tick of the daemon does.
+//! - [`delivery`]: planning a run, the loop that drains it, the workers,
+//!   the outcome writer, the retry policies, and the confirmation emails.
+//! - [`render`]: minijinja templates → subject, HTML and text; the
+//!   once-per-shape fast path in `render/fast.rs`.
+//! - [`mail`]: quoted-printable, the MIME message, the outbox, and SMTP on
+//!   our own connections (`mail/smtp/`: connect, pipelined session, reply
+//!   classes).
+//! - [`web`]: the readers' pages (subscribe, confirm, unsubscribe,
+//!   preferences, web view, archive) and their security layers.
+//! - [`app`]: the commands, one file per command family, as `main.rs`
+//!   calls them.
 
 pub mod app;
 pub mod config;

@@ -53,8 +53,8 @@ pub async fn demo(engine: &Engine) -> Result<()> {
         .upsert_subscribers(&subs, Timestamp::from(now))
         .await?;
     println!("added {} sample subscribers", subs.len());
-    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    let run = send(engine, digest.name.as_str(), None, false).await?;
+    // The run's slot is the moment the sample articles were published by.
+    let run = send(engine, digest.name.as_str(), Some(now), false).await?;
     let files = preview(
         engine,
         digest.name.as_str(),
