@@ -252,3 +252,69 @@ fn an_unreadable_or_empty_ca_file_names_its_key_and_path() {
     );
     assert!(err.contains("no PEM certificate"), "{err}");
 }
+
+/// Runs `gazette check` with `toml` as the only configuration file.
+fn check_with_file(toml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret.toml");
+    std::fs::write(&file, toml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+        .args(["--config", file.to_str().unwrap(), "check"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let all = format!("{}{}", stderr(&out), crate::helpers::stdout(&out));
+    (out.status.code(), all)
+}
+
+#[test]
+fn a_toml_error_on_a_line_with_a_password_does_not_print_it() {
+    // An unterminated string: the error quotes the line it is on.
+    let (code, all) = check_with_file("[smtp]\nusername = \"mailer\"\npassword = \"hunter2\n");
+    assert_eq!(code, Some(2), "{all}");
+    assert!(
+        all.contains("secret.toml") && all.contains("line 3"),
+        "{all}"
+    );
+    assert!(all.contains("password = … (hidden"), "{all}");
+    assert!(!all.contains("hunter2"), "{all}");
+
+    // A database address with credentials, on a line with an error.
+    let (code, all) =
+        check_with_file("[database]\nurl = \"postgres://gazette:hunter2@db/gazette\" x\n");
+    assert_eq!(code, Some(2), "{all}");
+    assert!(all.contains("line 2"), "{all}");
+    assert!(!all.contains("hunter2"), "{all}");
+
+    // An error elsewhere still shows its line.
+    let (code, all) = check_with_file("[smtp]\nport = \"twenty-five\"\n");
+    assert_eq!(code, Some(2), "{all}");
+    assert!(all.contains("port = \"twenty-five\""), "{all}");
+}
+
+#[test]
+fn a_misspelt_database_scheme_is_named_without_the_address() {
+    let (code, all) =
+        check_with_file("[database]\nurl = \"postgress://gazette:hunter2@db/gazette\"\n");
+    assert_eq!(code, Some(2), "{all}");
+    assert!(all.contains("`database.url`"), "{all}");
+    assert!(all.contains("its scheme is `postgress`"), "{all}");
+    assert!(!all.contains("hunter2") && !all.contains("@db"), "{all}");
+
+    let (code, all) = check_with_file("[database]\nurl = \"gazette:hunter2@db/gazette\"\n");
+    assert_eq!(code, Some(2), "{all}");
+    assert!(!all.contains("hunter2"), "{all}");
+}
+
+#[test]
+fn a_password_in_the_database_query_string_is_hidden_when_the_database_is_unreachable() {
+    // Nothing listens on port 1: the error names the address, redacted.
+    let (code, all) = check_with_file(&format!(
+        "[database]\nurl = \"postgres://127.0.0.1:1/gazette?user=gazette&password=hunter2\"\n\
+         [templates]\ndir = \"{}\"\n",
+        templates_dir().display()
+    ));
+    assert_ne!(code, Some(0), "{all}");
+    assert!(all.contains("password=***"), "{all}");
+    assert!(!all.contains("hunter2"), "{all}");
+}
