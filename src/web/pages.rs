@@ -1,0 +1,178 @@
+//! What every page shares: the state the handlers see, rendering a page or
+//! a short message, the error pages, the cross-site check, and reading
+//! form fields and the configured digests.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use minijinja::{Value, context};
+use std::sync::Arc;
+use tracing::error;
+
+use super::limiter::Limiter;
+use crate::delivery::Engine;
+use crate::domain::DigestName;
+use crate::store::Reader;
+
+pub struct WebState {
+    pub engine: Engine,
+    /// Subscribe requests per client.
+    pub limiter: Limiter,
+}
+
+pub fn page(state: &WebState, status: StatusCode, template: &str, ctx: Value) -> Response {
+    let settings = &state.engine.settings;
+    let ctx = context! {
+        site => site_name(state),
+        base_url => settings.web.base_url.clone(),
+        ..ctx
+    };
+    match state.engine.renderer.render_template(template, &ctx) {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => {
+            error!("cannot render page {template}: {e:#}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        }
+    }
+}
+
+pub fn message(
+    state: &WebState,
+    status: StatusCode,
+    title: &str,
+    text: &str,
+    link: Option<(&str, &str)>,
+) -> Response {
+    page(
+        state,
+        status,
+        "web/message.html.j2",
+        context! {
+            title => title,
+            text => text,
+            link => link.map(|(href, label)| context! { href => href, label => label }),
+        },
+    )
+}
+
+pub fn site_name(state: &WebState) -> String {
+    let from = &state.engine.settings.mail.from;
+    from.name.clone().unwrap_or_else(|| "Gazette".into())
+}
+
+pub async fn not_found(State(state): State<Arc<WebState>>) -> Response {
+    message(
+        &state,
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is nothing at this address.",
+        Some(("/", "Go to the subscribe page")),
+    )
+}
+
+pub fn link_not_found(state: &WebState) -> Response {
+    message(
+        state,
+        StatusCode::NOT_FOUND,
+        "This link does not work",
+        "It may have expired, been used already, or been copied incompletely.",
+        Some(("/", "Subscribe again")),
+    )
+}
+
+/// The reader a link's token belongs to, or the page to answer instead.
+pub async fn reader_or_404(state: &WebState, token: &str) -> Result<Reader, Response> {
+    match state.engine.store.reader_by_token(token).await {
+        Ok(Some(reader)) => Ok(reader),
+        Ok(None) => Err(link_not_found(state)),
+        Err(e) => Err(server_error(state, e)),
+    }
+}
+
+pub fn server_error(state: &WebState, e: anyhow::Error) -> Response {
+    error!("request failed: {e:#}");
+    message(
+        state,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Something went wrong",
+        "Please try again in a few minutes.",
+        None,
+    )
+}
+
+/// Refuses a form posted from another site: browsers send `Origin` with
+/// every POST, and `Sec-Fetch-Site` with modern ones.
+pub fn cross_site(state: &WebState, headers: &HeaderMap) -> bool {
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site == "cross-site")
+    {
+        return true;
+    }
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => false,
+        Some(origin) => {
+            let base = &state.engine.settings.web.base_url;
+            let base_origin = base
+                .find("://")
+                .and_then(|i| base[i + 3..].find('/').map(|j| &base[..i + 3 + j]))
+                .unwrap_or(base);
+            origin != base_origin
+        }
+    }
+}
+
+pub fn forbidden(state: &WebState) -> Response {
+    message(
+        state,
+        StatusCode::FORBIDDEN,
+        "Not allowed",
+        "This form can only be sent from its own page.",
+        Some(("/", "Go to the subscribe page")),
+    )
+}
+
+/// Form fields, repeated keys kept (`digest=a&digest=b`).
+pub fn form_fields(body: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+pub fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Every configured digest: its name and title.
+pub fn all_digests(state: &WebState) -> Vec<(DigestName, String)> {
+    state
+        .engine
+        .settings
+        .digests
+        .iter()
+        .map(|d| (d.name.clone(), d.title.clone()))
+        .collect()
+}
+
+/// The configured digests among `chosen`, in configuration order.
+pub fn chosen_digests(state: &WebState, chosen: &[String]) -> Vec<DigestName> {
+    all_digests(state)
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| chosen.iter().any(|c| c == n.as_str()))
+        .collect()
+}
+
+/// The checkboxes of the subscribe and preferences forms.
+pub fn digest_choices(state: &WebState, chosen: &[String]) -> Value {
+    let list: Vec<Value> = all_digests(state)
+        .into_iter()
+        .map(|(name, title)| {
+            let checked = chosen.iter().any(|c| c == name.as_str());
+            context! { name => name.as_str(), title => title, checked => checked }
+        })
+        .collect();
+    Value::from(list)
+}
