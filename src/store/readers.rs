@@ -111,6 +111,21 @@ impl Store {
         })
     }
 
+    /// The address a confirmation link is for, while the link works
+    /// (unused, not expired). Changes nothing.
+    pub async fn pending_confirmation(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<String>> {
+        let sql = "select s.email from confirmations c join subscribers s on s.id = c.subscriber_id \
+                   where c.token_hash = $1 and c.used_at is null and c.expires_at > $2";
+        let row: Option<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as(sql).bind(token_hash).bind(now).fetch_optional(pool).await?
+        });
+        Ok(row.map(|(email,)| email))
+    }
+
     /// Follows a confirmation link: single use, before it expires. The
     /// subscriber becomes confirmed with the digests they asked for.
     pub async fn confirm(&self, token_hash: &str, now: Timestamp) -> Result<Option<Reader>> {

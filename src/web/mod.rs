@@ -43,7 +43,10 @@ pub fn router(engine: Engine) -> Router {
     Router::new()
         .route("/", get(subscribe::subscribe_page))
         .route("/subscribe", post(subscribe::subscribe))
-        .route("/confirm/{token}", get(subscribe::confirm))
+        .route(
+            "/confirm/{token}",
+            get(subscribe::confirm_page).post(subscribe::confirm),
+        )
         .route(
             "/unsubscribe/{token}",
             get(links::unsubscribe_page).post(links::unsubscribe),

@@ -262,7 +262,37 @@ async fn send_confirmation(
     result.map_err(|e| anyhow::anyhow!("cannot send the confirmation email: {e}"))
 }
 
-pub async fn confirm(State(state): State<Arc<WebState>>, Path(token): Path<String>) -> Response {
+/// What a confirmation link opens: a page with a button. Only its POST
+/// confirms, since mail link scanners follow links.
+pub async fn confirm_page(
+    State(state): State<Arc<WebState>>,
+    Path(token): Path<String>,
+) -> Response {
+    match state
+        .engine
+        .store
+        .pending_confirmation(&token_hash(&token), Timestamp::now())
+        .await
+    {
+        Ok(Some(email)) => page(
+            &state,
+            StatusCode::OK,
+            "web/confirm.html.j2",
+            context! { email => email, action => format!("/confirm/{token}") },
+        ),
+        Ok(None) => link_not_found(&state),
+        Err(e) => server_error(&state, e),
+    }
+}
+
+pub async fn confirm(
+    State(state): State<Arc<WebState>>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if cross_site(&state, &headers) {
+        return forbidden(&state);
+    }
     match state
         .engine
         .store
