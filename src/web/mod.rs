@@ -22,7 +22,8 @@ use std::sync::Arc;
 use anyhow::Result;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::watch;
@@ -40,9 +41,8 @@ pub fn router(engine: Engine) -> Router {
         engine,
         limiter: Default::default(),
     });
-    Router::new()
-        .route("/", get(subscribe::subscribe_page))
-        .route("/subscribe", post(subscribe::subscribe))
+    // A token in the address is a credential: no cache keeps its page.
+    let token_pages = Router::new()
         .route(
             "/confirm/{token}",
             get(subscribe::confirm_page).post(subscribe::confirm),
@@ -56,12 +56,50 @@ pub fn router(engine: Engine) -> Router {
             get(links::preferences_page).post(links::save_preferences),
         )
         .route("/digests/{run}/{token}", get(reading::web_view))
+        .layer(map_response(no_store));
+    Router::new()
+        .route("/", get(subscribe::subscribe_page))
+        .route("/subscribe", post(subscribe::subscribe))
+        .merge(token_pages)
         .route("/archive", get(reading::archive))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(map_response(security_headers))
         .with_state(state)
+}
+
+/// The pages use inline styles, no scripts and no images from elsewhere,
+/// and post their forms to this site only.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self' 'unsafe-inline'; \
+     img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// On every answer, errors included. `no-referrer` keeps the tokens in
+/// page addresses from reaching the sites that articles link to.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+async fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Serves until `shutdown` turns true.

@@ -101,17 +101,18 @@ pub fn server_error(state: &WebState, e: anyhow::Error) -> Response {
 }
 
 /// Refuses a form posted from another site: browsers send `Origin` with
-/// every POST, and `Sec-Fetch-Site` with modern ones.
+/// every POST, and `Sec-Fetch-Site` with modern ones. Under the pages'
+/// `Referrer-Policy: no-referrer` a browser's own form posts carry
+/// `Origin: null`, which only `Sec-Fetch-Site: same-origin` vouches for (a
+/// sandboxed frame elsewhere sends `null` too).
 pub fn cross_site(state: &WebState, headers: &HeaderMap) -> bool {
-    if headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|site| site == "cross-site")
-    {
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if fetch_site == Some("cross-site") {
         return true;
     }
     match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         None => false,
+        Some("null") => fetch_site != Some("same-origin"),
         Some(origin) => {
             let base = &state.engine.settings.web.base_url;
             let base_origin = base

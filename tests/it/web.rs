@@ -138,7 +138,7 @@ impl WebApp {
     }
 }
 
-fn path_of(url: &str) -> &str {
+pub fn path_of(url: &str) -> &str {
     let after = url.find("://").map_or(0, |i| i + 3);
     &url[after + url[after..].find('/').unwrap()..]
 }
