@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -12,8 +11,8 @@ use minijinja::context;
 use tracing::info;
 
 use super::pages::{
-    WebState, chosen_digests, cross_site, digest_choices, field, forbidden, form_fields, message,
-    page, reader_or_404, server_error,
+    Body, WebState, chosen_digests, cross_site, digest_choices, field, forbidden, form_fields,
+    message, page, reader_or_404, server_error,
 };
 use crate::store::Timestamp;
 
@@ -104,7 +103,7 @@ pub async fn save_preferences(
     State(state): State<Arc<WebState>>,
     Path(token): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> Response {
     if cross_site(&state, &headers) {
         return forbidden(&state);

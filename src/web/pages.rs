@@ -2,22 +2,30 @@
 //! a short message, the error pages, the cross-site check, and reading
 //! form fields and the configured digests.
 
-use axum::extract::State;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
+use futures_util::StreamExt as _;
 use minijinja::{Value, context};
-use std::sync::Arc;
-use tracing::error;
+use tracing::{error, info};
 
 use super::limiter::Limiter;
 use crate::delivery::Engine;
 use crate::domain::DigestName;
 use crate::store::Reader;
 
+/// Larger request bodies are refused (413).
+const BODY_LIMIT: usize = 16 * 1024;
+
 pub struct WebState {
     pub engine: Engine,
     /// Subscribe requests per client.
     pub limiter: Limiter,
+    pub body_read_timeout: Duration,
 }
 
 pub fn page(state: &WebState, status: StatusCode, template: &str, ctx: Value) -> Response {
@@ -131,6 +139,111 @@ pub fn forbidden(state: &WebState) -> Response {
         "Not allowed",
         "This form can only be sent from its own page.",
         Some(("/", "Go to the subscribe page")),
+    )
+}
+
+/// Whether the client sent JSON, and so gets its answers in JSON.
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// A message page, or for a JSON request `{"message": …}` (success) or
+/// `{"error": …}`.
+pub fn reply(
+    state: &WebState,
+    json: bool,
+    status: StatusCode,
+    title: &str,
+    text: &str,
+) -> Response {
+    if json {
+        let key = if status.is_success() {
+            "message"
+        } else {
+            "error"
+        };
+        (status, axum::Json(serde_json::json!({ key: text }))).into_response()
+    } else {
+        message(state, status, title, text, None)
+    }
+}
+
+/// A request's whole body, read within the size and time limits; the
+/// answer otherwise is a generic page (or JSON error).
+pub struct Body(pub Bytes);
+
+impl FromRequest<Arc<WebState>> for Body {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &Arc<WebState>) -> Result<Self, Response> {
+        let json = wants_json(request.headers());
+        let too_large = || {
+            reply(
+                state,
+                json,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Too large",
+                "This request is larger than any form here sends.",
+            )
+        };
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > BODY_LIMIT) {
+            return Err(too_large());
+        }
+        let mut chunks = request.into_body().into_data_stream();
+        let read = async {
+            let mut body = Vec::new();
+            while let Some(chunk) = chunks.next().await {
+                let Ok(chunk) = chunk else {
+                    return BodyRead::Broken;
+                };
+                if body.len() + chunk.len() > BODY_LIMIT {
+                    return BodyRead::TooLarge;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            BodyRead::Whole(body)
+        };
+        match tokio::time::timeout(state.body_read_timeout, read).await {
+            Ok(BodyRead::Whole(body)) => Ok(Body(Bytes::from(body))),
+            Ok(BodyRead::TooLarge) => Err(too_large()),
+            Ok(BodyRead::Broken) => Err(bad_request(state, json)),
+            Err(_) => {
+                info!("a request body took too long to arrive");
+                Err(reply(
+                    state,
+                    json,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Too slow",
+                    "This request took too long to arrive. Please try again.",
+                ))
+            }
+        }
+    }
+}
+
+/// How reading a body ended.
+enum BodyRead {
+    Whole(Vec<u8>),
+    TooLarge,
+    Broken,
+}
+
+/// The answer to input that does not parse: it names nothing of the input.
+pub fn bad_request(state: &WebState, json: bool) -> Response {
+    reply(
+        state,
+        json,
+        StatusCode::BAD_REQUEST,
+        "Bad request",
+        "This request could not be understood.",
     )
 }
 

@@ -6,18 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use chrono::Utc;
 use minijinja::context;
 use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
 use super::pages::{
-    WebState, all_digests, chosen_digests, cross_site, digest_choices, field, forbidden,
-    form_fields, link_not_found, message, page, server_error, site_name,
+    Body, WebState, all_digests, chosen_digests, cross_site, digest_choices, field, forbidden,
+    form_fields, link_not_found, message, page, reply, server_error, site_name, wants_json,
 };
 use crate::domain::{DigestName, EmailAddress, new_token};
 use crate::mail::{self, MessageMeta, Sender};
@@ -61,12 +60,9 @@ pub async fn subscribe(
     State(state): State<Arc<WebState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> Response {
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+    let json = wants_json(&headers);
     if cross_site(&state, &headers) {
         return forbidden(&state);
     }
@@ -199,21 +195,6 @@ pub async fn subscribe(
         "Check your inbox",
         "If this address can receive our newsletters, a message with a confirmation link is on its way. Follow the link to start your subscription.",
     )
-}
-
-/// A message page, or for a JSON request `{"message": …}` (success) or
-/// `{"error": …}`.
-fn reply(state: &WebState, json: bool, status: StatusCode, title: &str, text: &str) -> Response {
-    if json {
-        let key = if status.is_success() {
-            "message"
-        } else {
-            "error"
-        };
-        (status, axum::Json(serde_json::json!({ key: text }))).into_response()
-    } else {
-        message(state, status, title, text, None)
-    }
 }
 
 async fn send_confirmation(

@@ -3,8 +3,12 @@
 //! subscribe limit behind a proxy, names typed by strangers, and input
 //! that does not parse.
 
+use std::time::{Duration, Instant};
+
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::helpers::Backend;
 use crate::on_both_backends;
@@ -160,4 +164,106 @@ async fn a_null_origin_is_accepted_only_when_the_browser_says_same_origin() {
         assert_eq!(r.status(), expected, "{fetch_site:?}");
     }
     assert_eq!(app.smtp.received_by("ada@example.org").len(), 1);
+}
+
+/// Reads until the server closes the connection (or `limit` passes).
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let read = async {
+        let mut chunk = [0; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.ok()?;
+    Some(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_others_are_still_served() {
+    let app = WebApp::start(Backend::Sqlite, "").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let limits = gazette::web::Limits {
+        header_read_timeout: Duration::from_millis(500),
+        body_read_timeout: Duration::from_millis(500),
+        max_connections: 2,
+    };
+    let server = tokio::spawn(gazette::web::serve_with_limits(
+        app.engine.clone(),
+        listener,
+        shutdown,
+        limits,
+    ));
+
+    // Half a request line, then silence; and a connection that says nothing:
+    // together they hold both connection slots.
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /heal").await.unwrap();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+
+    // Another client is answered once the header timeout frees a slot.
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("http://{addr}/healthz"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.unwrap(), "ok");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "answered before a slot was free: the connection limit did not hold"
+    );
+
+    let got = read_until_closed(&mut slow, Duration::from_secs(5))
+        .await
+        .expect("the half-sent request was not cut off");
+    assert!(!String::from_utf8_lossy(&got).contains("200 OK"));
+    read_until_closed(&mut silent, Duration::from_secs(5))
+        .await
+        .expect("the silent connection was not cut off");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A body that stops half way gets a 408, and the connection is closed.
+    let mut slow_body = TcpStream::connect(addr).await.unwrap();
+    slow_body
+        .write_all(
+            b"POST /subscribe HTTP/1.1\r\nHost: localhost\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\n\
+              Content-Length: 100\r\n\r\nemail=ada",
+        )
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let got = read_until_closed(&mut slow_body, Duration::from_secs(5))
+        .await
+        .expect("the slow body was not cut off");
+    let answer = String::from_utf8_lossy(&got);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("took too long"), "{answer}");
+    assert!(sent.elapsed() >= Duration::from_millis(400));
+    assert_eq!(app.status_of("ada@example.org").await, None);
+
+    // Shutting down closes an idle keep-alive connection and ends the server.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0; 64];
+    let n = idle.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server did not stop")
+        .unwrap()
+        .unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "still listening");
 }
