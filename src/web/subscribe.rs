@@ -14,6 +14,7 @@ use minijinja::context;
 use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
+use super::limiter;
 use super::pages::{
     Body, WebState, all_digests, chosen_digests, cross_site, digest_choices, field, forbidden,
     form_fields, link_not_found, message, page, reply, server_error, site_name, wants_json,
@@ -66,9 +67,10 @@ pub async fn subscribe(
     if cross_site(&state, &headers) {
         return forbidden(&state);
     }
-    let per_hour = state.engine.settings.web.subscribe_per_hour;
-    if !state.limiter.allow(peer.ip(), per_hour).await {
-        warn!(client = %peer.ip(), "too many subscribe requests");
+    let web = &state.engine.settings.web;
+    let client = limiter::client_address(peer.ip(), &headers, &web.trusted_proxies);
+    if !state.limiter.allow(client, web.subscribe_per_hour).await {
+        warn!(%client, "too many subscribe requests");
         return reply(
             &state,
             json,

@@ -25,7 +25,11 @@ fn assert_security_headers(what: &str, headers: &HeaderMap) {
     assert_eq!(get("x-frame-options"), Some("DENY"), "{what}");
 }
 
-on_both_backends!(every_answer_carries_the_security_headers_and_token_pages_are_not_stored,);
+on_both_backends!(
+    every_answer_carries_the_security_headers_and_token_pages_are_not_stored,
+    behind_a_trusted_proxy_the_limit_counts_the_forwarded_client,
+    without_a_trusted_proxy_forwarded_for_is_ignored,
+);
 
 async fn every_answer_carries_the_security_headers_and_token_pages_are_not_stored(
     backend: Backend,
@@ -266,4 +270,75 @@ async fn slow_clients_are_cut_off_and_others_are_still_served() {
         .unwrap()
         .unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+}
+
+/// A subscribe request for `email` with these `X-Forwarded-For` values.
+async fn subscribe_forwarded(app: &WebApp, email: &str, forwarded_for: &[&str]) -> StatusCode {
+    let mut request = app
+        .http
+        .post(format!("{}/subscribe", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("email={}&digest=daily", email.replace('@', "%40")));
+    for value in forwarded_for {
+        request = request.header("x-forwarded-for", *value);
+    }
+    request.send().await.unwrap().status()
+}
+
+async fn behind_a_trusted_proxy_the_limit_counts_the_forwarded_client(backend: Backend) {
+    let app = WebApp::start(
+        backend,
+        "trusted_proxies = [\"127.0.0.1\"]\nsubscribe_per_hour = 2",
+    )
+    .await;
+    let ok = StatusCode::OK;
+    let limited = StatusCode::TOO_MANY_REQUESTS;
+    for (email, forwarded, expected) in [
+        ("a1@example.org", &["203.0.113.5"][..], ok),
+        ("a2@example.org", &["203.0.113.5"], ok),
+        ("a3@example.org", &["203.0.113.5"], limited),
+        // What the client wrote itself is left of what the proxy appended.
+        ("a4@example.org", &["198.51.100.99, 203.0.113.5"], limited),
+        ("a5@example.org", &["198.51.100.99", "203.0.113.5"], limited),
+        // A proxy's own address is skipped.
+        ("a6@example.org", &["203.0.113.5, 127.0.0.1"], limited),
+        // Another client has its own count.
+        ("b1@example.org", &["203.0.113.5, 198.51.100.7"], ok),
+        // IPv6 clients are counted by their /64.
+        ("c1@example.org", &["2001:db8:1:2::1"], ok),
+        ("c2@example.org", &["2001:db8:1:2:aaaa::2"], ok),
+        ("c3@example.org", &["2001:db8:1:2:ffff::3"], limited),
+        ("d1@example.org", &["2001:db8:1:3::1"], ok),
+    ] {
+        let status = subscribe_forwarded(&app, email, forwarded).await;
+        assert_eq!(status, expected, "{email} via {forwarded:?}");
+        let stored = app.status_of(email).await;
+        if expected == ok {
+            assert_eq!(stored.as_deref(), Some("pending"), "{email}");
+        } else {
+            assert_eq!(stored, None, "{email}");
+        }
+    }
+}
+
+async fn without_a_trusted_proxy_forwarded_for_is_ignored(backend: Backend) {
+    let app = WebApp::start(backend, "subscribe_per_hour = 2").await;
+    for (email, forwarded, expected) in [
+        ("a1@example.org", "203.0.113.1", StatusCode::OK),
+        ("a2@example.org", "203.0.113.2", StatusCode::OK),
+        (
+            "a3@example.org",
+            "203.0.113.3",
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+        (
+            "a4@example.org",
+            "2001:db8::4",
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+    ] {
+        let status = subscribe_forwarded(&app, email, &[forwarded]).await;
+        assert_eq!(status, expected, "{email} via {forwarded}");
+    }
+    assert_eq!(app.status_of("a3@example.org").await, None);
 }
