@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use futures_util::StreamExt as _;
 use minijinja::{Value, context};
@@ -179,52 +179,66 @@ impl FromRequest<Arc<WebState>> for Body {
     type Rejection = Response;
 
     async fn from_request(request: Request, state: &Arc<WebState>) -> Result<Self, Response> {
-        let json = wants_json(request.headers());
-        let too_large = || {
-            reply(
+        read_whole(request, state)
+            .await
+            .map(Body)
+            .map_err(|mut refusal| {
+                // The body may be left unread: the connection cannot carry
+                // another request, and a client reusing it would fail.
+                refusal
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                refusal
+            })
+    }
+}
+
+async fn read_whole(request: Request, state: &WebState) -> Result<Bytes, Response> {
+    let json = wants_json(request.headers());
+    let too_large = || {
+        reply(
+            state,
+            json,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Too large",
+            "This request is larger than any form here sends.",
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT) {
+        return Err(too_large());
+    }
+    let mut chunks = request.into_body().into_data_stream();
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            let Ok(chunk) = chunk else {
+                return BodyRead::Broken;
+            };
+            if body.len() + chunk.len() > BODY_LIMIT {
+                return BodyRead::TooLarge;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        BodyRead::Whole(body)
+    };
+    match tokio::time::timeout(state.body_read_timeout, read).await {
+        Ok(BodyRead::Whole(body)) => Ok(Bytes::from(body)),
+        Ok(BodyRead::TooLarge) => Err(too_large()),
+        Ok(BodyRead::Broken) => Err(bad_request(state, json)),
+        Err(_) => {
+            info!("a request body took too long to arrive");
+            Err(reply(
                 state,
                 json,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Too large",
-                "This request is larger than any form here sends.",
-            )
-        };
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > BODY_LIMIT) {
-            return Err(too_large());
-        }
-        let mut chunks = request.into_body().into_data_stream();
-        let read = async {
-            let mut body = Vec::new();
-            while let Some(chunk) = chunks.next().await {
-                let Ok(chunk) = chunk else {
-                    return BodyRead::Broken;
-                };
-                if body.len() + chunk.len() > BODY_LIMIT {
-                    return BodyRead::TooLarge;
-                }
-                body.extend_from_slice(&chunk);
-            }
-            BodyRead::Whole(body)
-        };
-        match tokio::time::timeout(state.body_read_timeout, read).await {
-            Ok(BodyRead::Whole(body)) => Ok(Body(Bytes::from(body))),
-            Ok(BodyRead::TooLarge) => Err(too_large()),
-            Ok(BodyRead::Broken) => Err(bad_request(state, json)),
-            Err(_) => {
-                info!("a request body took too long to arrive");
-                Err(reply(
-                    state,
-                    json,
-                    StatusCode::REQUEST_TIMEOUT,
-                    "Too slow",
-                    "This request took too long to arrive. Please try again.",
-                ))
-            }
+                StatusCode::REQUEST_TIMEOUT,
+                "Too slow",
+                "This request took too long to arrive. Please try again.",
+            ))
         }
     }
 }
