@@ -10,6 +10,8 @@ use reqwest::header::HeaderMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use gazette::store::{Store, Timestamp};
+
 use crate::helpers::Backend;
 use crate::on_both_backends;
 use crate::web::{WebApp, path_of};
@@ -29,6 +31,7 @@ on_both_backends!(
     every_answer_carries_the_security_headers_and_token_pages_are_not_stored,
     behind_a_trusted_proxy_the_limit_counts_the_forwarded_client,
     without_a_trusted_proxy_forwarded_for_is_ignored,
+    a_name_typed_with_an_address_is_kept_only_when_its_link_is_confirmed,
 );
 
 async fn every_answer_carries_the_security_headers_and_token_pages_are_not_stored(
@@ -341,4 +344,76 @@ async fn without_a_trusted_proxy_forwarded_for_is_ignored(backend: Backend) {
         assert_eq!(status, expected, "{email} via {forwarded}");
     }
     assert_eq!(app.status_of("a3@example.org").await, None);
+}
+
+/// Makes every confirmation look sent 11 minutes ago, so that the next
+/// request for the same address gets an email of its own.
+async fn age_confirmations(app: &WebApp) {
+    let then = Timestamp::from(chrono::Utc::now() - chrono::Duration::minutes(11));
+    let sql = "update confirmations set created_at = $1";
+    match &app.engine.store {
+        Store::Postgres(pool) => {
+            sqlx::query(sql).bind(then).execute(pool).await.unwrap();
+        }
+        Store::Sqlite(pool) => {
+            sqlx::query(sql).bind(then).execute(pool).await.unwrap();
+        }
+    }
+}
+
+async fn a_name_typed_with_an_address_is_kept_only_when_its_link_is_confirmed(backend: Backend) {
+    let app = WebApp::start(backend, "").await;
+    let ada = "ada@example.org";
+
+    // Someone else types Ada's address with a name of their choosing.
+    let (status, _) = app
+        .post_form(
+            "/subscribe",
+            "email=ada%40example.org&name=Mallory&digest=daily",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let stored = app.reader(ada).await.unwrap();
+    assert_eq!(stored.status, "pending");
+    assert_eq!(stored.name, None, "a request names no one");
+
+    // Ada asks herself, later, and follows the link of her own request.
+    age_confirmations(&app).await;
+    let (status, _) = app
+        .post_form(
+            "/subscribe",
+            "email=ada%40example.org&name=Ada&digest=daily",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.smtp.received_by(ada).len(), 2, "one email per request");
+    assert_eq!(app.reader(ada).await.unwrap().name, None);
+    let link = app.confirmation_link(ada);
+    let (status, page) = app.post_form(path_of(&link), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("You are subscribed"), "{page}");
+    let stored = app.reader(ada).await.unwrap();
+    assert_eq!(stored.status, "confirmed");
+    assert_eq!(stored.name.as_deref(), Some("Ada"));
+
+    // A later request for a confirmed reader renames no one either.
+    age_confirmations(&app).await;
+    let (status, _) = app
+        .post_form(
+            "/subscribe",
+            "email=ada%40example.org&name=Eve&digest=weekly",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.smtp.received_by(ada).len(), 3);
+    let stored = app.reader(ada).await.unwrap();
+    assert_eq!(stored.name.as_deref(), Some("Ada"));
+    assert_eq!(
+        app.engine
+            .store
+            .subscriber_digests(stored.id)
+            .await
+            .unwrap(),
+        vec!["daily"]
+    );
 }
