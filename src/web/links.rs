@@ -4,21 +4,21 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use minijinja::context;
 use tracing::info;
 
 use super::pages::{
-    Body, WebState, chosen_digests, cross_site, digest_choices, field, forbidden, form_fields,
-    message, page, reader_or_404, server_error,
+    Body, Segments, WebState, bad_request, chosen_digests, cross_site, digest_choices, field,
+    forbidden, form_fields, message, page, reader_or_404, server_error,
 };
 use crate::store::Timestamp;
 
 pub async fn unsubscribe_page(
     State(state): State<Arc<WebState>>,
-    Path(token): Path<String>,
+    Segments(token): Segments<String>,
 ) -> Response {
     // A GET never changes anything: link scanners follow links.
     let reader = match reader_or_404(&state, &token).await {
@@ -40,7 +40,7 @@ pub async fn unsubscribe_page(
 
 pub async fn unsubscribe(
     State(state): State<Arc<WebState>>,
-    Path(token): Path<String>,
+    Segments(token): Segments<String>,
 ) -> Response {
     // RFC 8058: mail providers POST `List-Unsubscribe=One-Click` here; the
     // page's own button posts the same. The token is the credential.
@@ -71,7 +71,7 @@ pub async fn unsubscribe(
 
 pub async fn preferences_page(
     State(state): State<Arc<WebState>>,
-    Path(token): Path<String>,
+    Segments(token): Segments<String>,
 ) -> Response {
     let reader = match reader_or_404(&state, &token).await {
         Ok(r) => r,
@@ -101,7 +101,7 @@ pub async fn preferences_page(
 
 pub async fn save_preferences(
     State(state): State<Arc<WebState>>,
-    Path(token): Path<String>,
+    Segments(token): Segments<String>,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Response {
@@ -112,7 +112,9 @@ pub async fn save_preferences(
         Ok(r) => r,
         Err(answer) => return answer,
     };
-    let fields = form_fields(&body);
+    let Some(fields) = form_fields(&body) else {
+        return bad_request(&state, false);
+    };
     let unsubscribe_all = field(&fields, "action") == Some("unsubscribe");
     let chosen: Vec<String> = if unsubscribe_all {
         Vec::new()

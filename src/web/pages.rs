@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use futures_util::StreamExt as _;
 use minijinja::{Value, context};
+use serde::de::DeserializeOwned;
 use tracing::{error, info};
 
 use super::limiter::Limiter;
@@ -69,13 +71,39 @@ pub fn site_name(state: &WebState) -> String {
 }
 
 pub async fn not_found(State(state): State<Arc<WebState>>) -> Response {
+    nothing_here(&state)
+}
+
+/// The plain 404: unknown routes, and paths whose parts do not parse.
+pub fn nothing_here(state: &WebState) -> Response {
     message(
-        &state,
+        state,
         StatusCode::NOT_FOUND,
         "Not found",
         "There is nothing at this address.",
         Some(("/", "Go to the subscribe page")),
     )
+}
+
+/// The parts of a route's path (`{token}`, `{run}`), or the plain 404:
+/// axum's own rejection would name the part that did not parse.
+pub struct Segments<T>(pub T);
+
+impl<T> FromRequestParts<Arc<WebState>> for Segments<T>
+where
+    T: DeserializeOwned + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<WebState>,
+    ) -> Result<Self, Response> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Segments(value)),
+            Err(_) => Err(nothing_here(state)),
+        }
+    }
 }
 
 pub fn link_not_found(state: &WebState) -> Response {
@@ -261,9 +289,29 @@ pub fn bad_request(state: &WebState, json: bool) -> Response {
     )
 }
 
-/// Form fields, repeated keys kept (`digest=a&digest=b`).
-pub fn form_fields(body: &[u8]) -> Vec<(String, String)> {
-    form_urlencoded::parse(body).into_owned().collect()
+/// Form fields, repeated keys kept (`digest=a&digest=b`); `None` when a
+/// name or value is not UTF-8 (the pages are, and so are their forms).
+pub fn form_fields(body: &[u8]) -> Option<Vec<(String, String)>> {
+    let decode = |part: &[u8]| {
+        let spaced: Vec<u8> = part
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        percent_encoding::percent_decode(&spaced)
+            .decode_utf8()
+            .ok()
+            .map(|text| text.into_owned())
+    };
+    body.split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &[][..]),
+            };
+            Some((decode(name)?, decode(value)?))
+        })
+        .collect()
 }
 
 pub fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -3,17 +3,17 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use minijinja::context;
 
-use super::pages::{WebState, link_not_found, page, server_error};
+use super::pages::{Segments, WebState, link_not_found, page, server_error};
 use crate::render::{Recipient, RunContext};
 
 pub async fn web_view(
     State(state): State<Arc<WebState>>,
-    Path((run_id, token)): Path<(i64, String)>,
+    Segments((run_id, token)): Segments<(i64, String)>,
 ) -> Response {
     let engine = &state.engine;
     let found = async {

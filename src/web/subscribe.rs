@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::Utc;
@@ -16,10 +16,11 @@ use tracing::{info, warn};
 
 use super::limiter;
 use super::pages::{
-    Body, WebState, all_digests, chosen_digests, cross_site, digest_choices, field, forbidden,
-    form_fields, link_not_found, message, page, reply, server_error, site_name, wants_json,
+    Body, Segments, WebState, all_digests, bad_request, chosen_digests, cross_site, digest_choices,
+    field, forbidden, form_fields, link_not_found, message, page, reply, server_error, site_name,
+    wants_json,
 };
-use crate::domain::{DigestName, EmailAddress, new_token};
+use crate::domain::{DigestName, DomainError, EmailAddress, new_token};
 use crate::mail::{self, MessageMeta, Sender};
 use crate::render::Rendered;
 use crate::store::{SubscribeOutcome, SubscriptionRequest, Timestamp};
@@ -92,18 +93,13 @@ pub async fn subscribe(
                     s.digests.unwrap_or(all),
                 )
             }
-            Err(e) => {
-                return reply(
-                    &state,
-                    true,
-                    StatusCode::BAD_REQUEST,
-                    "Invalid request",
-                    &e.to_string(),
-                );
-            }
+            // serde's message quotes the input.
+            Err(_) => return bad_request(&state, true),
         }
     } else {
-        let fields = form_fields(&body);
+        let Some(fields) = form_fields(&body) else {
+            return bad_request(&state, false);
+        };
         let chosen = fields
             .iter()
             .filter(|(k, _)| k == "digest")
@@ -143,6 +139,12 @@ pub async fn subscribe(
     };
     let address = match EmailAddress::parse(&email) {
         Ok(a) => a,
+        Err(DomainError::NonAsciiEmail(_)) => {
+            return invalid(
+                "Addresses with letters outside ASCII (internationalized addresses) are not supported yet. Please enter an address made of ASCII letters only, such as ada@example.org."
+                    .into(),
+            );
+        }
         Err(_) => {
             return invalid("Please enter a valid email address, such as ada@example.org.".into());
         }
@@ -249,7 +251,7 @@ async fn send_confirmation(
 /// confirms, since mail link scanners follow links.
 pub async fn confirm_page(
     State(state): State<Arc<WebState>>,
-    Path(token): Path<String>,
+    Segments(token): Segments<String>,
 ) -> Response {
     match state
         .engine
@@ -270,7 +272,7 @@ pub async fn confirm_page(
 
 pub async fn confirm(
     State(state): State<Arc<WebState>>,
-    Path(token): Path<String>,
+    Segments(token): Segments<String>,
     headers: HeaderMap,
 ) -> Response {
     if cross_site(&state, &headers) {

@@ -417,3 +417,170 @@ async fn a_name_typed_with_an_address_is_kept_only_when_its_link_is_confirmed(ba
         vec!["daily"]
     );
 }
+
+/// Words of serde's and axum's own messages, which quote the input.
+fn assert_names_nothing_of_the_input(what: &str, body: &str, input: &str) {
+    for leak in [input, "Invalid URL", "Cannot parse", "expected", "UTF-8"] {
+        assert!(!body.contains(leak), "{what} names {leak:?}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_that_do_not_parse_get_the_plain_404() {
+    let app = WebApp::start(Backend::Sqlite, "").await;
+    app.add_reader("ada@example.org", None, &["daily"]).await;
+    let token = app
+        .reader("ada@example.org")
+        .await
+        .unwrap()
+        .unsubscribe_token;
+    let (status, plain) = app.get("/no/such/page").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for (path, input) in [
+        (format!("/digests/notanumber/{token}"), "notanumber"),
+        (format!("/digests/99999999999999999999/{token}"), "99999"),
+        (format!("/digests/1%FF/{token}"), "\u{FFFD}"),
+        ("/confirm/%FF%FEsecret".to_string(), "secret"),
+        ("/unsubscribe/%C3%28secret".to_string(), "secret"),
+        ("/preferences/%FFsecret".to_string(), "secret"),
+    ] {
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(page, plain, "{path}");
+        assert_names_nothing_of_the_input(&path, &page, input);
+    }
+    let (status, page) = app.post_form("/confirm/%FFsecret", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(page, plain);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_that_does_not_parse_gets_a_generic_json_error() {
+    let app = WebApp::start(Backend::Postgres, "").await;
+    for body in [
+        r#"{"email": "#,
+        r#"{"email": 42}"#,
+        r#"{"name": "<b>secret</b>"}"#,
+        r#"{"email": "ada@example.org", "digests": "secret"}"#,
+        "[1, 2, 3]",
+        "secret",
+    ] {
+        let r = app
+            .http
+            .post(format!("{}/subscribe", app.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+        let text = r.text().await.unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            answer,
+            serde_json::json!({"error": "This request could not be understood."}),
+            "{body}"
+        );
+    }
+    let r = app
+        .http
+        .post(format!("{}/subscribe", app.base))
+        .header("content-type", "application/json")
+        .body(r#"{"email": "jörg@example.org"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let answer: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("internationalized"), "{error}");
+    assert!(app.smtp.received().is_empty());
+    assert_eq!(app.status_of("ada@example.org").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_that_are_not_utf8_get_a_400_and_change_nothing() {
+    let app = WebApp::start(Backend::Sqlite, "").await;
+    let bodies: [&[u8]; 4] = [
+        b"email=ada%40example.org&name=%FF&digest=daily",
+        b"email=ada%40example.org&name=\xff\xfe&digest=daily",
+        b"email=ada%40example.org&digest=daily&%C3%28=x",
+        b"email=ad%E9%40example.org&digest=daily",
+    ];
+    for body in bodies {
+        let r = app
+            .http
+            .post(format!("{}/subscribe", app.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let what = String::from_utf8_lossy(body).into_owned();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{what}");
+        let page = r.text().await.unwrap();
+        assert!(
+            page.contains("This request could not be understood."),
+            "{page}"
+        );
+        assert!(!page.contains("ada"), "{page}");
+    }
+    assert!(app.smtp.received().is_empty());
+    assert_eq!(app.status_of("ada@example.org").await, None);
+
+    app.add_reader("grace@example.org", Some("Grace"), &["daily"])
+        .await;
+    let sub = app.reader("grace@example.org").await.unwrap();
+    let path = format!("/preferences/{}", sub.unsubscribe_token);
+    let (status, page) = app
+        .post_form(&path, "name=%FF&digest=weekly&action=save")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        page.contains("This request could not be understood."),
+        "{page}"
+    );
+    let after = app.reader("grace@example.org").await.unwrap();
+    assert_eq!(after.name.as_deref(), Some("Grace"));
+    assert_eq!(
+        app.engine.store.subscriber_digests(sub.id).await.unwrap(),
+        vec!["daily"]
+    );
+
+    // UTF-8 that is well formed still works, names included.
+    let (status, _) = app
+        .post_form(&path, "name=Gr%C3%A2ce+H.&digest=weekly&action=save")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let after = app.reader("grace@example.org").await.unwrap();
+    assert_eq!(after.name.as_deref(), Some("Grâce H."));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_outside_ascii_gets_a_422_that_says_why() {
+    let app = WebApp::start(Backend::Sqlite, "").await;
+    let (status, page) = app
+        .post_form("/subscribe", "email=j%C3%B6rg%40example.org&digest=daily")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("internationalized addresses) are not supported"),
+        "{page}"
+    );
+    assert!(page.contains("value=\"jörg@example.org\""), "{page}");
+    let (status, page) = app
+        .post_form("/subscribe", "email=ada%40example&digest=daily")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("Please enter a valid email address"),
+        "{page}"
+    );
+    assert!(app.smtp.received().is_empty());
+}
