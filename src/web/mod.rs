@@ -6,9 +6,10 @@
 //! without JavaScript. No answer ever tells whether an address is
 //! subscribed; unknown tokens and routes are a plain 404.
 //!
-//! This file holds the router and the server; each group of pages has its
-//! file (`subscribe`, `links`, `reading`), sharing `pages`; `limiter` counts
-//! subscribe requests per client.
+//! This file holds the router, the headers every answer carries, and the
+//! server with its limits on slow clients; each group of pages has its
+//! file (`subscribe`, `links`, `reading`), sharing `pages`; `limiter`
+//! counts subscribe requests per client.
 
 mod limiter;
 mod links;

@@ -1,6 +1,8 @@
 //! What every page shares: the state the handlers see, rendering a page or
-//! a short message, the error pages, the cross-site check, and reading
-//! form fields and the configured digests.
+//! a short message (or its JSON form), the error pages, the cross-site
+//! check, and reading input: a body within its limits, path parts, form
+//! fields, the configured digests. Input that does not parse gets a
+//! generic answer that names nothing of it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,7 @@ pub struct WebState {
     pub engine: Engine,
     /// Subscribe requests per client.
     pub limiter: Limiter,
+    /// A request body arriving slower than this is refused (408).
     pub body_read_timeout: Duration,
 }
 
