@@ -116,8 +116,9 @@ impl Renderer {
 
     /// The templates of the web pages and the confirmation email, checked
     /// before `run` or `serve` starts (and by `gazette check`).
-    pub const WEB_TEMPLATES: [&'static str; 7] = [
+    pub const WEB_TEMPLATES: [&'static str; 8] = [
         "web/subscribe.html.j2",
+        "web/confirm.html.j2",
         "web/message.html.j2",
         "web/unsubscribe.html.j2",
         "web/preferences.html.j2",

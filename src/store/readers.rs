@@ -51,8 +51,9 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 impl Store {
     /// Records a subscribe request from the web: a new address becomes a
     /// pending subscriber; any address gets a confirmation row (unless one
-    /// was created within `min_interval`). Nothing else changes until the
-    /// link is followed.
+    /// was created after `recent`) holding the digests and name asked for.
+    /// Nothing else changes until the link is followed: whoever types an
+    /// address cannot rename its subscriber.
     pub async fn request_subscription(
         &self,
         req: &SubscriptionRequest<'_>,
@@ -72,14 +73,14 @@ impl Store {
             let mut tx = pool.begin().await?;
             // Writing first takes SQLite's write lock before any read.
             sqlx::query(
-                "insert into subscribers (email, email_key, name, status, unsubscribe_token, created_at, updated_at) \
-                 values ($1, $2, $3, 'pending', $4, $5, $5) on conflict (email_key) do nothing",
+                "insert into subscribers (email, email_key, status, unsubscribe_token, created_at, updated_at) \
+                 values ($1, $2, 'pending', $3, $4, $4) on conflict (email_key) do nothing",
             )
-            .bind(email.as_str()).bind(email.key()).bind(name).bind(new_token()).bind(now)
+            .bind(email.as_str()).bind(email.key()).bind(new_token()).bind(now)
             .execute(&mut *tx)
             .await?;
-            let (subscriber_id, status): (i64, String) =
-                sqlx::query_as("select id, status from subscribers where email_key = $1")
+            let (subscriber_id,): (i64,) =
+                sqlx::query_as("select id from subscribers where email_key = $1")
                     .bind(email.key())
                     .fetch_one(&mut *tx)
                     .await?;
@@ -93,17 +94,11 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(SubscribeOutcome::RateLimited);
             }
-            if status == "pending" && name.is_some() {
-                sqlx::query("update subscribers set name = $2, updated_at = $3 where id = $1")
-                    .bind(subscriber_id).bind(name).bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
             sqlx::query(
-                "insert into confirmations (token_hash, subscriber_id, digests, created_at, expires_at) \
-                 values ($1, $2, $3, $4, $5)",
+                "insert into confirmations (token_hash, subscriber_id, digests, name, created_at, expires_at) \
+                 values ($1, $2, $3, $4, $5, $6)",
             )
-            .bind(token_hash).bind(subscriber_id).bind(&digests).bind(now).bind(expires)
+            .bind(token_hash).bind(subscriber_id).bind(&digests).bind(name).bind(now).bind(expires)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -111,25 +106,45 @@ impl Store {
         })
     }
 
+    /// The address a confirmation link is for, while the link works
+    /// (unused, not expired). Changes nothing.
+    pub async fn pending_confirmation(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<String>> {
+        let sql = "select s.email from confirmations c join subscribers s on s.id = c.subscriber_id \
+                   where c.token_hash = $1 and c.used_at is null and c.expires_at > $2";
+        let row: Option<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as(sql).bind(token_hash).bind(now).fetch_optional(pool).await?
+        });
+        Ok(row.map(|(email,)| email))
+    }
+
     /// Follows a confirmation link: single use, before it expires. The
-    /// subscriber becomes confirmed with the digests they asked for.
+    /// subscriber becomes confirmed with the digests and name asked for
+    /// in that request.
     pub async fn confirm(&self, token_hash: &str, now: Timestamp) -> Result<Option<Reader>> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let used: Option<(i64, String)> = sqlx::query_as(
+            let used: Option<(i64, String, Option<String>)> = sqlx::query_as(
                 "update confirmations set used_at = $2 \
                  where token_hash = $1 and used_at is null and expires_at > $2 \
-                 returning subscriber_id, digests",
+                 returning subscriber_id, digests, name",
             )
             .bind(token_hash).bind(now)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some((subscriber_id, digests)) = used else {
+            let Some((subscriber_id, digests, name)) = used else {
                 tx.rollback().await?;
                 return Ok(None);
             };
-            sqlx::query("update subscribers set status = 'confirmed', updated_at = $2 where id = $1")
-                .bind(subscriber_id).bind(now)
+            // A request without a name keeps the one already stored.
+            sqlx::query(
+                "update subscribers set status = 'confirmed', name = coalesce($3, name), updated_at = $2 \
+                 where id = $1",
+            )
+                .bind(subscriber_id).bind(now).bind(name)
                 .execute(&mut *tx)
                 .await?;
             let digests: Vec<String> = serde_json::from_str(&digests)?;

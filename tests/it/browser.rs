@@ -52,6 +52,14 @@ async fn a_reader_subscribes_and_confirms_in_a_real_browser() {
 
     let link = app.confirmation_link("reader@example.org");
     browser.goto(&link).await;
+    browser.wait_for_h1("Confirm your subscription").await;
+    assert_eq!(
+        app.status_of("reader@example.org").await.as_deref(),
+        Some("pending"),
+        "opening the link confirms nothing"
+    );
+    let confirm = browser.find("button[type=submit]").await;
+    browser.click(&confirm).await;
     browser.wait_for_h1("You are subscribed").await;
     assert_eq!(
         app.status_of("reader@example.org").await.as_deref(),

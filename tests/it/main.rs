@@ -14,3 +14,4 @@ mod scheduling;
 mod store;
 mod tls;
 mod web;
+mod web_security;

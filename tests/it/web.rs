@@ -138,7 +138,7 @@ impl WebApp {
     }
 }
 
-fn path_of(url: &str) -> &str {
+pub fn path_of(url: &str) -> &str {
     let after = url.find("://").map_or(0, |i| i + 3);
     &url[after + url[after..].find('/').unwrap()..]
 }
@@ -182,6 +182,14 @@ async fn a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click(b
 
     let link = app.confirmation_link("ada@example.org");
     let (status, page) = app.get(path_of(&link)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Confirm your subscription"), "{page}");
+    assert_eq!(
+        app.status_of("ada@example.org").await.as_deref(),
+        Some("pending"),
+        "opening the link changes nothing"
+    );
+    let (status, page) = app.post_form(path_of(&link), "").await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("You are subscribed"), "{page}");
     assert_eq!(
@@ -243,7 +251,7 @@ async fn a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click(b
     );
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let link = app.confirmation_link("ada@example.org");
-    let (status, _) = app.get(path_of(&link)).await;
+    let (status, _) = app.post_form(path_of(&link), "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         app.status_of("ada@example.org").await.as_deref(),
@@ -430,7 +438,12 @@ async fn expired_reused_and_unknown_tokens_get_a_friendly_404() {
     let link = app.confirmation_link("ada@example.org");
     let (status, _) = app.get(path_of(&link)).await;
     assert_eq!(status, StatusCode::OK);
+    let (status, _) = app.post_form(path_of(&link), "").await;
+    assert_eq!(status, StatusCode::OK);
     let (status, page) = app.get(path_of(&link)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a token works once");
+    assert!(page.contains("Subscribe again"), "{page}");
+    let (status, page) = app.post_form(path_of(&link), "").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "a token works once");
     assert!(page.contains("Subscribe again"), "{page}");
 
@@ -446,6 +459,9 @@ async fn expired_reused_and_unknown_tokens_get_a_friendly_404() {
         .await
         .unwrap();
     let (status, page) = app.get(path_of(&link)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("expired"), "{page}");
+    let (status, page) = app.post_form(path_of(&link), "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(page.contains("expired"), "{page}");
     assert_eq!(
@@ -485,6 +501,71 @@ async fn following_an_unsubscribe_link_changes_nothing_until_the_button_is_press
     assert_eq!(
         app.status_of("ada@example.org").await.as_deref(),
         Some("unsubscribed")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_a_confirmation_link_changes_nothing_until_the_button_is_pressed() {
+    let app = WebApp::start(Backend::Sqlite, "").await;
+    app.post_form("/subscribe", "email=ada%40example.org&digest=daily")
+        .await;
+    let link = app.confirmation_link("ada@example.org");
+    let path = path_of(&link);
+
+    let (status, page) = app.get(path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("ada@example.org"), "{page}");
+    assert!(
+        page.replace("&#x2f;", "/")
+            .contains(&format!("<form method=\"post\" action=\"{path}\">")),
+        "{page}"
+    );
+    assert!(page.contains(">Confirm</button>"), "{page}");
+    let r = app
+        .http
+        .head(format!("{}{path}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        app.status_of("ada@example.org").await.as_deref(),
+        Some("pending"),
+        "a GET or HEAD confirms nothing"
+    );
+
+    // A page elsewhere cannot press the button for the reader.
+    for (name, value) in [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let r = app
+            .http
+            .post(&link)
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{name}");
+    }
+    assert_eq!(
+        app.status_of("ada@example.org").await.as_deref(),
+        Some("pending")
+    );
+
+    let r = app
+        .http
+        .post(&link)
+        .header("origin", app.base.clone())
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("You are subscribed"));
+    assert_eq!(
+        app.status_of("ada@example.org").await.as_deref(),
+        Some("confirmed")
     );
 }
 

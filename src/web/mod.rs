@@ -1,0 +1,208 @@
+//! The readers' side, over HTTP (axum): subscribe with double opt-in,
+//! confirm, one-click unsubscribe (RFC 8058), preferences, the web view of
+//! a digest, an archive, and health checks.
+//!
+//! Pages are minijinja templates under `templates/web/`, escaped, working
+//! without JavaScript. No answer ever tells whether an address is
+//! subscribed; unknown tokens and routes are a plain 404.
+//!
+//! This file holds the router, the headers every answer carries, and the
+//! server with its limits on slow clients; each group of pages has its
+//! file (`subscribe`, `links`, `reading`), sharing `pages`; `limiter`
+//! counts subscribe requests per client.
+
+mod limiter;
+mod links;
+mod pages;
+mod reading;
+mod subscribe;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::map_response;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::{Service as _, service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{Semaphore, watch};
+use tracing::{debug, info, warn};
+
+use self::pages::WebState;
+pub use self::subscribe::token_hash;
+use crate::delivery::Engine;
+
+/// What a slow or greedy client may hold of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A request's line and headers must arrive within this, counted from
+    /// the connection's start or from the previous answer (so an idle
+    /// keep-alive connection is closed after it too).
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive whole within this (408 otherwise).
+    pub body_read_timeout: Duration,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 512,
+        }
+    }
+}
+
+/// The pages, with the default [`Limits`] on request bodies.
+pub fn router(engine: Engine) -> Router {
+    app(engine, Limits::default())
+}
+
+fn app(engine: Engine, limits: Limits) -> Router {
+    let state = Arc::new(WebState {
+        engine,
+        limiter: Default::default(),
+        body_read_timeout: limits.body_read_timeout,
+    });
+    // A token in the address is a credential: no cache keeps its page.
+    let token_pages = Router::new()
+        .route(
+            "/confirm/{token}",
+            get(subscribe::confirm_page).post(subscribe::confirm),
+        )
+        .route(
+            "/unsubscribe/{token}",
+            get(links::unsubscribe_page).post(links::unsubscribe),
+        )
+        .route(
+            "/preferences/{token}",
+            get(links::preferences_page).post(links::save_preferences),
+        )
+        .route("/digests/{run}/{token}", get(reading::web_view))
+        .layer(map_response(no_store));
+    Router::new()
+        .route("/", get(subscribe::subscribe_page))
+        .route("/subscribe", post(subscribe::subscribe))
+        .merge(token_pages)
+        .route("/archive", get(reading::archive))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(pages::not_found)
+        .layer(map_response(security_headers))
+        .with_state(state)
+}
+
+/// The pages use inline styles, no scripts and no images from elsewhere,
+/// and post their forms to this site only.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self' 'unsafe-inline'; \
+     img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// On every answer, errors included. `no-referrer` keeps the tokens in
+/// page addresses from reaching the sites that articles link to.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+async fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Serves until `shutdown` turns true, with the default [`Limits`].
+pub async fn serve(
+    engine: Engine,
+    listener: tokio::net::TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    serve_with_limits(engine, listener, shutdown, Limits::default()).await
+}
+
+/// Serves until `shutdown` turns true, then lets the requests under way
+/// finish. HTTP/1.1 through hyper itself, as `axum::serve` cannot limit
+/// how long a client takes to send its headers.
+pub async fn serve_with_limits(
+    engine: Engine,
+    mut listener: tokio::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
+) -> Result<()> {
+    let addr = listener.local_addr()?;
+    info!(%addr, "web server listening");
+    let router = app(engine, limits);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot?,
+            () = stopped(&mut shutdown) => break,
+        };
+        // Logs and retries failed accepts itself.
+        let (stream, peer) = tokio::select! {
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+            () = stopped(&mut shutdown) => break,
+        };
+        let router = TowerToHyperService::new(router.clone());
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            router.call(request)
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(%peer, "connection closed: {e}");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Resolves once `shutdown` is true; never if its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn readyz(State(state): State<Arc<WebState>>) -> Response {
+    match state.engine.store.ping().await {
+        Ok(()) => "ready".into_response(),
+        Err(e) => {
+            warn!("database unreachable: {e:#}");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
+        }
+    }
+}

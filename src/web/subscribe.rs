@@ -1,0 +1,303 @@
+//! Double opt-in: the subscribe form, the subscribe request (form or JSON)
+//! with its confirmation email, and the confirmation link.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use chrono::Utc;
+use minijinja::context;
+use sha2::{Digest as _, Sha256};
+use tracing::{info, warn};
+
+use super::limiter;
+use super::pages::{
+    Body, Segments, WebState, all_digests, bad_request, chosen_digests, cross_site, digest_choices,
+    field, forbidden, form_fields, link_not_found, message, page, reply, server_error, site_name,
+    wants_json,
+};
+use crate::domain::{DigestName, DomainError, EmailAddress, new_token};
+use crate::mail::{self, MessageMeta, Sender};
+use crate::render::Rendered;
+use crate::store::{SubscribeOutcome, SubscriptionRequest, Timestamp};
+
+/// A second confirmation email to one address waits this long.
+const CONFIRMATION_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+/// The SHA-256 of a token, hex: what the store keeps of confirmation tokens.
+pub fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub async fn subscribe_page(State(state): State<Arc<WebState>>) -> Response {
+    let all: Vec<String> = all_digests(&state)
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    page(
+        &state,
+        StatusCode::OK,
+        "web/subscribe.html.j2",
+        context! { email => "", name => "", digests => digest_choices(&state, &all), error => () },
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct SubscribeJson {
+    email: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    digests: Option<Vec<String>>,
+}
+
+pub async fn subscribe(
+    State(state): State<Arc<WebState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Response {
+    let json = wants_json(&headers);
+    if cross_site(&state, &headers) {
+        return forbidden(&state);
+    }
+    let web = &state.engine.settings.web;
+    let client = limiter::client_address(peer.ip(), &headers, &web.trusted_proxies);
+    if !state.limiter.allow(client, web.subscribe_per_hour).await {
+        warn!(%client, "too many subscribe requests");
+        return reply(
+            &state,
+            json,
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests",
+            "Please wait a while before trying again.",
+        );
+    }
+    let (email, name, chosen) = if json {
+        match serde_json::from_slice::<SubscribeJson>(&body) {
+            Ok(s) => {
+                let all = all_digests(&state)
+                    .iter()
+                    .map(|(n, _)| n.to_string())
+                    .collect();
+                (
+                    s.email,
+                    s.name.unwrap_or_default(),
+                    s.digests.unwrap_or(all),
+                )
+            }
+            // serde's message quotes the input.
+            Err(_) => return bad_request(&state, true),
+        }
+    } else {
+        let Some(fields) = form_fields(&body) else {
+            return bad_request(&state, false);
+        };
+        let chosen = fields
+            .iter()
+            .filter(|(k, _)| k == "digest")
+            .map(|(_, v)| v.clone())
+            .collect();
+        (
+            field(&fields, "email").unwrap_or("").to_string(),
+            field(&fields, "name").unwrap_or("").to_string(),
+            chosen,
+        )
+    };
+    let name = name.trim();
+    let name = (!name.is_empty()).then(|| name.chars().take(100).collect::<String>());
+
+    let invalid = |error: String| {
+        if json {
+            reply(
+                &state,
+                true,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid request",
+                &error,
+            )
+        } else {
+            page(
+                &state,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "web/subscribe.html.j2",
+                context! {
+                    email => email.clone(),
+                    name => name.clone().unwrap_or_default(),
+                    digests => digest_choices(&state, &chosen),
+                    error => error,
+                },
+            )
+        }
+    };
+    let address = match EmailAddress::parse(&email) {
+        Ok(a) => a,
+        Err(DomainError::NonAsciiEmail(_)) => {
+            return invalid(
+                "Addresses with letters outside ASCII (internationalized addresses) are not supported yet. Please enter an address made of ASCII letters only, such as ada@example.org."
+                    .into(),
+            );
+        }
+        Err(_) => {
+            return invalid("Please enter a valid email address, such as ada@example.org.".into());
+        }
+    };
+    let digests = chosen_digests(&state, &chosen);
+    if digests.is_empty() {
+        return invalid("Please choose at least one newsletter.".into());
+    }
+
+    let token = new_token();
+    let now = Utc::now();
+    let ttl = chrono::Duration::from_std(state.engine.settings.web.confirm_ttl)
+        .unwrap_or(chrono::Duration::days(2));
+    let recent = chrono::Duration::from_std(CONFIRMATION_INTERVAL).unwrap_or_default();
+    let outcome = state
+        .engine
+        .store
+        .request_subscription(&SubscriptionRequest {
+            email: &address,
+            name: name.as_deref(),
+            digests: &digests,
+            token_hash: &token_hash(&token),
+            now: Timestamp::from(now),
+            expires: Timestamp::from(now + ttl),
+            recent: Timestamp::from(now - recent),
+        })
+        .await;
+    match outcome {
+        Ok(SubscribeOutcome::Confirm { subscriber_id }) => {
+            if let Err(e) = send_confirmation(
+                &state,
+                &address,
+                name.as_deref(),
+                &digests,
+                &token,
+                subscriber_id,
+            )
+            .await
+            {
+                return server_error(&state, e);
+            }
+        }
+        Ok(SubscribeOutcome::RateLimited) => {
+            info!("a confirmation was sent to this address moments ago: not sending another");
+        }
+        Err(e) => return server_error(&state, e),
+    }
+    reply(
+        &state,
+        json,
+        StatusCode::OK,
+        "Check your inbox",
+        "If this address can receive our newsletters, a message with a confirmation link is on its way. Follow the link to start your subscription.",
+    )
+}
+
+async fn send_confirmation(
+    state: &WebState,
+    email: &EmailAddress,
+    name: Option<&str>,
+    digests: &[DigestName],
+    token: &str,
+    subscriber_id: i64,
+) -> Result<()> {
+    let engine = &state.engine;
+    let base = &engine.settings.web.base_url;
+    let titles: Vec<String> = digests
+        .iter()
+        .filter_map(|d| engine.settings.digest(d.as_str()).map(|d| d.title.clone()))
+        .collect();
+    let ctx = context! {
+        site => site_name(state),
+        confirm_url => format!("{base}/confirm/{token}"),
+        digests => titles,
+        subscriber => context! { name => name, email => email.as_str() },
+        ttl_hours => engine.settings.web.confirm_ttl.as_secs() / 3600,
+    };
+    let rendered = Rendered {
+        subject: format!("Confirm your subscription to {}", site_name(state)),
+        html: engine.renderer.render_template("confirm.html.j2", &ctx)?,
+        text: engine.renderer.render_template("confirm.txt.j2", &ctx)?,
+    };
+    let from = &engine.settings.mail.from;
+    let message = mail::build_message(
+        &MessageMeta {
+            from,
+            to_email: email.as_str(),
+            to_name: name,
+            message_id: format!("<confirm.{}@{}>", &new_token()[..24], from.email.domain()),
+            list: None,
+            date: Utc::now(),
+        },
+        &rendered.subject,
+        mail::BodyEncoder::default().bodies(&rendered.text, &rendered.html),
+    )?;
+    let mut sender = Sender::new(&engine.settings);
+    let stem = format!("confirm-{subscriber_id}-{}", Utc::now().timestamp_millis());
+    let result = sender.send(&message, &stem).await;
+    sender.close().await;
+    result.map_err(|e| anyhow::anyhow!("cannot send the confirmation email: {e}"))
+}
+
+/// What a confirmation link opens: a page with a button. Only its POST
+/// confirms, since mail link scanners follow links.
+pub async fn confirm_page(
+    State(state): State<Arc<WebState>>,
+    Segments(token): Segments<String>,
+) -> Response {
+    match state
+        .engine
+        .store
+        .pending_confirmation(&token_hash(&token), Timestamp::now())
+        .await
+    {
+        Ok(Some(email)) => page(
+            &state,
+            StatusCode::OK,
+            "web/confirm.html.j2",
+            context! { email => email, action => format!("/confirm/{token}") },
+        ),
+        Ok(None) => link_not_found(&state),
+        Err(e) => server_error(&state, e),
+    }
+}
+
+pub async fn confirm(
+    State(state): State<Arc<WebState>>,
+    Segments(token): Segments<String>,
+    headers: HeaderMap,
+) -> Response {
+    if cross_site(&state, &headers) {
+        return forbidden(&state);
+    }
+    match state
+        .engine
+        .store
+        .confirm(&token_hash(&token), Timestamp::now())
+        .await
+    {
+        Ok(Some(reader)) => {
+            let prefs = state
+                .engine
+                .renderer
+                .preferences_url(&reader.unsubscribe_token);
+            message(
+                &state,
+                StatusCode::OK,
+                "You are subscribed",
+                &format!("Thank you! {} will receive the next digests.", reader.email),
+                Some((&prefs, "Choose your newsletters")),
+            )
+        }
+        Ok(None) => link_not_found(&state),
+        Err(e) => server_error(&state, e),
+    }
+}
