@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, QueryBuilder};
 
-use super::{Store, Timestamp};
+use super::{BeginWrite, Store, Timestamp};
 
 /// An article to store, as parsed from an import or the command line.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,7 +80,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<(u64, u64)> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let (mut inserted, mut updated) = (0, 0);
             for a in articles {
                 let existing: Option<(i64,)> = sqlx::query_as("select id from articles where url = $1")

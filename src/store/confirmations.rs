@@ -49,7 +49,7 @@ impl Store {
         on_pool!(self, pool => {
             let mut q = QueryBuilder::new(
                 "select c.token_hash, coalesce(c.link_token, '') as link_token, c.subscriber_id, \
-                 s.email, s.name, c.digests, c.attempts from confirmations c \
+                 s.email, coalesce(c.name, s.name) as name, c.digests, c.attempts from confirmations c \
                  join subscribers s on s.id = c.subscriber_id where c.token_hash in (",
             );
             let mut list = q.separated(", ");
@@ -103,6 +103,15 @@ impl Store {
         on_pool!(self, pool => {
             let (at,): (Option<Timestamp>,) = sqlx::query_as(sql).fetch_one(pool).await?;
             Ok(at)
+        })
+    }
+
+    /// How many confirmation emails wait to be sent (or retried).
+    pub async fn pending_confirmation_emails(&self) -> Result<i64> {
+        let sql = "select count(*) from confirmations where mail_status = 'pending'";
+        on_pool!(self, pool => {
+            let (n,): (i64,) = sqlx::query_as(sql).fetch_one(pool).await?;
+            Ok(n)
         })
     }
 }

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use sqlx::{FromRow, QueryBuilder};
 
-use super::{Store, Timestamp};
+use super::{BeginWrite, Store, Timestamp};
 use crate::domain::{DeliveryStatus, SubscriberStatus};
 
 #[derive(Debug, Clone, FromRow)]
@@ -130,7 +130,7 @@ impl Store {
     /// attempts, and reopens the run. Returns how many.
     pub async fn requeue_failed(&self, run_id: i64, now: Timestamp) -> Result<u64> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let n = sqlx::query(
                 "update deliveries set status = 'pending', attempts = 0, next_attempt_at = $2, lease_until = null \
                  where run_id = $1 and status = 'failed'",

@@ -39,6 +39,30 @@ macro_rules! on_pool {
     };
 }
 
+/// A transaction that will write. SQLite takes its write lock at `BEGIN
+/// IMMEDIATE`: a transaction that reads first and writes later fails at
+/// once with "database is locked" when another connection wrote in between
+/// (the daemon's ledger writes, the confirmation mailer), instead of
+/// waiting its turn.
+trait BeginWrite {
+    type Db: sqlx::Database;
+    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, Self::Db>>;
+}
+
+impl BeginWrite for PgPool {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, Self::Db>> {
+        self.begin().await
+    }
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, Self::Db>> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
 mod articles;
 mod confirmations;
 mod ledger;

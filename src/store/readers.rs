@@ -4,7 +4,7 @@
 use anyhow::Result;
 use sqlx::FromRow;
 
-use super::{Store, Timestamp};
+use super::{BeginWrite, Store, Timestamp};
 use crate::domain::{DigestName, EmailAddress, new_token};
 
 /// nobody learns whether an address is subscribed.
@@ -22,6 +22,8 @@ pub struct SubscriptionRequest<'a> {
     pub email: &'a EmailAddress,
     pub name: Option<&'a str>,
     pub digests: &'a [DigestName],
+    /// The confirmation link's token, kept in clear until its email is sent.
+    pub token: &'a str,
     pub token_hash: &'a str,
     pub now: Timestamp,
     pub expires: Timestamp,
@@ -62,6 +64,7 @@ impl Store {
             email,
             name,
             digests,
+            token,
             token_hash,
             now,
             expires,
@@ -70,7 +73,7 @@ impl Store {
         let digests =
             serde_json::to_string(&digests.iter().map(DigestName::as_str).collect::<Vec<_>>())?;
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             // Writing first takes SQLite's write lock before any read.
             sqlx::query(
                 "insert into subscribers (email, email_key, status, unsubscribe_token, created_at, updated_at) \
@@ -95,10 +98,10 @@ impl Store {
                 return Ok(SubscribeOutcome::RateLimited);
             }
             sqlx::query(
-                "insert into confirmations (token_hash, subscriber_id, digests, name, created_at, expires_at) \
-                 values ($1, $2, $3, $4, $5, $6)",
+                "insert into confirmations (token_hash, subscriber_id, digests, name, created_at, expires_at, \
+                 mail_status, link_token, next_attempt_at) values ($1, $2, $3, $4, $5, $6, 'pending', $7, $5)",
             )
-            .bind(token_hash).bind(subscriber_id).bind(&digests).bind(name).bind(now).bind(expires)
+            .bind(token_hash).bind(subscriber_id).bind(&digests).bind(name).bind(now).bind(expires).bind(token)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -126,7 +129,7 @@ impl Store {
     /// in that request.
     pub async fn confirm(&self, token_hash: &str, now: Timestamp) -> Result<Option<Reader>> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let used: Option<(i64, String, Option<String>)> = sqlx::query_as(
                 "update confirmations set used_at = $2 \
                  where token_hash = $1 and used_at is null and expires_at > $2 \
@@ -209,7 +212,7 @@ impl Store {
             "confirmed"
         };
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query("update subscribers set name = $2, status = $3, updated_at = $4 where id = $1")
                 .bind(subscriber_id).bind(name).bind(status).bind(now)
                 .execute(&mut *tx)

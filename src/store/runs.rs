@@ -5,7 +5,7 @@ use anyhow::Result;
 use sqlx::{FromRow, QueryBuilder};
 
 use super::articles::RunArticleRow;
-use super::{RunArticle, Store, Timestamp};
+use super::{BeginWrite, RunArticle, Store, Timestamp};
 use crate::domain::{DigestName, RunStatus};
 
 #[derive(Debug, Clone, FromRow)]
@@ -100,7 +100,7 @@ impl Store {
         };
         let finished_at = skip.then_some(plan.now);
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             // The write comes first so SQLite takes its write lock up front.
             let created: Option<(i64,)> = sqlx::query_as(
                 "insert into digest_runs (digest, slot, status, window_start, cutoff, created_at, finished_at) \

@@ -6,7 +6,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use sqlx::FromRow;
 
-use super::{Store, Timestamp};
+use super::{BeginWrite, Store, Timestamp};
 use crate::domain::{DigestName, EmailAddress, SubscriberStatus, new_token};
 
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<ImportCounts> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mut counts = ImportCounts::default();
             for s in subs {
                 let existing: Option<(i64, SubscriberStatus)> =
@@ -103,7 +103,7 @@ impl Store {
     /// Postgres the ledger has no foreign key to cascade from).
     pub async fn remove_subscriber(&self, email: &EmailAddress) -> Result<bool> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let removed: Option<(i64,)> =
                 sqlx::query_as("delete from subscribers where email_key = $1 returning id")
                     .bind(email.key())

@@ -154,6 +154,12 @@ pub async fn serve_with_limits(
 ) -> Result<()> {
     let addr = listener.local_addr()?;
     info!(%addr, "web server listening");
+    // The confirmation emails the subscribe requests leave go out from the
+    // process that serves the pages.
+    let mailer = tokio::spawn(crate::delivery::confirmations::mail_confirmations(
+        engine.clone(),
+        shutdown.clone(),
+    ));
     let router = app(engine, limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut http = http1::Builder::new();
@@ -185,6 +191,7 @@ pub async fn serve_with_limits(
     }
     drop(listener);
     graceful.shutdown().await;
+    mailer.await?;
     Ok(())
 }
 

@@ -69,8 +69,7 @@ pub fn message(
 }
 
 pub fn site_name(state: &WebState) -> String {
-    let from = &state.engine.settings.mail.from;
-    from.name.clone().unwrap_or_else(|| "Gazette".into())
+    state.engine.settings.mail.site_name()
 }
 
 pub async fn not_found(State(state): State<Arc<WebState>>) -> Response {

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -17,12 +16,9 @@ use tracing::{info, warn};
 use super::limiter;
 use super::pages::{
     Body, Segments, WebState, all_digests, bad_request, chosen_digests, cross_site, digest_choices,
-    field, forbidden, form_fields, link_not_found, message, page, reply, server_error, site_name,
-    wants_json,
+    field, forbidden, form_fields, link_not_found, message, page, reply, server_error, wants_json,
 };
-use crate::domain::{DigestName, DomainError, EmailAddress, new_token};
-use crate::mail::{self, MessageMeta, Sender};
-use crate::render::Rendered;
+use crate::domain::{DomainError, EmailAddress, new_token};
 use crate::store::{SubscribeOutcome, SubscriptionRequest, Timestamp};
 
 /// A second confirmation email to one address waits this long.
@@ -166,6 +162,7 @@ pub async fn subscribe(
             email: &address,
             name: name.as_deref(),
             digests: &digests,
+            token: &token,
             token_hash: &token_hash(&token),
             now: Timestamp::from(now),
             expires: Timestamp::from(now + ttl),
@@ -173,20 +170,9 @@ pub async fn subscribe(
         })
         .await;
     match outcome {
-        Ok(SubscribeOutcome::Confirm { subscriber_id }) => {
-            if let Err(e) = send_confirmation(
-                &state,
-                &address,
-                name.as_deref(),
-                &digests,
-                &token,
-                subscriber_id,
-            )
-            .await
-            {
-                return server_error(&state, e);
-            }
-        }
+        // The email goes out in the background (`delivery::confirmations`):
+        // what the relay does with it never shows here.
+        Ok(SubscribeOutcome::Confirm { .. }) => state.engine.confirmations_due.notify_one(),
         Ok(SubscribeOutcome::RateLimited) => {
             info!("a confirmation was sent to this address moments ago: not sending another");
         }
@@ -199,52 +185,6 @@ pub async fn subscribe(
         "Check your inbox",
         "If this address can receive our newsletters, a message with a confirmation link is on its way. Follow the link to start your subscription.",
     )
-}
-
-async fn send_confirmation(
-    state: &WebState,
-    email: &EmailAddress,
-    name: Option<&str>,
-    digests: &[DigestName],
-    token: &str,
-    subscriber_id: i64,
-) -> Result<()> {
-    let engine = &state.engine;
-    let base = &engine.settings.web.base_url;
-    let titles: Vec<String> = digests
-        .iter()
-        .filter_map(|d| engine.settings.digest(d.as_str()).map(|d| d.title.clone()))
-        .collect();
-    let ctx = context! {
-        site => site_name(state),
-        confirm_url => format!("{base}/confirm/{token}"),
-        digests => titles,
-        subscriber => context! { name => name, email => email.as_str() },
-        ttl_hours => engine.settings.web.confirm_ttl.as_secs() / 3600,
-    };
-    let rendered = Rendered {
-        subject: format!("Confirm your subscription to {}", site_name(state)),
-        html: engine.renderer.render_template("confirm.html.j2", &ctx)?,
-        text: engine.renderer.render_template("confirm.txt.j2", &ctx)?,
-    };
-    let from = &engine.settings.mail.from;
-    let message = mail::build_message(
-        &MessageMeta {
-            from,
-            to_email: email.as_str(),
-            to_name: name,
-            message_id: format!("<confirm.{}@{}>", &new_token()[..24], from.email.domain()),
-            list: None,
-            date: Utc::now(),
-        },
-        &rendered.subject,
-        mail::BodyEncoder::default().bodies(&rendered.text, &rendered.html),
-    )?;
-    let mut sender = Sender::new(&engine.settings);
-    let stem = format!("confirm-{subscriber_id}-{}", Utc::now().timestamp_millis());
-    let result = sender.send(&message, &stem).await;
-    sender.close().await;
-    result.map_err(|e| anyhow::anyhow!("cannot send the confirmation email: {e}"))
 }
 
 /// What a confirmation link opens: a page with a button. Only its POST

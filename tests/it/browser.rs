@@ -50,7 +50,7 @@ async fn a_reader_subscribes_and_confirms_in_a_real_browser() {
         Some("pending")
     );
 
-    let link = app.confirmation_link("reader@example.org");
+    let link = app.confirmation_link("reader@example.org").await;
     browser.goto(&link).await;
     browser.wait_for_h1("Confirm your subscription").await;
     assert_eq!(

@@ -97,8 +97,29 @@ impl WebApp {
         self.reader(email).await.map(|s| s.status.to_string())
     }
 
+    /// Waits until no confirmation email is left to send: they go out in
+    /// the background, after the answer to the request.
+    pub async fn mailed(&self) {
+        let start = std::time::Instant::now();
+        while self
+            .engine
+            .store
+            .pending_confirmation_emails()
+            .await
+            .unwrap()
+            > 0
+        {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "confirmation emails still waiting after 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// The link in the latest confirmation email to `email`.
-    pub fn confirmation_link(&self, email: &str) -> String {
+    pub async fn confirmation_link(&self, email: &str) -> String {
+        self.mailed().await;
         let mails = self.smtp.received_by(email);
         let mail = mails.last().expect("no confirmation email");
         let m = mail.parsed();
@@ -174,13 +195,14 @@ async fn a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click(b
 
     // No digest before confirming.
     app.publish_and_send("Before confirming", "daily").await;
+    app.mailed().await;
     assert_eq!(
         app.smtp.received_by("ada@example.org").len(),
         1,
         "only the confirmation"
     );
 
-    let link = app.confirmation_link("ada@example.org");
+    let link = app.confirmation_link("ada@example.org").await;
     let (status, page) = app.get(path_of(&link)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("Confirm your subscription"), "{page}");
@@ -201,6 +223,7 @@ async fn a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click(b
     gazette::app::send(&app.engine, "weekly", None, false)
         .await
         .unwrap();
+    app.mailed().await;
     let mails = app.smtp.received_by("ada@example.org");
     assert_eq!(
         mails.len(),
@@ -233,6 +256,7 @@ async fn a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click(b
     );
 
     app.publish_and_send("After leaving", "daily").await;
+    app.mailed().await;
     assert_eq!(
         app.smtp.received_by("ada@example.org").len(),
         2,
@@ -250,7 +274,7 @@ async fn a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click(b
         "not before confirming"
     );
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let link = app.confirmation_link("ada@example.org");
+    let link = app.confirmation_link("ada@example.org").await;
     let (status, _) = app.post_form(path_of(&link), "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -258,6 +282,7 @@ async fn a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click(b
         Some("confirmed")
     );
     app.publish_and_send("Welcome back", "daily").await;
+    app.mailed().await;
     let mails = app.smtp.received_by("ada@example.org");
     assert_eq!(mails.len(), 4, "two confirmations and two digests");
     assert!(
@@ -312,6 +337,7 @@ async fn the_web_view_shows_the_digest_to_its_reader_only(backend: Backend) {
         .await
         .unwrap()
         .unwrap();
+    app.mailed().await;
     let received = app.smtp.received_by("ada@example.org");
     let text = received[0].parsed().body_text(0).unwrap().into_owned();
     let start = text.find("View in your browser: ").unwrap() + "View in your browser: ".len();
@@ -362,6 +388,7 @@ async fn an_invalid_address_gets_a_readable_422_that_keeps_what_was_typed() {
     let (status, page) = app.post_form("/subscribe", "email=ada%40example.org").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.contains("choose at least one"), "{page}");
+    app.mailed().await;
     assert!(app.smtp.received().is_empty());
     assert_eq!(app.status_of("ada@example.org").await, None);
 }
@@ -404,6 +431,7 @@ async fn the_answer_is_the_same_whatever_the_address_state() {
     }
     assert_eq!(answers[0].0, StatusCode::OK);
     // The pending address asked twice within minutes: one email only.
+    app.mailed().await;
     assert_eq!(app.smtp.received_by("pending@example.org").len(), 1);
     assert_eq!(app.smtp.received_by("confirmed@example.org").len(), 1);
     assert_eq!(
@@ -435,7 +463,7 @@ async fn expired_reused_and_unknown_tokens_get_a_friendly_404() {
     let app = WebApp::start(Backend::Postgres, "").await;
     app.post_form("/subscribe", "email=ada%40example.org&digest=daily")
         .await;
-    let link = app.confirmation_link("ada@example.org");
+    let link = app.confirmation_link("ada@example.org").await;
     let (status, _) = app.get(path_of(&link)).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = app.post_form(path_of(&link), "").await;
@@ -449,7 +477,7 @@ async fn expired_reused_and_unknown_tokens_get_a_friendly_404() {
 
     app.post_form("/subscribe", "email=late%40example.org&digest=daily")
         .await;
-    let link = app.confirmation_link("late@example.org");
+    let link = app.confirmation_link("late@example.org").await;
     let Store::Postgres(pool) = &app.engine.store else {
         unreachable!()
     };
@@ -509,7 +537,7 @@ async fn following_a_confirmation_link_changes_nothing_until_the_button_is_press
     let app = WebApp::start(Backend::Sqlite, "").await;
     app.post_form("/subscribe", "email=ada%40example.org&digest=daily")
         .await;
-    let link = app.confirmation_link("ada@example.org");
+    let link = app.confirmation_link("ada@example.org").await;
     let path = path_of(&link);
 
     let (status, page) = app.get(path).await;

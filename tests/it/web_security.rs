@@ -51,7 +51,7 @@ async fn every_answer_carries_the_security_headers_and_token_pages_are_not_store
         .unsubscribe_token;
     app.post_form("/subscribe", "email=new%40example.org&digest=daily")
         .await;
-    let confirm = path_of(&app.confirmation_link("new@example.org")).to_string();
+    let confirm = path_of(&app.confirmation_link("new@example.org").await).to_string();
 
     let token_pages = [
         (confirm.clone(), StatusCode::OK),
@@ -170,6 +170,7 @@ async fn a_null_origin_is_accepted_only_when_the_browser_says_same_origin() {
         let r = request.send().await.unwrap();
         assert_eq!(r.status(), expected, "{fetch_site:?}");
     }
+    app.mailed().await;
     assert_eq!(app.smtp.received_by("ada@example.org").len(), 1);
 }
 
@@ -386,9 +387,10 @@ async fn a_name_typed_with_an_address_is_kept_only_when_its_link_is_confirmed(ba
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+    app.mailed().await;
     assert_eq!(app.smtp.received_by(ada).len(), 2, "one email per request");
     assert_eq!(app.reader(ada).await.unwrap().name, None);
-    let link = app.confirmation_link(ada);
+    let link = app.confirmation_link(ada).await;
     let (status, page) = app.post_form(path_of(&link), "").await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("You are subscribed"), "{page}");
@@ -405,6 +407,7 @@ async fn a_name_typed_with_an_address_is_kept_only_when_its_link_is_confirmed(ba
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+    app.mailed().await;
     assert_eq!(app.smtp.received_by(ada).len(), 3);
     let stored = app.reader(ada).await.unwrap();
     assert_eq!(stored.name.as_deref(), Some("Ada"));
@@ -500,6 +503,7 @@ async fn json_that_does_not_parse_gets_a_generic_json_error() {
     let answer: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     let error = answer["error"].as_str().unwrap();
     assert!(error.contains("internationalized"), "{error}");
+    app.mailed().await;
     assert!(app.smtp.received().is_empty());
     assert_eq!(app.status_of("ada@example.org").await, None);
 }
@@ -531,6 +535,7 @@ async fn forms_that_are_not_utf8_get_a_400_and_change_nothing() {
         );
         assert!(!page.contains("ada"), "{page}");
     }
+    app.mailed().await;
     assert!(app.smtp.received().is_empty());
     assert_eq!(app.status_of("ada@example.org").await, None);
 
@@ -582,5 +587,6 @@ async fn an_address_outside_ascii_gets_a_422_that_says_why() {
         page.contains("Please enter a valid email address"),
         "{page}"
     );
+    app.mailed().await;
     assert!(app.smtp.received().is_empty());
 }
