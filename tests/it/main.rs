@@ -7,6 +7,7 @@ mod smtp;
 mod browser;
 mod cli;
 mod config_errors;
+mod confirmations;
 mod faults;
 mod pipeline;
 mod render;

@@ -22,8 +22,12 @@ pub struct WebApp {
 
 impl WebApp {
     pub async fn start(backend: Backend, web: &str) -> Self {
+        Self::start_with(backend, web, SmtpServer::start()).await
+    }
+
+    /// [`WebApp::start`] with `smtp` as the relay.
+    pub async fn start_with(backend: Backend, web: &str, smtp: SmtpServer) -> Self {
         let db = TestDb::new(backend).await;
-        let smtp = SmtpServer::start();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
         let sections = format!(
