@@ -8,6 +8,7 @@ mod browser;
 mod cli;
 mod config_errors;
 mod faults;
+mod message;
 mod pipeline;
 mod render;
 mod scheduling;
