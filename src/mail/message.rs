@@ -53,6 +53,52 @@ fn raw_header(name: &'static str, value: String) -> HeaderValue {
     HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
 }
 
+fn pre_encoded(name: &'static str, value: String, encoded: String) -> HeaderValue {
+    HeaderValue::dangerous_new_pre_encoded(HeaderName::new_from_ascii_str(name), value, encoded)
+}
+
+/// Whether lettre's encoding of a header's text reads back as the text,
+/// within the line limit: lettre folds only at spaces and leaves ASCII
+/// words as they are, so a longer word makes a longer line (RFC 5322 allows
+/// 998 bytes), and text that looks like an encoded word (`=?…?=`) is
+/// decoded by the reader's mail client.
+fn lettre_can_encode(text: &str) -> bool {
+    !text.contains("=?") && text.split(' ').all(|word| word.len() <= 76)
+}
+
+/// `text` as RFC 2047 encoded words (UTF-8, "Q"), folded one to a line:
+/// each at most 75 bytes long, and of whole characters.
+fn encoded_words(text: &str) -> String {
+    const START: &str = "=?utf-8?q?";
+    const END: &str = "?=";
+    let longest = 75 - START.len() - END.len();
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut bytes = [0u8; 4];
+    for c in text.chars() {
+        let mut piece = String::new();
+        for b in c.encode_utf8(&mut bytes).bytes() {
+            match b {
+                b' ' => piece.push('_'),
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'!' | b'*' | b'+' | b'-' | b'/' => {
+                    piece.push(char::from(b))
+                }
+                _ => piece.push_str(&format!("={b:02X}")),
+            }
+        }
+        if word.len() + piece.len() > longest {
+            words.push(std::mem::take(&mut word));
+        }
+        word.push_str(&piece);
+    }
+    words.push(word);
+    words
+        .iter()
+        .map(|w| format!("{START}{w}{END}"))
+        .collect::<Vec<_>>()
+        .join("\r\n ")
+}
+
 /// Builds the multipart/alternative message (text first, then HTML), both
 /// parts quoted-printable.
 pub fn build_message(
@@ -68,17 +114,37 @@ pub fn build_message(
     // the From and To headers it has just formatted.
     let envelope = Envelope::new(Some(env.from.email.clone()), vec![address.clone()])
         .context("cannot build the SMTP envelope")?;
-    let to = Mailbox::new(env.to_name.map(one_line).filter(|n| !n.is_empty()), address);
+    let name = env.to_name.map(one_line).filter(|n| !n.is_empty());
     let mut builder = lettre::Message::builder()
         .envelope(envelope)
-        .from(env.from.clone())
-        .to(to)
-        .subject(one_line(subject))
+        .from(env.from.clone());
+    builder = match name {
+        Some(name) if !lettre_can_encode(&name) => {
+            let encoded = format!("{} <{address}>", encoded_words(&name));
+            builder.raw_header(pre_encoded("To", format!("{name} <{address}>"), encoded))
+        }
+        name => builder.to(Mailbox::new(name, address)),
+    };
+    let subject = one_line(subject);
+    builder = if lettre_can_encode(&subject) {
+        builder.subject(subject)
+    } else {
+        let encoded = encoded_words(&subject);
+        builder.raw_header(pre_encoded("Subject", subject, encoded))
+    };
+    builder = builder
         .date(env.date.into())
         .message_id(Some(env.message_id.clone()));
     if let Some(list) = &env.list {
+        let list_id = match list.list_id.rsplit_once(" <") {
+            Some((title, id)) if !lettre_can_encode(title) => {
+                let encoded = format!("{} <{id}", encoded_words(title));
+                pre_encoded("List-Id", list.list_id.clone(), encoded)
+            }
+            _ => raw_header("List-Id", list.list_id.clone()),
+        };
         builder = builder
-            .raw_header(raw_header("List-Id", list.list_id.clone()))
+            .raw_header(list_id)
             .raw_header(raw_header(
                 "List-Unsubscribe",
                 format!("<{}>", list.unsubscribe_url),

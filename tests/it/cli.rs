@@ -1,6 +1,8 @@
 //! The `gazette` binary as an operator uses it.
 
-use crate::helpers::{Workspace, digest_section, stderr, stdout, wait_for};
+use chrono::Timelike;
+
+use crate::helpers::{Log, Workspace, digest_section, stderr, stdout, wait_for};
 
 fn workspace() -> (tempfile::TempDir, Workspace) {
     let db_dir = tempfile::tempdir().unwrap();
@@ -168,41 +170,53 @@ fn preview_prints_the_paths_it_wrote() {
     assert!(html.contains("Hello Sample Reader"), "{html}");
 }
 
-/// A `gazette run` child process, stopped with SIGTERM when dropped.
-struct Daemon(std::process::Child);
+/// A `gazette run` child process and its log, killed if dropped.
+struct Daemon {
+    child: Option<std::process::Child>,
+    log: Option<Log>,
+}
 
 impl Daemon {
     fn start(ws: &Workspace) -> Self {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
             .arg("run")
             .current_dir(ws.dir.path())
             .env("GAZETTE_CONFIG", &ws.config)
-            .stdout(std::process::Stdio::piped())
+            .env_remove("GAZETTE_LOG")
+            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        Self(child)
+        let log = Log::of(&mut child);
+        Self {
+            child: Some(child),
+            log: Some(log),
+        }
     }
 
-    fn terminate(mut self) -> std::process::Output {
-        let pid = self.0.id().to_string();
+    fn log(&mut self) -> &mut Log {
+        self.log.as_mut().unwrap()
+    }
+
+    /// Stops the daemon with SIGTERM: its exit status and its whole log.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+            .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-        let child = std::mem::replace(
-            &mut self.0,
-            std::process::Command::new("true").spawn().unwrap(),
-        );
-        child.wait_with_output().unwrap()
+        let status = child.wait().unwrap();
+        (status, self.log.take().unwrap().all())
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -211,11 +225,20 @@ fn the_daemon_sends_the_due_slot_once_and_stops_cleanly_on_sigterm() {
     let smtp = crate::helpers::SmtpServer::start();
     let db_dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/g.db", db_dir.path().display());
-    // Every minute, in a zone with an odd offset: the current minute is due.
-    let section = digest_section("daily", "")
-        .replace("0 7 * * *", "* * * * *")
-        .replace("Europe/Berlin", "Asia/Kathmandu");
-    let ws = Workspace::new(&db, Some(smtp.port), &section);
+    // Daily, in a zone with an odd offset, at the minute twelve hours ago
+    // there: due now (within catch_up), and still the latest slot when the
+    // daemon restarts.
+    let slot = (chrono::Utc::now() - chrono::Duration::hours(12))
+        .with_timezone(&chrono_tz::Asia::Kathmandu);
+    let section = |name: &str| {
+        digest_section(name, "catch_up = \"13h\"")
+            .replace(
+                "0 7 * * *",
+                &format!("{} {} * * *", slot.minute(), slot.hour()),
+            )
+            .replace("Europe/Berlin", "Asia/Kathmandu")
+    };
+    let ws = Workspace::new(&db, Some(smtp.port), &section("daily"));
     assert!(
         ws.run(&["subscribers", "add", "ada@example.org"])
             .status
@@ -234,11 +257,14 @@ fn the_daemon_sends_the_due_slot_once_and_stops_cleanly_on_sigterm() {
         "--title",
         "Daemon news",
         "--published-at",
-        &(chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339(),
+        &(slot - chrono::Duration::hours(1)).to_rfc3339(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let daemon = Daemon::start(&ws);
+    let mut daemon = Daemon::start(&ws);
+    daemon
+        .log()
+        .wait_for("the run to be planned", |l| l.contains("planned a run"));
     wait_for("two messages", || smtp.received().len() >= 2);
 
     // A second process on the same SQLite store is refused.
@@ -250,17 +276,47 @@ fn the_daemon_sends_the_due_slot_once_and_stops_cleanly_on_sigterm() {
         stderr(&second)
     );
 
-    let out = daemon.terminate();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("stopped"), "{}", stderr(&out));
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("stopped"), "{log}");
 
-    // Restarted, it finds the slot planned (or nothing new in the next one).
-    let daemon = Daemon::start(&ws);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let out = daemon.terminate();
+    // Restarted with a second digest and a reader of it: its first tick
+    // finds the daily slot planned before, and sends only the new digest.
+    let mut config = std::fs::read_to_string(&ws.config).unwrap();
+    config.push_str(&section("briefing"));
+    std::fs::write(&ws.config, config).unwrap();
+    let out = ws.run(&[
+        "subscribers",
+        "add",
+        "linus@example.org",
+        "--digest",
+        "briefing",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(smtp.received_by("ada@example.org").len(), 1);
-    assert_eq!(smtp.received_by("grace@example.org").len(), 1);
+    let mut daemon = Daemon::start(&ws);
+    daemon.log().wait_for("the briefing to be planned", |l| {
+        l.contains("digest=briefing") && l.contains("planned a run")
+    });
+    wait_for("the briefing", || {
+        !smtp.received_by("linus@example.org").is_empty()
+    });
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    assert_eq!(log.matches("planned a run").count(), 1, "{log}");
+    let subjects = |email: &str| -> Vec<String> {
+        smtp.received_by(email)
+            .iter()
+            .map(|m| m.parsed().subject().unwrap_or_default().to_string())
+            .collect()
+    };
+    let day = slot.format("%A, %-d %B %Y");
+    let daily = format!("The daily Digest — {day}");
+    assert_eq!(subjects("ada@example.org"), [daily.as_str()]);
+    assert_eq!(subjects("grace@example.org"), [daily.as_str()]);
+    assert_eq!(
+        subjects("linus@example.org"),
+        [format!("The briefing Digest — {day}")]
+    );
     let m = smtp.received_by("ada@example.org")[0]
         .parsed()
         .body_text(0)

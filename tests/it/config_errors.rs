@@ -115,7 +115,7 @@ fn run_with_templates(dir: &tempfile::TempDir) -> (Option<i32>, String) {
 fn a_template_syntax_error_names_the_template_and_line() {
     let dir = broken_templates("<p>ok</p>\n<p>{% for a in articles %}{{ a.title }}</p>\n");
     let (code, err) = run_with_templates(&dir);
-    assert_ne!(code, Some(0));
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("digest.html.j2"), "{err}");
     assert!(err.contains("line 2"), "{err}");
 }
@@ -124,7 +124,7 @@ fn a_template_syntax_error_names_the_template_and_line() {
 fn a_misspelt_template_variable_is_an_error_not_an_empty_string() {
     let dir = broken_templates("<p>ok</p>\n\n<p>{{ subscriber.nmae }}</p>\n");
     let (code, err) = run_with_templates(&dir);
-    assert_ne!(code, Some(0));
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("digest.html.j2") && err.contains("line 3"),
         "{err}"
@@ -203,8 +203,8 @@ fn the_smtp_password_never_appears_in_output() {
         .env("GAZETTE_LOG", "debug")
         .output()
         .unwrap();
-    assert!(!out.status.success());
     let all = format!("{}{}", stderr(&out), crate::helpers::stdout(&out));
+    assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("127.0.0.1:1"), "{all}");
     assert!(!all.contains("0123456789"), "{all}");
 

@@ -280,6 +280,69 @@ pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A child process's standard error, read line by line on a thread of its
+/// own: a test waits for what the process says it did.
+pub struct Log {
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Log {
+    /// Takes `child`'s (piped) standard error.
+    pub fn of(child: &mut std::process::Child) -> Self {
+        let stderr = child
+            .stderr
+            .take()
+            .expect("the child's stderr is not piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line that `matches` (at most 60 s) and returns it.
+    pub fn wait_for(&mut self, what: &str, mut matches: impl FnMut(&str) -> bool) -> String {
+        use std::sync::mpsc::RecvTimeoutError;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if matches(&line) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "timed out waiting for {what}; the log so far:\n{}",
+                        self.seen.join("\n")
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("the log ended before {what}:\n{}", self.seen.join("\n"))
+                }
+            }
+        }
+    }
+
+    /// The whole log, once the process has closed it (exited).
+    pub fn all(mut self) -> String {
+        self.seen.extend(self.lines.iter());
+        self.seen.join("\n")
+    }
+}
+
 /// How many messages beyond one each reader got, checking that every copy
 /// of a message carries the same Message-ID (so receivers can drop it).
 pub fn duplicates(smtp: &SmtpServer, readers: usize) -> usize {

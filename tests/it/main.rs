@@ -9,6 +9,7 @@ mod cli;
 mod config_errors;
 mod confirmations;
 mod faults;
+mod message;
 mod pipeline;
 mod render;
 mod scheduling;

@@ -5,6 +5,12 @@
 //! connections dropped in the middle of DATA or after it, slow replies.
 //! It can also require TLS (STARTTLS, or TLS from the first byte, with the
 //! certificate in `tests/fixtures/tls`) and AUTH PLAIN.
+//!
+//! Whatever the client does wrong (a command the server does not know, a
+//! bare CR or LF, a line too long, a write after STARTTLS) and whatever
+//! fails in a session (an I/O error other than the client hanging up, a
+//! panic) is recorded, and fails the test at its next look at what the
+//! server received, or when the server is dropped.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -135,7 +141,15 @@ struct State {
     /// them.
     chained: AtomicU64,
     faults: Mutex<Vec<Fault>>,
+    /// What went wrong in sessions (see the module's comment).
+    failures: Mutex<Vec<String>>,
     behaviour: Behaviour,
+}
+
+impl State {
+    fn fail(&self, what: String) {
+        self.failures.lock().unwrap().push(what);
+    }
 }
 
 pub struct SmtpServer {
@@ -169,6 +183,7 @@ impl SmtpServer {
             pipelined: AtomicU64::new(0),
             chained: AtomicU64::new(0),
             faults: Mutex::new(Vec::new()),
+            failures: Mutex::new(Vec::new()),
             behaviour,
         });
         let (tx, rx) = std::sync::mpsc::channel();
@@ -188,7 +203,13 @@ impl SmtpServer {
                     };
                     let state = server_state.clone();
                     tokio::spawn(async move {
-                        let _ = session(stream, peer, state).await;
+                        let served = tokio::spawn(session(stream, peer, state.clone())).await;
+                        match served {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) if hung_up(&e) => {}
+                            Ok(Err(e)) => state.fail(format!("session with {peer}: {e}")),
+                            Err(e) => state.fail(format!("session with {peer} panicked: {e}")),
+                        }
                     });
                 }
             });
@@ -200,8 +221,29 @@ impl SmtpServer {
         }
     }
 
+    /// The messages accepted so far; fails the test if anything went wrong
+    /// in a session.
     pub fn received(&self) -> Vec<Received> {
+        self.fail_on_failures();
         self.state.inbox.lock().unwrap().clone()
+    }
+
+    fn fail_on_failures(&self) {
+        let failures = self.take_failures();
+        if !failures.is_empty() && !std::thread::panicking() {
+            panic!(
+                "the SMTP server saw {} failure(s):\n{}",
+                failures.len(),
+                failures.join("\n")
+            );
+        }
+    }
+
+    /// What went wrong in the sessions so far, taken: a test that makes
+    /// the client fail on purpose checks it, and the server's drop does
+    /// not report it again.
+    pub fn take_failures(&self) -> Vec<String> {
+        std::mem::take(&mut *self.state.failures.lock().unwrap())
     }
 
     /// The messages addressed to `email` (envelope recipient).
@@ -233,6 +275,45 @@ impl SmtpServer {
             .iter()
             .filter(|f| **f == fault)
             .count()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        self.fail_on_failures();
+    }
+}
+
+/// Whether `e` is the client going away (closing, or killed): a client may
+/// hang up at any time.
+fn hung_up(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    )
+}
+
+/// Longest line RFC 5321 allows, with its CRLF: 512 for a command, 1000
+/// for a line of text.
+const COMMAND_LINE: usize = 512;
+const TEXT_LINE: usize = 1000;
+
+/// Records what is wrong with `line`, a line the client sent up to its LF.
+fn check_line(state: &State, line: &[u8], limit: usize, what: &str) {
+    let shown = String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned();
+    match line.strip_suffix(b"\r\n") {
+        None => state.fail(format!("{what} ending in a bare LF: {shown:?}")),
+        Some(body) if body.contains(&b'\r') => {
+            state.fail(format!("{what} with a bare CR: {shown:?}"))
+        }
+        Some(_) => {}
+    }
+    if line.len() > limit {
+        state.fail(format!(
+            "{what} of {} bytes (at most {limit}): {shown:?}",
+            line.len()
+        ));
     }
 }
 
@@ -278,9 +359,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut line = Vec::new();
     loop {
         line.clear();
-        if io.read_until(b'\n', &mut line).await? == 0 {
+        // (Without its LF, the line was cut short by the client hanging up.)
+        if io.read_until(b'\n', &mut line).await? == 0 || !line.ends_with(b"\n") {
             return Ok(None);
         }
+        check_line(state, &line, COMMAND_LINE, "a command");
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let upper = text.to_ascii_uppercase();
         let must_encrypt = behaviour.tls == Tls::Starttls && !encrypted;
@@ -306,7 +389,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         } else if upper == "STARTTLS" && must_encrypt {
             io.write_all(b"220 2.0.0 ready to start TLS\r\n").await?;
             io.flush().await?;
-            assert!(io.buffer().is_empty(), "the client wrote after STARTTLS");
+            if !io.buffer().is_empty() {
+                state.fail("the client wrote after STARTTLS before the handshake".into());
+                return Ok(None);
+            }
             return Ok(Some(io.into_inner()));
         } else if upper.starts_with("AUTH PLAIN ") && !must_encrypt {
             // "\0user\0password", base64.
@@ -365,9 +451,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             let mut lines = 0;
             loop {
                 line.clear();
-                if io.read_until(b'\n', &mut line).await? == 0 {
+                if io.read_until(b'\n', &mut line).await? == 0 || !line.ends_with(b"\n") {
                     return Ok(None);
                 }
+                check_line(state, &line, TEXT_LINE, "a line of DATA");
                 if line == b".\r\n" {
                     if !io.buffer().is_empty() {
                         state.chained.fetch_add(1, Ordering::SeqCst);
@@ -418,6 +505,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             io.flush().await?;
             return Ok(None);
         } else {
+            state.fail(format!("a command the server does not know: {text:?}"));
             b"500 5.5.2 command not recognized\r\n".to_vec()
         };
         io.write_all(&reply).await?;

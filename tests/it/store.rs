@@ -133,10 +133,10 @@ async fn subscribers_are_unique_whatever_the_case_of_their_address(backend: Back
         "a missing name keeps the stored one"
     );
     assert_eq!(found.status, "confirmed");
-    assert!(
-        found.unsubscribe_token.len() >= 32,
-        "token of at least 128 bits"
-    );
+    // 256 random bits, in hex.
+    let token = &found.unsubscribe_token;
+    assert_eq!(token.len(), 64, "{token}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
 }
 
 async fn a_subscriber_csv_with_a_bad_row_names_the_line_and_imports_nothing(backend: Backend) {
