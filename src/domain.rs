@@ -2,6 +2,9 @@
 //! `EmailAddress` is always valid and a `DigestName` always well-formed.
 
 use std::fmt;
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
 
 use thiserror::Error;
 
@@ -110,6 +113,94 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
+    }
+}
+
+/// The SHA-256 of `text`, hex: what the store keeps of a token.
+pub fn sha256_hex(text: &str) -> String {
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// HMAC-SHA256 (RFC 2104).
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut block = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// The tokens of readers' links (unsubscribe, preferences, web view):
+/// `{subscriber id}.{MAC}`, signed with a key the store never sees, so
+/// the store holds nothing that opens a reader's pages. A token is checked
+/// by computing its MAC again.
+#[derive(Clone)]
+pub struct ReaderTokens {
+    key: Arc<[u8]>,
+}
+
+impl fmt::Debug for ReaderTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReaderTokens(***)")
+    }
+}
+
+impl ReaderTokens {
+    /// 128 bits of MAC, 32 hex digits.
+    const MAC_HEX: usize = 32;
+
+    pub fn new(key: &[u8]) -> Self {
+        Self { key: key.into() }
+    }
+
+    fn mac(&self, subscriber_id: i64) -> String {
+        let mac = hmac_sha256(&self.key, format!("reader:{subscriber_id}").as_bytes());
+        hex(&mac[..Self::MAC_HEX / 2])
+    }
+
+    /// The token of a reader's links.
+    pub fn for_reader(&self, subscriber_id: i64) -> String {
+        format!("{subscriber_id}.{}", self.mac(subscriber_id))
+    }
+
+    /// The reader a token names, if it is one of ours.
+    pub fn verify(&self, token: &str) -> Option<i64> {
+        let (id, mac) = token.split_once('.')?;
+        let subscriber_id = id.parse::<i64>().ok().filter(|n| *n > 0)?;
+        // (One spelling per id: `007` is not `7`.)
+        if subscriber_id.to_string() != id || mac.len() != Self::MAC_HEX {
+            return None;
+        }
+        let expected = self.mac(subscriber_id);
+        let differ = expected
+            .bytes()
+            .zip(mac.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+        (differ == 0).then_some(subscriber_id)
+    }
+
+    /// Names the key without giving it away: the store keeps it, so that a
+    /// process with another key is refused instead of sending links that
+    /// the others cannot open.
+    pub fn fingerprint(&self) -> String {
+        let mac = hmac_sha256(&self.key, b"gazette key fingerprint");
+        hex(&mac[..8])
     }
 }
 
@@ -245,6 +336,47 @@ mod tests {
         for bad in ["", "Daily", "a b", "x/y", &"a".repeat(65)] {
             assert!(DigestName::parse(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn reader_tokens_verify_their_own_and_nothing_else() {
+        let tokens = ReaderTokens::new(b"a key of thirty-two bytes or more...");
+        let token = tokens.for_reader(42);
+        assert_eq!(tokens.verify(&token), Some(42));
+        let (_, mac) = token.split_once('.').unwrap();
+        assert_eq!(mac.len(), 32);
+        // Another id with the same MAC, a changed MAC, another key.
+        assert_eq!(tokens.verify(&format!("43.{mac}")), None);
+        let mut forged = token.clone().into_bytes();
+        let last = forged.last_mut().unwrap();
+        *last = if *last == b'0' { b'1' } else { b'0' };
+        assert_eq!(tokens.verify(std::str::from_utf8(&forged).unwrap()), None);
+        assert_eq!(ReaderTokens::new(b"another key").verify(&token), None);
+        for bad in [
+            "",
+            "42",
+            "42.",
+            "0.00",
+            "-1.00",
+            "042.00",
+            &format!("042.{mac}"),
+        ] {
+            assert_eq!(tokens.verify(bad), None, "{bad}");
+        }
+        assert_ne!(
+            tokens.fingerprint(),
+            ReaderTokens::new(b"another key").fingerprint()
+        );
+    }
+
+    #[test]
+    fn hmac_matches_the_rfc_4231_test_vector() {
+        // RFC 4231, test case 2.
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            hex(&mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]

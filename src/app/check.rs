@@ -3,11 +3,12 @@
 use anyhow::Result;
 use chrono::Utc;
 
-use crate::config::{Settings, TransportKind};
+use super::process::reader_tokens;
+use crate::config::{Settings, TokenKey, TransportKind};
 use crate::mail;
 use crate::render::Renderer;
 use crate::schedule;
-use crate::store::Store;
+use crate::store::{Store, Timestamp};
 
 /// `gazette check`: configuration and templates were checked on load; this
 /// also reaches the database and, for SMTP, the relay.
@@ -37,6 +38,12 @@ pub async fn check(settings: Settings) -> Result<()> {
         store.backend(),
         settings.database.redacted_url()
     );
+    let tokens = reader_tokens(&settings.web.token_key)?;
+    store.check_token_key(&tokens, Timestamp::now()).await?;
+    match &settings.web.token_key {
+        TokenKey::Given(_) => println!("links: signed with web.token_key"),
+        TokenKey::File(path) => println!("links: signed with the key in {}", path.display()),
+    }
     store.close().await;
     match settings.mail.transport {
         TransportKind::Smtp => {

@@ -52,7 +52,7 @@ pub async fn preview(
             s.id,
             s.email.clone(),
             s.name.clone(),
-            s.unsubscribe_token.clone(),
+            engine.tokens.for_reader(s.id),
         ),
         None => (
             0,

@@ -7,24 +7,65 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 
-use crate::config::{Settings, TransportKind};
+use crate::config::{Settings, TokenKey, TransportKind};
 use crate::delivery::Engine;
-use crate::domain::DigestName;
+use crate::domain::{DigestName, ReaderTokens, new_token};
 use crate::mail;
 use crate::render::Renderer;
-use crate::store::Store;
+use crate::store::{Store, Timestamp};
 
-/// Checks the templates, then opens (and migrates) the store.
+/// Checks the templates, then opens (and migrates) the store, with the
+/// key that signs readers' links.
 pub async fn open(settings: Settings) -> Result<Engine> {
     let renderer = Renderer::new(&settings)?;
+    let tokens = reader_tokens(&settings.web.token_key)?;
     let store = Store::connect(&settings.database.url).await?;
+    store.check_token_key(&tokens, Timestamp::now()).await?;
     Ok(Engine {
         settings: Arc::new(settings),
         store,
         renderer: Arc::new(renderer),
+        tokens,
         confirmations_due: Arc::default(),
         panic_for_tests: None,
     })
+}
+
+/// The key that signs readers' links: `web.token_key`, or the key file,
+/// made with 256 random bits (readable by its owner only) when missing.
+pub fn reader_tokens(key: &TokenKey) -> Result<ReaderTokens> {
+    let path = match key {
+        TokenKey::Given(secret) => return Ok(ReaderTokens::new(secret.expose().as_bytes())),
+        TokenKey::File(path) => path,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().len() >= 32 => Ok(ReaderTokens::new(text.trim().as_bytes())),
+        Ok(_) => anyhow::bail!(
+            "{} (web.token_key_file) holds fewer than 32 characters: it is not a key",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create directory {}", dir.display()))?;
+            }
+            let key = new_token();
+            let mut file = std::fs::OpenOptions::new();
+            file.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+            std::io::Write::write_all(&mut file.open(path)?, format!("{key}\n").as_bytes())
+                .with_context(|| format!("cannot write {} (web.token_key_file)", path.display()))?;
+            tracing::info!(
+                file = %path.display(),
+                "made the key that signs readers' links: keep it with the database"
+            );
+            Ok(ReaderTokens::new(key.as_bytes()))
+        }
+        Err(e) => {
+            Err(e).with_context(|| format!("cannot read {} (web.token_key_file)", path.display()))
+        }
+    }
 }
 
 /// Connects to the SMTP relay once before delivering: an answer that no

@@ -99,10 +99,11 @@ async fn dry_run_send(engine: &Engine, digest: &Digest, slot: DateTime<Utc>) -> 
     let mut count = 0u64;
     let mut encoder = BodyEncoder::default();
     while let Some(s) = rows.try_next().await? {
+        let token = engine.tokens.for_reader(s.id);
         let reader = Recipient {
             name: s.name.as_deref(),
             email: &s.email,
-            unsubscribe_token: &s.unsubscribe_token,
+            unsubscribe_token: &token,
         };
         delivery::compose(engine, &ctx, &reader, s.id, slot, &mut encoder)
             .with_context(|| format!("cannot build the email to {}", s.email))?;

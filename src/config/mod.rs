@@ -27,5 +27,5 @@ pub use self::load::{DEFAULT_FILE, ENV_PREFIX, load, load_from};
 pub use self::mail::{MailSettings, TransportKind};
 pub use self::settings::Settings;
 pub use self::smtp::{SmtpSettings, TlsMode};
-pub use self::web::{IpRange, WebSettings};
+pub use self::web::{IpRange, TokenKey, WebSettings};
 pub use crate::domain::Secret;

@@ -1,14 +1,17 @@
 //! `[web]`: the readers' pages: their public address, where they listen,
 //! and what they accept.
 
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::check::{Problems, parse_duration};
+use crate::domain::Secret;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawWeb {
     base_url: String,
@@ -16,6 +19,8 @@ pub(super) struct RawWeb {
     confirm_ttl: String,
     subscribe_per_hour: u32,
     trusted_proxies: Vec<String>,
+    token_key: String,
+    token_key_file: PathBuf,
 }
 
 impl Default for RawWeb {
@@ -26,7 +31,18 @@ impl Default for RawWeb {
             confirm_ttl: "48h".into(),
             subscribe_per_hour: 20,
             trusted_proxies: Vec::new(),
+            token_key: String::new(),
+            token_key_file: "data/token.key".into(),
         }
+    }
+}
+
+impl fmt::Debug for RawWeb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawWeb")
+            .field("base_url", &self.base_url)
+            .field("bind", &self.bind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -41,6 +57,18 @@ pub struct WebSettings {
     pub subscribe_per_hour: u32,
     /// Reverse proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<IpRange>,
+    /// The key that signs readers' links: `web.token_key`, or else the
+    /// contents of `web.token_key_file` (made on first use).
+    pub token_key: TokenKey,
+}
+
+/// Where the key that signs readers' links comes from.
+#[derive(Debug, Clone)]
+pub enum TokenKey {
+    /// `web.token_key`.
+    Given(Secret),
+    /// `web.token_key_file`, made with a random key if missing.
+    File(PathBuf),
 }
 
 /// An address or a network (`10.0.0.0/8`, `fd00::/8`, `127.0.0.1`).
@@ -122,6 +150,21 @@ pub(super) fn validate(raw: &RawWeb, problems: &mut Problems) -> Option<WebSetti
             ),
         }
     }
+    let token_key = match raw.token_key.trim() {
+        "" => TokenKey::File(raw.token_key_file.clone()),
+        key if key.len() < 32 => {
+            // (The key itself is not shown.)
+            problems.key(
+                "web.token_key",
+                format!(
+                    "is {} characters long: use at least 32 random ones",
+                    key.len()
+                ),
+            );
+            TokenKey::File(raw.token_key_file.clone())
+        }
+        key => TokenKey::Given(Secret::new(key)),
+    };
     if problems.list.len() > before {
         return None;
     }
@@ -131,6 +174,7 @@ pub(super) fn validate(raw: &RawWeb, problems: &mut Problems) -> Option<WebSetti
         confirm_ttl: confirm_ttl.ok()?,
         subscribe_per_hour: raw.subscribe_per_hour,
         trusted_proxies,
+        token_key,
     })
 }
 

@@ -92,10 +92,11 @@ pub(super) fn prepare(
     if c.subscriber_status != Some(SubscriberStatus::Confirmed) {
         return Err(Outcome::Skipped(c.id));
     }
+    let token = engine.tokens.for_reader(c.subscriber_id);
     let reader = Recipient {
         name: c.name.as_deref(),
         email: &c.email,
-        unsubscribe_token: &c.unsubscribe_token,
+        unsubscribe_token: &token,
     };
     compose(
         engine,

@@ -33,7 +33,7 @@ pub use self::policy::backoff;
 pub use self::run::{Drain, deliver_run};
 pub use self::worker::Workers;
 use crate::config::Settings;
-use crate::domain::DigestName;
+use crate::domain::{DigestName, ReaderTokens};
 use crate::render::Renderer;
 use crate::store::{DeliveryCounts, Store};
 
@@ -43,6 +43,8 @@ pub struct Engine {
     pub settings: Arc<Settings>,
     pub store: Store,
     pub renderer: Arc<Renderer>,
+    /// Signs the tokens of readers' links.
+    pub tokens: ReaderTokens,
     /// Woken when a subscribe request leaves a confirmation email to send.
     pub confirmations_due: Arc<tokio::sync::Notify>,
     /// A worker handed this reader's delivery panics: for the tests of

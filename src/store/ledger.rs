@@ -17,7 +17,6 @@ pub struct Claimed {
     pub name: Option<String>,
     /// `None`: the subscriber was removed after the run was planned.
     pub subscriber_status: Option<SubscriberStatus>,
-    pub unsubscribe_token: String,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, FromRow)]
@@ -69,8 +68,7 @@ impl Store {
         // planned) comes back as skipped: it is claimed, never mailed.
         const READER: &str = "c.id, c.run_id, c.subscriber_id, c.attempts, \
                               coalesce(s.email, '') as email, s.name, \
-                              s.status as subscriber_status, \
-                              coalesce(s.unsubscribe_token, '') as unsubscribe_token";
+                              s.status as subscriber_status";
         // The parameters of DUE and of the lease, on either backend.
         macro_rules! bind_claim {
             ($sql:expr) => {

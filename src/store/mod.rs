@@ -119,6 +119,16 @@ impl Store {
             Store::Postgres(pool)
         };
         store.migrate().await?;
+        let hashed = store
+            .hash_legacy_tokens()
+            .await
+            .context("cannot hash the reader tokens of before")?;
+        if hashed > 0 {
+            tracing::info!(
+                hashed,
+                "reader tokens from before signed links: kept as hashes now"
+            );
+        }
         Ok(store)
     }
 

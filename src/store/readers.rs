@@ -5,8 +5,11 @@ use anyhow::Result;
 use sqlx::FromRow;
 
 use super::{BeginWrite, Store, Timestamp};
-use crate::domain::{DigestName, EmailAddress, new_token};
+use crate::domain::{
+    DigestName, EmailAddress, ReaderTokens, SubscriberStatus, new_token, sha256_hex,
+};
 
+/// What a subscribe request led to. The web answer is the same for each:
 /// nobody learns whether an address is subscribed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubscribeOutcome {
@@ -37,17 +40,18 @@ pub struct Reader {
     pub id: i64,
     pub email: String,
     pub name: Option<String>,
-    pub status: String,
-    pub unsubscribe_token: String,
+    pub status: SubscriberStatus,
 }
 
-/// Equality in time independent of where the strings differ.
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+/// What a new subscriber's `legacy_token_hash` holds: unique, and matching
+/// no token (their links are signed).
+pub(super) fn no_legacy_token() -> String {
+    format!("none:{}", new_token())
+}
+
+/// What the store keeps of a legacy token: its SHA-256.
+fn legacy_token_hash(token: &str) -> String {
+    format!("sha256:{}", sha256_hex(token))
 }
 
 impl Store {
@@ -76,10 +80,10 @@ impl Store {
             let mut tx = pool.begin_write().await?;
             // Writing first takes SQLite's write lock before any read.
             sqlx::query(
-                "insert into subscribers (email, email_key, status, unsubscribe_token, created_at, updated_at) \
+                "insert into subscribers (email, email_key, status, legacy_token_hash, created_at, updated_at) \
                  values ($1, $2, 'pending', $3, $4, $4) on conflict (email_key) do nothing",
             )
-            .bind(email.as_str()).bind(email.key()).bind(new_token()).bind(now)
+            .bind(email.as_str()).bind(email.key()).bind(no_legacy_token()).bind(now)
             .execute(&mut *tx)
             .await?;
             let (subscriber_id,): (i64,) =
@@ -161,7 +165,7 @@ impl Store {
                 .await?;
             }
             let reader: Reader = sqlx::query_as(
-                "select id, email, name, status, unsubscribe_token from subscribers where id = $1",
+                "select id, email, name, status from subscribers where id = $1",
             )
             .bind(subscriber_id)
             .fetch_one(&mut *tx)
@@ -171,21 +175,81 @@ impl Store {
         })
     }
 
-    /// The reader whose unsubscribe token this is. The first 16 characters
-    /// select the row through the index; the whole token is then compared
-    /// in constant time.
-    pub async fn reader_by_token(&self, token: &str) -> Result<Option<Reader>> {
+    /// The reader a link's token names: a token signed by `tokens`, or
+    /// the random token of an email sent before links were signed (found
+    /// by its hash).
+    pub async fn reader_by_token(
+        &self,
+        tokens: &ReaderTokens,
+        token: &str,
+    ) -> Result<Option<Reader>> {
+        const COLUMNS: &str = "select id, email, name, status from subscribers";
+        if let Some(id) = tokens.verify(token) {
+            let sql = format!("{COLUMNS} where id = $1");
+            return on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?));
+        }
         if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(None);
         }
-        let selector = &token[..16];
-        let upper = format!("{selector}g");
-        let sql = "select id, email, name, status, unsubscribe_token from subscribers \
-                   where unsubscribe_token >= $1 and unsubscribe_token < $2";
-        let rows: Vec<Reader> = on_pool!(self, pool => sqlx::query_as(sql).bind(selector).bind(&upper).fetch_all(pool).await?);
-        Ok(rows
-            .into_iter()
-            .find(|r| constant_time_eq(&r.unsubscribe_token, token)))
+        let sql = format!("{COLUMNS} where legacy_token_hash = $1");
+        let hash = legacy_token_hash(token);
+        on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(&hash).fetch_optional(pool).await?))
+    }
+
+    /// Replaces the random tokens kept in clear from before links were
+    /// signed with their hashes, a batch at a time; run at start-up, and
+    /// a no-op once done.
+    pub async fn hash_legacy_tokens(&self) -> Result<u64> {
+        let pending = "select id, legacy_token_hash from subscribers \
+                       where legacy_token_hash not like 'sha256:%' \
+                       and legacy_token_hash not like 'none:%' order by id limit 500";
+        let mut hashed = 0;
+        loop {
+            let done = on_pool!(self, pool => {
+                let mut tx = pool.begin_write().await?;
+                let rows: Vec<(i64, String)> = sqlx::query_as(pending).fetch_all(&mut *tx).await?;
+                for (id, token) in &rows {
+                    sqlx::query("update subscribers set legacy_token_hash = $2 where id = $1")
+                        .bind(id).bind(legacy_token_hash(token))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                rows.len() as u64
+            });
+            if done == 0 {
+                return Ok(hashed);
+            }
+            hashed += done;
+        }
+    }
+
+    /// Records the fingerprint of the key that signs readers' links, or
+    /// checks it against the one recorded: links signed with another key
+    /// would open nothing.
+    pub async fn check_token_key(&self, tokens: &ReaderTokens, now: Timestamp) -> Result<()> {
+        let fingerprint = tokens.fingerprint();
+        let recorded: String = on_pool!(self, pool => {
+            sqlx::query(
+                "insert into token_keys (name, fingerprint, created_at) values ('readers', $1, $2) \
+                 on conflict (name) do nothing",
+            )
+            .bind(&fingerprint).bind(now)
+            .execute(pool)
+            .await?;
+            let (recorded,): (String,) =
+                sqlx::query_as("select fingerprint from token_keys where name = 'readers'")
+                    .fetch_one(pool)
+                    .await?;
+            recorded
+        });
+        anyhow::ensure!(
+            recorded == fingerprint,
+            "this database's reader links (unsubscribe, preferences) are signed with another key \
+             (fingerprint {recorded}, this process has {fingerprint}): give every process the same \
+             `web.token_key` (or `web.token_key_file`); a new key would break every link already mailed"
+        );
+        Ok(())
     }
 
     pub async fn unsubscribe(&self, subscriber_id: i64, now: Timestamp) -> Result<()> {

@@ -6,8 +6,9 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use sqlx::FromRow;
 
+use super::readers::no_legacy_token;
 use super::{BeginWrite, Store, Timestamp};
-use crate::domain::{DigestName, EmailAddress, SubscriberStatus, new_token};
+use crate::domain::{DigestName, EmailAddress, SubscriberStatus};
 
 #[derive(Debug, Clone)]
 pub struct NewSubscriber {
@@ -22,7 +23,6 @@ pub struct Subscriber {
     pub email: String,
     pub name: Option<String>,
     pub status: SubscriberStatus,
-    pub unsubscribe_token: String,
     pub created_at: Timestamp,
 }
 
@@ -74,10 +74,10 @@ impl Store {
                     }
                     None => {
                         let (id,): (i64,) = sqlx::query_as(
-                            "insert into subscribers (email, email_key, name, status, unsubscribe_token, created_at, updated_at) \
+                            "insert into subscribers (email, email_key, name, status, legacy_token_hash, created_at, updated_at) \
                              values ($1, $2, $3, 'confirmed', $4, $5, $5) returning id",
                         )
-                        .bind(s.email.as_str()).bind(s.email.key()).bind(&s.name).bind(new_token()).bind(now)
+                        .bind(s.email.as_str()).bind(s.email.key()).bind(&s.name).bind(no_legacy_token()).bind(now)
                         .fetch_one(&mut *tx)
                         .await?;
                         counts.added += 1;
@@ -134,13 +134,14 @@ impl Store {
     }
 
     pub async fn find_subscriber(&self, email: &EmailAddress) -> Result<Option<Subscriber>> {
-        let sql = "select id, email, name, status, unsubscribe_token, created_at from subscribers where email_key = $1";
+        let sql =
+            "select id, email, name, status, created_at from subscribers where email_key = $1";
         on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(email.key()).fetch_optional(pool).await?))
     }
 
     /// The first confirmed subscriber of a digest (a realistic preview).
     pub async fn first_subscriber_of(&self, digest: &DigestName) -> Result<Option<Subscriber>> {
-        let sql = "select s.id, s.email, s.name, s.status, s.unsubscribe_token, s.created_at \
+        let sql = "select s.id, s.email, s.name, s.status, s.created_at \
                    from subscribers s join subscriptions d on d.subscriber_id = s.id \
                    where d.digest = $1 and s.status = 'confirmed' order by s.id limit 1";
         on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(digest.as_str()).fetch_optional(pool).await?))
@@ -162,11 +163,9 @@ impl Store {
     ) -> BoxStream<'a, Result<Subscriber>> {
         let sql = match status {
             Some(_) => {
-                "select id, email, name, status, unsubscribe_token, created_at from subscribers where status = $1 order by id"
+                "select id, email, name, status, created_at from subscribers where status = $1 order by id"
             }
-            None => {
-                "select id, email, name, status, unsubscribe_token, created_at from subscribers order by id"
-            }
+            None => "select id, email, name, status, created_at from subscribers order by id",
         };
         let status = status.map(|s| s.as_str());
         on_pool!(self, pool => {
@@ -183,7 +182,7 @@ impl Store {
         &'a self,
         digest: &'a DigestName,
     ) -> BoxStream<'a, Result<Subscriber>> {
-        let sql = "select s.id, s.email, s.name, s.status, s.unsubscribe_token, s.created_at \
+        let sql = "select s.id, s.email, s.name, s.status, s.created_at \
                    from subscribers s join subscriptions d on d.subscriber_id = s.id \
                    where d.digest = $1 and s.status = 'confirmed' order by s.id";
         on_pool!(self, pool => sqlx::query_as::<_, Subscriber>(sql)

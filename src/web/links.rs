@@ -31,7 +31,7 @@ pub async fn unsubscribe_page(
         "web/unsubscribe.html.j2",
         context! {
             email => reader.email,
-            status => reader.status,
+            status => reader.status.as_str(),
             action => format!("/unsubscribe/{token}"),
             preferences => format!("/preferences/{token}"),
         },

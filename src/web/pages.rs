@@ -120,7 +120,12 @@ pub fn link_not_found(state: &WebState) -> Response {
 
 /// The reader a link's token belongs to, or the page to answer instead.
 pub async fn reader_or_404(state: &WebState, token: &str) -> Result<Reader, Response> {
-    match state.engine.store.reader_by_token(token).await {
+    match state
+        .engine
+        .store
+        .reader_by_token(&state.engine.tokens, token)
+        .await
+    {
         Ok(Some(reader)) => Ok(reader),
         Ok(None) => Err(link_not_found(state)),
         Err(e) => Err(server_error(state, e)),

@@ -17,7 +17,7 @@ pub async fn web_view(
 ) -> Response {
     let engine = &state.engine;
     let found = async {
-        let Some(reader) = engine.store.reader_by_token(&token).await? else {
+        let Some(reader) = engine.store.reader_by_token(&engine.tokens, &token).await? else {
             return Ok(None);
         };
         let Some(run) = engine.store.run(run_id).await? else {
@@ -36,7 +36,7 @@ pub async fn web_view(
             &Recipient {
                 name: reader.name.as_deref(),
                 email: &reader.email,
-                unsubscribe_token: &reader.unsubscribe_token,
+                unsubscribe_token: &engine.tokens.for_reader(reader.id),
             },
         )?;
         anyhow::Ok(Some(rendered.html))

@@ -228,7 +228,7 @@ pub async fn confirm(
             let prefs = state
                 .engine
                 .renderer
-                .preferences_url(&reader.unsubscribe_token);
+                .preferences_url(&state.engine.tokens.for_reader(reader.id));
             message(
                 &state,
                 StatusCode::OK,

@@ -162,6 +162,7 @@ timeout_secs = 10
 [web]
 base_url = "https://news.example.org/"
 bind = "127.0.0.1:0"
+token_key = "a test key of at least thirty-two characters"
 [templates]
 dir = "{templates}"
 [delivery]

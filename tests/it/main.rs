@@ -1,19 +1,16 @@
 //! Gazette's integration tests: one binary, real SQLite and Postgres, a
-//! real SMTP server on loopback, and the `gazette` binary itself.
+//! real SMTP server on loopback, and the `gazette` binary itself. The
+//! modules follow the crate's rooms; `helpers` and `smtp` are the real
+//! parts they share.
 
 mod helpers;
 mod smtp;
 
-mod browser;
-mod cli;
-mod config_errors;
-mod confirmations;
-mod faults;
-mod message;
-mod pipeline;
+mod app;
+mod config;
+mod delivery;
+mod mail;
 mod render;
-mod scheduling;
+mod schedule;
 mod store;
-mod tls;
 mod web;
-mod web_security;

@@ -1,7 +1,7 @@
 //! The store's behaviour, the same on SQLite and Postgres.
 
 use chrono::{Duration, Utc};
-use gazette::domain::{DigestName, EmailAddress, SubscriberStatus};
+use gazette::domain::{DigestName, EmailAddress, ReaderTokens, SubscriberStatus};
 use gazette::import;
 use gazette::store::{Claimed, NewSubscriber, PlanOutcome, RunPlan, Store, Timestamp};
 
@@ -17,6 +17,8 @@ on_both_backends!(
     article_selection_takes_the_window_tags_and_limit_newest_first,
     claims_take_due_rows_in_order_and_rows_whose_lease_expired,
     a_removed_subscriber_leaves_the_ledger_and_is_never_claimed_as_a_reader,
+    signed_links_and_the_hashed_tokens_of_old_emails_find_their_reader,
+    a_process_with_another_link_key_is_refused,
 );
 
 async fn store(db: &TestDb) -> Store {
@@ -133,10 +135,127 @@ async fn subscribers_are_unique_whatever_the_case_of_their_address(backend: Back
         "a missing name keeps the stored one"
     );
     assert_eq!(found.status, "confirmed");
-    // 256 random bits, in hex.
-    let token = &found.unsubscribe_token;
-    assert_eq!(token.len(), 64, "{token}");
-    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+    // Their links are signed: a signed token finds them, and nothing the
+    // store keeps is a token.
+    let tokens = ReaderTokens::new(b"a test key of at least thirty-two characters");
+    let reader = store
+        .reader_by_token(&tokens, &tokens.for_reader(found.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reader.email, "Ada@Example.org");
+    let kept: String = raw_one(
+        &store,
+        &format!(
+            "select legacy_token_hash from subscribers where id = {}",
+            found.id
+        ),
+    )
+    .await;
+    assert!(kept.starts_with("none:"), "{kept}");
+}
+
+/// One text value selected with raw SQL.
+async fn raw_one(store: &Store, sql: &str) -> String {
+    match store {
+        Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        Store::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+    }
+}
+
+/// Runs raw SQL.
+async fn raw_execute(store: &Store, sql: &str) {
+    match store {
+        Store::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
+        Store::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
+    }
+    .unwrap();
+}
+
+async fn signed_links_and_the_hashed_tokens_of_old_emails_find_their_reader(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = store(&db).await;
+    let tokens = ReaderTokens::new(b"a test key of at least thirty-two characters");
+    let email = EmailAddress::parse("old@example.org").unwrap();
+    store
+        .upsert_subscribers(
+            &[NewSubscriber {
+                email: email.clone(),
+                name: None,
+                digests: vec![daily()],
+            }],
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let id = store.find_subscriber(&email).await.unwrap().unwrap().id;
+    // A row as it was before links were signed: its token in clear.
+    let old = "0123456789abcdef".repeat(4);
+    raw_execute(
+        &store,
+        &format!("update subscribers set legacy_token_hash = '{old}' where id = {id}"),
+    )
+    .await;
+
+    assert_eq!(store.hash_legacy_tokens().await.unwrap(), 1);
+    assert_eq!(store.hash_legacy_tokens().await.unwrap(), 0, "done once");
+    let kept = raw_one(
+        &store,
+        &format!("select legacy_token_hash from subscribers where id = {id}"),
+    )
+    .await;
+    assert!(
+        kept.starts_with("sha256:") && !kept.contains(&old),
+        "{kept}"
+    );
+
+    // The old email's link and a signed one open the same reader; a
+    // forged or unknown token opens nothing.
+    let by_old = store.reader_by_token(&tokens, &old).await.unwrap().unwrap();
+    assert_eq!(by_old.id, id);
+    let signed = tokens.for_reader(id);
+    assert_eq!(
+        store
+            .reader_by_token(&tokens, &signed)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        id
+    );
+    let other = ReaderTokens::new(b"another key of at least thirty-two characters");
+    for nothing in [other.for_reader(id), "f".repeat(64), kept.clone()] {
+        assert!(
+            store
+                .reader_by_token(&tokens, &nothing)
+                .await
+                .unwrap()
+                .is_none(),
+            "{nothing}"
+        );
+    }
+}
+
+async fn a_process_with_another_link_key_is_refused(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = store(&db).await;
+    let first = ReaderTokens::new(b"a test key of at least thirty-two characters");
+    store
+        .check_token_key(&first, Timestamp::now())
+        .await
+        .unwrap();
+    store
+        .check_token_key(&first, Timestamp::now())
+        .await
+        .unwrap();
+    let other = ReaderTokens::new(b"another key of at least thirty-two characters");
+    let err = store
+        .check_token_key(&other, Timestamp::now())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("web.token_key"), "{err}");
+    assert!(!err.contains("thirty-two"), "the key was printed: {err}");
 }
 
 async fn a_subscriber_csv_with_a_bad_row_names_the_line_and_imports_nothing(backend: Backend) {

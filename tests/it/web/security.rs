@@ -45,10 +45,9 @@ async fn every_answer_carries_the_security_headers_and_token_pages_are_not_store
         .unwrap()
         .unwrap();
     let token = app
-        .reader("ada@example.org")
-        .await
-        .unwrap()
-        .unsubscribe_token;
+        .engine
+        .tokens
+        .for_reader(app.reader("ada@example.org").await.unwrap().id);
     app.post_form("/subscribe", "email=new%40example.org&digest=daily")
         .await;
     let confirm = path_of(&app.confirmation_link("new@example.org").await).to_string();
@@ -433,10 +432,9 @@ async fn paths_that_do_not_parse_get_the_plain_404() {
     let app = WebApp::start(Backend::Sqlite, "").await;
     app.add_reader("ada@example.org", None, &["daily"]).await;
     let token = app
-        .reader("ada@example.org")
-        .await
-        .unwrap()
-        .unsubscribe_token;
+        .engine
+        .tokens
+        .for_reader(app.reader("ada@example.org").await.unwrap().id);
     let (status, plain) = app.get("/no/such/page").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     for (path, input) in [
@@ -542,7 +540,7 @@ async fn forms_that_are_not_utf8_get_a_400_and_change_nothing() {
     app.add_reader("grace@example.org", Some("Grace"), &["daily"])
         .await;
     let sub = app.reader("grace@example.org").await.unwrap();
-    let path = format!("/preferences/{}", sub.unsubscribe_token);
+    let path = format!("/preferences/{}", app.engine.tokens.for_reader(sub.id));
     let (status, page) = app
         .post_form(&path, "name=%FF&digest=weekly&action=save")
         .await;

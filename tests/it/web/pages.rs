@@ -1,172 +1,14 @@
-//! The readers' web pages, over real HTTP on a loopback port, with a real
-//! database and the recording SMTP server: double opt-in, one-click
-//! unsubscribe, preferences, the web view, and bad input.
+//! The reader pages' flows over HTTP: subscribe, confirm, unsubscribe,
+//! preferences, the web view, and what bad input gets.
 
 use chrono::Utc;
 use gazette::domain::EmailAddress;
 use gazette::store::Store;
 use reqwest::StatusCode;
 
-use crate::helpers::{Backend, SmtpServer, TestDb, Workspace, digest_section};
+use super::{WebApp, path_of};
+use crate::helpers::Backend;
 use crate::on_both_backends;
-
-pub struct WebApp {
-    pub base: String,
-    pub smtp: SmtpServer,
-    _ws: Workspace,
-    pub engine: gazette::delivery::Engine,
-    pub http: reqwest::Client,
-    _stop: tokio::sync::watch::Sender<bool>,
-    _db: TestDb,
-}
-
-impl WebApp {
-    pub async fn start(backend: Backend, web: &str) -> Self {
-        Self::start_with(backend, web, SmtpServer::start()).await
-    }
-
-    /// [`WebApp::start`] with `smtp` as the relay.
-    pub async fn start_with(backend: Backend, web: &str, smtp: SmtpServer) -> Self {
-        let db = TestDb::new(backend).await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
-        let sections = format!(
-            "{}{}",
-            digest_section("daily", ""),
-            digest_section("weekly", "").replace("The weekly Digest", "The Weekly Roundup")
-        );
-        let ws = Workspace::new(&db.url, Some(smtp.port), &sections);
-        let config = std::fs::read_to_string(&ws.config).unwrap().replace(
-            "base_url = \"https://news.example.org/\"",
-            &format!("base_url = \"{base}\"\n{web}"),
-        );
-        std::fs::write(&ws.config, config).unwrap();
-        let engine = ws.engine().await;
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        tokio::spawn(gazette::web::serve(engine.clone(), listener, shutdown));
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        Self {
-            base,
-            smtp,
-            _ws: ws,
-            engine,
-            http,
-            _stop: stop,
-            _db: db,
-        }
-    }
-
-    pub async fn get(&self, path: &str) -> (StatusCode, String) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.text().await.unwrap())
-    }
-
-    pub async fn post_form(&self, path: &str, body: &str) -> (StatusCode, String) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.text().await.unwrap())
-    }
-
-    /// Adds a confirmed subscriber, as an operator would.
-    pub async fn add_reader(&self, email: &str, name: Option<&str>, digests: &[&str]) {
-        let digests: Vec<String> = digests.iter().map(|d| d.to_string()).collect();
-        gazette::app::subscribers_add(&self.engine, email, name.map(str::to_string), &digests)
-            .await
-            .unwrap();
-    }
-
-    pub async fn reader(&self, email: &str) -> Option<gazette::store::Subscriber> {
-        self.engine
-            .store
-            .find_subscriber(&EmailAddress::parse(email).unwrap())
-            .await
-            .unwrap()
-    }
-
-    pub async fn status_of(&self, email: &str) -> Option<String> {
-        self.reader(email).await.map(|s| s.status.to_string())
-    }
-
-    /// Waits until no confirmation email is left to send: they go out in
-    /// the background, after the answer to the request.
-    pub async fn mailed(&self) {
-        let start = std::time::Instant::now();
-        while self
-            .engine
-            .store
-            .pending_confirmation_emails()
-            .await
-            .unwrap()
-            > 0
-        {
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(30),
-                "confirmation emails still waiting after 30 s"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    }
-
-    /// The link in the latest confirmation email to `email`.
-    pub async fn confirmation_link(&self, email: &str) -> String {
-        self.mailed().await;
-        let mails = self.smtp.received_by(email);
-        let mail = mails.last().expect("no confirmation email");
-        let m = mail.parsed();
-        assert!(
-            m.subject()
-                .unwrap()
-                .starts_with("Confirm your subscription")
-        );
-        assert!(m.header("List-Unsubscribe").is_none());
-        let text = m.body_text(0).unwrap().into_owned();
-        let start = text
-            .find(&format!("{}/confirm/", self.base))
-            .expect("no link in the email");
-        text[start..].split_whitespace().next().unwrap().to_string()
-    }
-
-    /// Publishes an article and sends the digest now.
-    pub async fn publish_and_send(&self, title: &str, digest: &str) {
-        self.add_article(title).await;
-        gazette::app::send(&self.engine, digest, None, false)
-            .await
-            .unwrap();
-    }
-
-    pub async fn add_article(&self, title: &str) {
-        gazette::app::articles_add(
-            &self.engine,
-            gazette::import::ArticleInput {
-                url: format!("https://example.org/{}", title.replace(' ', "-")),
-                title: title.into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-}
-
-pub fn path_of(url: &str) -> &str {
-    let after = url.find("://").map_or(0, |i| i + 3);
-    &url[after + url[after..].find('/').unwrap()..]
-}
 
 on_both_backends!(
     a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click,
@@ -303,7 +145,7 @@ async fn preferences_change_digests_and_name(backend: Backend) {
     app.add_reader("grace@example.org", Some("Grace"), &["daily"])
         .await;
     let sub = app.reader("grace@example.org").await.unwrap();
-    let path = format!("/preferences/{}", sub.unsubscribe_token);
+    let path = format!("/preferences/{}", app.engine.tokens.for_reader(sub.id));
     let (status, page) = app.get(&path).await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("value=\"daily\" checked"), "{page}");
@@ -355,7 +197,10 @@ async fn the_web_view_shows_the_digest_to_its_reader_only(backend: Backend) {
     // Bob was not sent this run: his token does not open it.
     let bob = app.reader("bob@example.org").await.unwrap();
     let (status, _) = app
-        .get(&format!("/digests/{run}/{}", bob.unsubscribe_token))
+        .get(&format!(
+            "/digests/{run}/{}",
+            app.engine.tokens.for_reader(bob.id)
+        ))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
@@ -518,7 +363,7 @@ async fn following_an_unsubscribe_link_changes_nothing_until_the_button_is_press
     let app = WebApp::start(Backend::Sqlite, "").await;
     app.add_reader("ada@example.org", None, &[]).await;
     let sub = app.reader("ada@example.org").await.unwrap();
-    let path = format!("/unsubscribe/{}", sub.unsubscribe_token);
+    let path = format!("/unsubscribe/{}", app.engine.tokens.for_reader(sub.id));
     let (status, page) = app.get(&path).await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("<form method=\"post\""), "{page}");

@@ -166,7 +166,7 @@ async fn digests_are_correct_through(backend: Backend, smtp: SmtpServer) -> Smtp
         );
         let unsubscribe = format!(
             "https://news.example.org/unsubscribe/{}",
-            sub.unsubscribe_token
+            engine.tokens.for_reader(sub.id)
         );
         assert_eq!(
             header_text(&m, "List-Unsubscribe"),

@@ -1,0 +1,15 @@
+-- Readers' links are signed (`{id}.{mac}`, see domain::ReaderTokens) with
+-- a key kept out of the store, and checked without it. The random tokens
+-- of the emails sent before still open their reader's pages: the store
+-- keeps only their SHA-256 (`sha256:…`; gazette hashes the rows of before
+-- when it starts), and for readers added since, `none:…`, which no token
+-- matches.
+alter table subscribers rename column unsubscribe_token to legacy_token_hash;
+
+-- The fingerprint of the key that signs the links: a process with another
+-- key is refused instead of mailing links the others cannot open.
+create table token_keys (
+    name text primary key,
+    fingerprint text not null,
+    created_at integer not null
+);

@@ -1,0 +1,4 @@
+//! The message as a MIME parser reads it, and SMTP over TLS.
+
+mod message;
+mod tls;
