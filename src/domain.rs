@@ -125,25 +125,34 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// HMAC-SHA256 (RFC 2104).
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut block = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
+/// HMAC-SHA256 (RFC 2104) with one key, its padded key blocks hashed
+/// once: a MAC then costs two SHA-256 compressions instead of four.
+#[derive(Clone)]
+struct Hmac {
+    inner: Sha256,
+    outer: Sha256,
+}
+
+impl Hmac {
+    fn new(key: &[u8]) -> Self {
+        const BLOCK: usize = 64;
+        let mut block = [0u8; BLOCK];
+        if key.len() > BLOCK {
+            block[..32].copy_from_slice(&Sha256::digest(key));
+        } else {
+            block[..key.len()].copy_from_slice(key);
+        }
+        let pad = |byte: u8| block.map(|b| b ^ byte);
+        Self {
+            inner: Sha256::new().chain_update(pad(0x36)),
+            outer: Sha256::new().chain_update(pad(0x5c)),
+        }
     }
-    let pad = |byte: u8| block.map(|b| b ^ byte);
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
+
+    fn mac(&self, message: &[u8]) -> [u8; 32] {
+        let inner = self.inner.clone().chain_update(message).finalize();
+        self.outer.clone().chain_update(inner).finalize().into()
+    }
 }
 
 /// The tokens of readers' links (unsubscribe, preferences, web view):
@@ -152,7 +161,7 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
 /// by computing its MAC again.
 #[derive(Clone)]
 pub struct ReaderTokens {
-    key: Arc<[u8]>,
+    hmac: Arc<Hmac>,
 }
 
 impl fmt::Debug for ReaderTokens {
@@ -166,11 +175,13 @@ impl ReaderTokens {
     const MAC_HEX: usize = 32;
 
     pub fn new(key: &[u8]) -> Self {
-        Self { key: key.into() }
+        Self {
+            hmac: Arc::new(Hmac::new(key)),
+        }
     }
 
     fn mac(&self, subscriber_id: i64) -> String {
-        let mac = hmac_sha256(&self.key, format!("reader:{subscriber_id}").as_bytes());
+        let mac = self.hmac.mac(format!("reader:{subscriber_id}").as_bytes());
         hex(&mac[..Self::MAC_HEX / 2])
     }
 
@@ -199,7 +210,7 @@ impl ReaderTokens {
     /// process with another key is refused instead of sending links that
     /// the others cannot open.
     pub fn fingerprint(&self) -> String {
-        let mac = hmac_sha256(&self.key, b"gazette key fingerprint");
+        let mac = self.hmac.mac(b"gazette key fingerprint");
         hex(&mac[..8])
     }
 }
@@ -370,9 +381,16 @@ mod tests {
     }
 
     #[test]
-    fn hmac_matches_the_rfc_4231_test_vector() {
-        // RFC 4231, test case 2.
-        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+    fn hmac_matches_the_rfc_4231_test_vectors() {
+        // RFC 4231, test case 6: a key longer than a block.
+        let long =
+            Hmac::new(&[0xaa; 131]).mac(b"Test Using Larger Than Block-Size Key - Hash Key First");
+        assert_eq!(
+            hex(&long),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+        // Test case 2.
+        let mac = Hmac::new(b"Jefe").mac(b"what do ya want for nothing?");
         assert_eq!(
             hex(&mac),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
