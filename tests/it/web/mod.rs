@@ -149,18 +149,25 @@ impl WebApp {
             .unwrap();
     }
 
+    /// Adds an article published now, and returns once the store's clock
+    /// (milliseconds) has moved past it, so that a digest sent next takes it
+    /// and one sent before it cannot have.
     pub async fn add_article(&self, title: &str) {
+        let published = gazette::store::Timestamp::now();
         gazette::app::articles_add(
             &self.engine,
             gazette::import::ArticleInput {
                 url: format!("https://example.org/{}", title.replace(' ', "-")),
                 title: title.into(),
+                published_at: Some(published.0.to_rfc3339()),
                 ..Default::default()
             },
         )
         .await
         .unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        while gazette::store::Timestamp::now() <= published {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
