@@ -3,12 +3,11 @@
 use anyhow::Result;
 use chrono::Utc;
 
-use super::process::reader_tokens;
+use super::process::open_store;
 use crate::config::{Settings, TokenKey, TransportKind};
 use crate::mail;
 use crate::render::Renderer;
 use crate::schedule;
-use crate::store::{Store, Timestamp};
 
 /// `gazette check`: configuration and templates were checked on load; this
 /// also reaches the database and, for SMTP, the relay.
@@ -32,14 +31,12 @@ pub async fn check(settings: Settings) -> Result<()> {
             d.name, d.schedule.text, d.timezone
         );
     }
-    let store = Store::connect(&settings.database.url).await?;
+    let (store, _) = open_store(&settings).await?;
     println!(
         "database: ok ({}, {})",
         store.backend(),
         settings.database.redacted_url()
     );
-    let tokens = reader_tokens(&settings.web.token_key)?;
-    store.check_token_key(&tokens, Timestamp::now()).await?;
     match &settings.web.token_key {
         TokenKey::Given(_) => println!("links: signed with web.token_key"),
         TokenKey::File(path) => println!("links: signed with the key in {}", path.display()),

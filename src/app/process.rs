@@ -18,9 +18,7 @@ use crate::store::{Store, Timestamp};
 /// key that signs readers' links.
 pub async fn open(settings: Settings) -> Result<Engine> {
     let renderer = Renderer::new(&settings)?;
-    let tokens = reader_tokens(&settings.web.token_key)?;
-    let store = Store::connect(&settings.database.url).await?;
-    store.check_token_key(&tokens, Timestamp::now()).await?;
+    let (store, tokens) = open_store(&settings).await?;
     Ok(Engine {
         settings: Arc::new(settings),
         store,
@@ -29,6 +27,26 @@ pub async fn open(settings: Settings) -> Result<Engine> {
         confirmations_due: Arc::default(),
         panic_for_tests: None,
     })
+}
+
+/// Opens (and migrates) the store, with the key that signs readers'
+/// links: the key must be the one the store has seen, and the tokens kept
+/// in clear from before links were signed are replaced with their hashes.
+pub(super) async fn open_store(settings: &Settings) -> Result<(Store, ReaderTokens)> {
+    let tokens = reader_tokens(&settings.web.token_key)?;
+    let store = Store::connect(&settings.database.url).await?;
+    store.check_token_key(&tokens, Timestamp::now()).await?;
+    let hashed = store
+        .hash_legacy_tokens()
+        .await
+        .context("cannot hash the reader tokens of before")?;
+    if hashed > 0 {
+        tracing::info!(
+            hashed,
+            "reader tokens from before signed links: kept as hashes now"
+        );
+    }
+    Ok((store, tokens))
 }
 
 /// The key that signs readers' links: `web.token_key`, or the key file,

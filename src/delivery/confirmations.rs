@@ -11,7 +11,7 @@ use minijinja::context;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::Engine;
+use super::engine::Engine;
 use super::policy::backoff;
 use crate::mail::{self, BodyEncoder, MessageMeta, Rendered, SendError, Sender};
 use crate::store::{ConfirmationEmail, Timestamp};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 
-use super::Engine;
+use super::engine::Engine;
 use crate::domain::SubscriberStatus;
 use crate::mail::{self, BodyEncoder, MessageMeta, SendError, Sender};
 use crate::render::{Recipient, RunContext};

@@ -14,6 +14,7 @@
 //!   limit, and retrying the database.
 
 pub mod confirmations;
+mod engine;
 mod job;
 mod plan;
 mod policy;
@@ -22,36 +23,18 @@ mod worker;
 mod writer;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use anyhow::Result;
 use tokio::sync::watch;
 
+pub use self::engine::Engine;
 pub use self::job::compose;
 pub use self::plan::{plan, select_for_slot};
 pub use self::policy::backoff;
 pub use self::run::{Drain, deliver_run};
 pub use self::worker::Workers;
-use crate::config::Settings;
-use crate::domain::{DigestName, ReaderTokens};
-use crate::render::Renderer;
-use crate::store::{DeliveryCounts, Store};
-
-/// What the delivery code needs, shared by every command.
-#[derive(Clone)]
-pub struct Engine {
-    pub settings: Arc<Settings>,
-    pub store: Store,
-    pub renderer: Arc<Renderer>,
-    /// Signs the tokens of readers' links.
-    pub tokens: ReaderTokens,
-    /// Woken when a subscribe request leaves a confirmation email to send.
-    pub confirmations_due: Arc<tokio::sync::Notify>,
-    /// A worker handed this reader's delivery panics: for the tests of
-    /// what a panicking worker leaves behind.
-    #[doc(hidden)]
-    pub panic_for_tests: Option<String>,
-}
+use crate::domain::DigestName;
+use crate::store::DeliveryCounts;
 
 /// Delivers every unfinished run (of one digest, or all), oldest first.
 pub async fn deliver_unfinished(

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, instrument, warn};
 
-use super::Engine;
+use super::engine::Engine;
 use super::job::{Job, Outcome};
 use super::policy::retrying;
 use super::worker::Workers;

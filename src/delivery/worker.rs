@@ -10,7 +10,7 @@ use futures_util::FutureExt;
 use tokio::sync::{Mutex, mpsc};
 use tracing::error;
 
-use super::Engine;
+use super::engine::Engine;
 use super::job::{Job, Outcome, prepare, send_one};
 use super::policy::{Breaker, RateLimiter};
 use crate::mail::{BodyEncoder, Sender};

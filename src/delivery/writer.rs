@@ -6,7 +6,7 @@ use chrono::Utc;
 use tokio::sync::{Mutex, watch};
 use tracing::{debug, warn};
 
-use super::Engine;
+use super::engine::Engine;
 use super::job::Outcome;
 use super::policy::{backoff, retrying};
 use crate::store::{LedgerConnection, Timestamp};

@@ -20,5 +20,5 @@ pub use message::{
 };
 pub use outbox::write_eml;
 pub use qp::{BodyEncoder, EncodedBodies, encode_body};
-pub use sender::{SendError, Sender};
-pub use smtp::check_relay;
+pub use sender::Sender;
+pub use smtp::{SendError, check_relay};

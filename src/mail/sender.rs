@@ -5,32 +5,8 @@ use std::path::PathBuf;
 use lettre::address::Envelope;
 
 use super::outbox::write_eml;
-use super::smtp::SmtpSender;
+use super::smtp::{SendError, SmtpSender};
 use crate::config::{Settings, TransportKind};
-
-/// How a send failed, which decides what the ledger does next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SendError {
-    /// Try again later: a 4xx reply, a refused or dropped connection, a timeout.
-    Transient(String),
-    /// Do not try again: a 5xx reply for this recipient or message.
-    Permanent(String),
-    /// The relay refuses this configuration (credentials, an untrusted
-    /// certificate, TLS that cannot work): `send` and `run` stop before
-    /// planning; a delivery that meets it mid-run is tried again later,
-    /// as it may pass once the configuration is mended.
-    Setup(String),
-}
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Transient(m) => write!(f, "temporary failure: {m}"),
-            SendError::Permanent(m) => write!(f, "permanent failure: {m}"),
-            SendError::Setup(m) => write!(f, "{m}"),
-        }
-    }
-}
 
 /// One worker's way out: each worker owns one, so SMTP connections are
 /// never shared and stay open between messages.

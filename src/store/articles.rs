@@ -4,7 +4,8 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, QueryBuilder};
 
-use super::{BeginWrite, Store, Timestamp};
+use super::backend::{BeginWrite, Store};
+use super::time::Timestamp;
 
 /// An article to store, as parsed from an import or the command line.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,7 +4,8 @@
 use anyhow::Result;
 use sqlx::{FromRow, QueryBuilder};
 
-use super::{Store, Timestamp};
+use super::backend::Store;
+use super::time::Timestamp;
 
 /// A confirmation email to send, with what it needs.
 #[derive(Debug, Clone, FromRow)]

@@ -4,7 +4,8 @@
 use anyhow::Result;
 use sqlx::{FromRow, QueryBuilder};
 
-use super::{BeginWrite, Store, Timestamp};
+use super::backend::{BeginWrite, Store};
+use super::time::Timestamp;
 use crate::domain::{DeliveryStatus, SubscriberStatus};
 
 #[derive(Debug, Clone, FromRow)]

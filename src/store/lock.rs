@@ -5,7 +5,7 @@ use std::str::FromStr;
 use anyhow::{Context, Result};
 use sqlx::sqlite::SqliteConnectOptions;
 
-use super::Store;
+use super::backend::Store;
 
 /// Held while a process delivers from a SQLite store; dropped, it unlocks.
 #[derive(Debug)]

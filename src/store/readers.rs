@@ -4,7 +4,8 @@
 use anyhow::Result;
 use sqlx::FromRow;
 
-use super::{BeginWrite, Store, Timestamp};
+use super::backend::{BeginWrite, Store};
+use super::time::Timestamp;
 use crate::domain::{
     DigestName, EmailAddress, ReaderTokens, SubscriberStatus, new_token, sha256_hex,
 };

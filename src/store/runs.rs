@@ -4,8 +4,9 @@
 use anyhow::Result;
 use sqlx::{FromRow, QueryBuilder};
 
-use super::articles::RunArticleRow;
-use super::{BeginWrite, RunArticle, Store, Timestamp};
+use super::articles::{RunArticle, RunArticleRow};
+use super::backend::{BeginWrite, Store};
+use super::time::Timestamp;
 use crate::domain::{DigestName, RunStatus};
 
 #[derive(Debug, Clone, FromRow)]

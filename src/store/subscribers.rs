@@ -6,8 +6,9 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use sqlx::FromRow;
 
+use super::backend::{BeginWrite, Store};
 use super::readers::no_legacy_token;
-use super::{BeginWrite, Store, Timestamp};
+use super::time::Timestamp;
 use crate::domain::{DigestName, EmailAddress, SubscriberStatus};
 
 #[derive(Debug, Clone)]

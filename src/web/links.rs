@@ -14,6 +14,7 @@ use super::pages::{
     Body, Segments, WebState, bad_request, chosen_digests, cross_site, digest_choices, field,
     forbidden, form_fields, message, page, reader_or_404, server_error,
 };
+use crate::domain::SubscriberStatus;
 use crate::store::Timestamp;
 
 pub async fn unsubscribe_page(
@@ -77,7 +78,7 @@ pub async fn preferences_page(
         Ok(r) => r,
         Err(answer) => return answer,
     };
-    let chosen = if reader.status == "confirmed" {
+    let chosen = if reader.status == SubscriberStatus::Confirmed {
         match state.engine.store.subscriber_digests(reader.id).await {
             Ok(d) => d,
             Err(e) => return server_error(&state, e),

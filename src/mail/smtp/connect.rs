@@ -12,9 +12,8 @@ use lettre::transport::smtp::extension::ClientId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::reply::{classify, with_timeout};
+use super::reply::{SendError, classify, with_timeout};
 use crate::config::{SmtpSettings, TlsMode};
-use crate::mail::sender::SendError;
 
 /// An open SMTP session.
 pub(super) struct Connection {

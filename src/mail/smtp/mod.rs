@@ -12,9 +12,9 @@ use lettre::address::Envelope;
 use lettre::transport::smtp::extension::ClientId;
 
 use self::connect::Connection;
+pub use self::reply::SendError;
 use self::reply::{classify, with_timeout};
 use self::session::{read_envelope_replies, send_pipelined};
-use super::sender::SendError;
 use crate::config::SmtpSettings;
 
 /// One SMTP connection, opened on first use and reopened after a failure.

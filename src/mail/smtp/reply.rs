@@ -3,7 +3,29 @@
 
 use std::time::Duration;
 
-use crate::mail::sender::SendError;
+/// How a send failed, which decides what the ledger does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// Try again later: a 4xx reply, a refused or dropped connection, a timeout.
+    Transient(String),
+    /// Do not try again: a 5xx reply for this recipient or message.
+    Permanent(String),
+    /// The relay refuses this configuration (credentials, an untrusted
+    /// certificate, TLS that cannot work): `send` and `run` stop before
+    /// planning; a delivery that meets it mid-run is tried again later,
+    /// as it may pass once the configuration is mended.
+    Setup(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Transient(m) => write!(f, "temporary failure: {m}"),
+            SendError::Permanent(m) => write!(f, "permanent failure: {m}"),
+            SendError::Setup(m) => write!(f, "{m}"),
+        }
+    }
+}
 
 pub(super) async fn with_timeout<T, E: Into<TimeoutOr>>(
     limit: Duration,
