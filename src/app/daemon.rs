@@ -74,38 +74,46 @@ async fn tick(engine: Engine, mut shutdown: watch::Receiver<bool>) -> Result<()>
             info!(digest = %digest.name, schedule = %digest.schedule.text, timezone = %digest.timezone, next = %next, "scheduled");
         }
     }
+    supervise(&mut shutdown, |shutdown| ticking(&engine, shutdown)).await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Runs `life` until it returns `Ok` (on shutdown); each time it fails,
+/// logs why at once and starts it again after a pause that doubles from
+/// 1 s up to 60 s (back to 1 s after a life of over ten minutes).
+async fn supervise<F, Fut>(shutdown: &mut watch::Receiver<bool>, mut life: F)
+where
+    F: FnMut(watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
     let mut pause = Duration::from_secs(1);
     loop {
         let started = tokio::time::Instant::now();
-        match ticking(&engine, &mut shutdown).await {
-            Ok(()) => {
-                info!("stopped");
-                return Ok(());
-            }
-            Err(e) => {
-                if started.elapsed() > Duration::from_secs(600) {
-                    pause = Duration::from_secs(1);
-                }
-                error!(
-                    "the scheduler failed: {e:#}; restarting it in {}s",
-                    pause.as_secs()
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown.changed() => {}
-                }
-                if *shutdown.borrow() {
-                    return Ok(());
-                }
-                pause = (pause * 2).min(Duration::from_secs(60));
-            }
+        let Err(e) = life(shutdown.clone()).await else {
+            return;
+        };
+        if started.elapsed() > Duration::from_secs(600) {
+            pause = Duration::from_secs(1);
         }
+        error!(
+            "the scheduler failed: {e:#}; restarting it in {}s",
+            pause.as_secs()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        pause = (pause * 2).min(Duration::from_secs(60));
     }
 }
 
 /// One life of the tick source (tokio-cron-scheduler, in UTC): returns
 /// `Ok` on shutdown, an error when the source fails or stops ticking.
-async fn ticking(engine: &Engine, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
+async fn ticking(engine: &Engine, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     use tokio_cron_scheduler::{Job, JobScheduler};
 
     let (tick_tx, mut tick_rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -129,7 +137,7 @@ async fn ticking(engine: &Engine, shutdown: &mut watch::Receiver<bool>) -> Resul
         .context("cannot start the cron scheduler")?;
     let result = async {
         loop {
-            schedule::tick(engine, shutdown).await;
+            schedule::tick(engine, &shutdown).await;
             if *shutdown.borrow() {
                 return Ok(());
             }
@@ -150,4 +158,71 @@ async fn ticking(engine: &Engine, shutdown: &mut watch::Receiver<bool>) -> Resul
     .await;
     let _ = scheduler.shutdown().await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::supervise;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_scheduler_is_restarted_after_growing_pauses_until_shutdown() {
+        let (stop, mut shutdown) = tokio::sync::watch::channel(false);
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let begin = Instant::now();
+        let seen = starts.clone();
+        supervise(&mut shutdown, |shutdown| {
+            let seen = seen.clone();
+            let stop = stop.clone();
+            let mut shutdown = shutdown;
+            async move {
+                let n = {
+                    let mut starts = seen.lock().unwrap();
+                    starts.push(begin.elapsed());
+                    starts.len()
+                };
+                match n {
+                    // Three lives fail at once; the fourth runs until
+                    // shutdown, which comes from outside.
+                    1..=3 => anyhow::bail!("tick source failed ({n})"),
+                    _ => {
+                        stop.send(true).unwrap();
+                        shutdown.changed().await.unwrap();
+                        Ok(())
+                    }
+                }
+            }
+        })
+        .await;
+        let secs: Vec<u64> = starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Duration::as_secs)
+            .collect();
+        // Started at 0, then after pauses of 1, 2 and 4 s.
+        assert_eq!(secs, [0, 1, 3, 7]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_during_a_pause_stops_the_restarts() {
+        let (stop, mut shutdown) = tokio::sync::watch::channel(false);
+        let mut lives = 0;
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stop.send(true).unwrap();
+            stop
+        });
+        supervise(&mut shutdown, |_| {
+            lives += 1;
+            async { anyhow::bail!("tick source failed") }
+        })
+        .await;
+        assert_eq!(lives, 1);
+        drop(stopper.await.unwrap());
+    }
 }
