@@ -80,6 +80,32 @@ enum Command {
     Check,
 }
 
+impl Command {
+    /// Whether the command writes a listing to standard output, which a
+    /// reader such as `head` may stop reading early.
+    fn lists(&self) -> bool {
+        matches!(
+            self,
+            Command::Status { .. }
+                | Command::Articles(ArticlesCommand::List { .. })
+                | Command::Subscribers(SubscribersCommand::List { .. })
+        )
+    }
+}
+
+/// Output piped into a reader that stops early (`gazette subscribers list
+/// | head`) ends the process quietly, as it does other command-line tools,
+/// instead of a panic: the default action of SIGPIPE, which Rust ignores.
+/// (Only for the listing commands: the daemon keeps running if its log's
+/// reader goes away.)
+fn quiet_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 #[derive(Subcommand)]
 enum ArticlesCommand {
     /// Import a JSON array or NDJSON file (`-` for standard input); upsert by url.
@@ -135,6 +161,9 @@ enum SubscribersCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.lists() {
+        quiet_on_a_closed_pipe();
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

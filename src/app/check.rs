@@ -48,8 +48,10 @@ pub async fn check(settings: Settings) -> Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
-                "smtp: ok ({}:{}, tls {:?})",
-                settings.smtp.host, settings.smtp.port, settings.smtp.tls
+                "smtp: ok ({}:{}, tls = \"{}\")",
+                settings.smtp.host,
+                settings.smtp.port,
+                settings.smtp.tls.as_str()
             );
         }
         TransportKind::Outbox => println!("mail: outbox ({})", settings.mail.outbox_dir.display()),

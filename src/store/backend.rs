@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use crate::config::redact_url;
 use anyhow::{Context, Result};
-use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{ConnectOptions, Connection};
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -82,6 +82,19 @@ impl Store {
             let options = PgConnectOptions::from_str(url)
                 .with_context(|| format!("invalid Postgres address `{}`", redact_url(url)))?
                 .disable_statement_logging();
+            // One connection first, of its own: an address where nothing
+            // listens, or a refused login, is reported at once with its
+            // cause, instead of after the pool's acquire timeout.
+            let first = tokio::time::timeout(Duration::from_secs(10), options.connect())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "no answer from Postgres at `{}` within 10 s",
+                        redact_url(url)
+                    )
+                })?
+                .with_context(|| format!("cannot connect to Postgres at `{}`", redact_url(url)))?;
+            let _ = first.close().await;
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(10))

@@ -324,3 +324,57 @@ fn the_daemon_sends_the_due_slot_once_and_stops_cleanly_on_sigterm() {
         .into_owned();
     assert!(m.contains("Daemon news"), "{m}");
 }
+
+#[test]
+fn a_listing_piped_into_a_reader_that_stops_early_ends_quietly() {
+    let (_dir, ws) = workspace();
+    ws.import_readers(5_000);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+        .args(["subscribers", "list"])
+        .current_dir(ws.dir.path())
+        .env("GAZETTE_CONFIG", &ws.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // What `| head -1` does: read a line, then close the pipe.
+    let mut first = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    assert!(first.starts_with("reader0@example.org\t"), "{first}");
+    drop(out);
+    let done = child.wait_with_output().unwrap();
+    let err = stderr(&done);
+    assert!(!err.contains("panicked"), "{err}");
+    // Ended by SIGPIPE, as `seq 1000000 | head -1` ends `seq`.
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(done.status.signal(), Some(13), "{:?}: {err}", done.status);
+}
+
+#[test]
+fn nothing_listening_at_the_database_address_is_said_plainly() {
+    let (_dir, ws) = workspace();
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    let url = config
+        .lines()
+        .find(|l| l.starts_with("url = "))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &ws.config,
+        config.replace(
+            &url,
+            "url = \"postgres://gazette:hunter2@127.0.0.1:1/gazette\"",
+        ),
+    )
+    .unwrap();
+    let out = ws.run(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot connect to Postgres at `postgres://gazette:***@127.0.0.1:1/gazette`"),
+        "{err}"
+    );
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}

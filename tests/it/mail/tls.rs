@@ -56,6 +56,16 @@ async fn starttls_relay_with_auth(password: &str) -> (SmtpServer, TestDb, Worksp
 async fn starttls_and_auth_carry_every_digest_encrypted_and_authenticated() {
     let (smtp, _db, ws) = starttls_relay_with_auth("correct horse").await;
 
+    // `check` reaches the relay and spells the setting as the file does.
+    let check = ws.run(&["check"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    let port = smtp.port;
+    assert!(
+        stdout(&check).contains(&format!("smtp: ok (127.0.0.1:{port}, tls = \"starttls\")")),
+        "{}",
+        stdout(&check)
+    );
+
     let out = send_every_digest(&ws);
     let received = smtp.received();
     assert_eq!(received.len(), READERS);
