@@ -6,6 +6,7 @@
 //! slot is due now in its IANA zone, and the store's unique (digest, slot)
 //! key makes every tick, restart and replica idempotent.
 
+use anyhow::Result;
 use chrono::{DateTime, Timelike, Utc};
 use tracing::{error, warn};
 
@@ -94,6 +95,96 @@ pub async fn reconcile(
         results.push((digest.name.to_string(), result));
     }
     results
+}
+
+/// What starting the daemon now does for a digest: `gazette check` and
+/// the daemon's start-up log both say it, from this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outlook {
+    pub at_start: AtStart,
+    /// The first slot after now.
+    pub next: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtStart {
+    /// A slot missed while the daemon was stopped, within `catch_up`: sent
+    /// at once.
+    CatchUp(DateTime<Utc>),
+    /// The digest has never run: the slot before now is passed over, and
+    /// the first digest goes out at the next slot.
+    FirstStart(DateTime<Utc>),
+    /// Nothing to send before the next slot.
+    Nothing,
+}
+
+/// What starting now would do for `digest`.
+pub async fn outlook(store: &Store, digest: &Digest, now: DateTime<Utc>) -> Result<Outlook> {
+    let at_start = match decide(digest, now) {
+        Decision::Nothing => AtStart::Nothing,
+        Decision::Plan(slot) | Decision::Missed(slot) if !store.has_runs(&digest.name).await? => {
+            AtStart::FirstStart(slot)
+        }
+        Decision::Plan(slot) => {
+            match store
+                .run_for_slot(&digest.name, Timestamp::from(slot))
+                .await?
+            {
+                None => AtStart::CatchUp(slot),
+                Some(_) => AtStart::Nothing,
+            }
+        }
+        Decision::Missed(_) => AtStart::Nothing,
+    };
+    Ok(Outlook {
+        at_start,
+        next: next_slot(digest, now),
+    })
+}
+
+impl Outlook {
+    /// In words, with times in the digest's zone.
+    pub fn describe(&self, digest: &Digest) -> String {
+        let local = |t: DateTime<Utc>| t.with_timezone(&digest.timezone).to_rfc3339();
+        let next = self.next.map_or_else(|| "never".to_string(), local);
+        match self.at_start {
+            AtStart::CatchUp(slot) => format!(
+                "next {next}; the slot of {} was missed while stopped and is sent at start",
+                local(slot)
+            ),
+            AtStart::FirstStart(slot) => format!(
+                "next {next}; never run: the slot of {} is passed over and the first digest goes out at the next slot",
+                local(slot)
+            ),
+            AtStart::Nothing => format!("next {next}"),
+        }
+    }
+}
+
+/// Before the daemon's first tick: a digest that has never run passes over
+/// the slot that came before now (recorded as missed), so it starts with
+/// its next slot; `catch_up` applies only once a digest has run. Returns
+/// each digest's outlook.
+pub async fn first_start(
+    store: &Store,
+    digests: &[Digest],
+    now: DateTime<Utc>,
+) -> Vec<(String, Result<Outlook>)> {
+    let mut outlooks = Vec::new();
+    for digest in digests {
+        let outlook = async {
+            let outlook = outlook(store, digest, now).await?;
+            if let AtStart::FirstStart(slot) = outlook.at_start {
+                store
+                    .record_missed(&digest.name, Timestamp::from(slot), Timestamp::from(now))
+                    .await?;
+            }
+            Ok(outlook)
+        }
+        .await;
+        outlooks.push((digest.name.to_string(), outlook));
+    }
+    outlooks
 }
 
 /// What one tick does: plans each digest's due slot, then delivers what

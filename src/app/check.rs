@@ -22,21 +22,24 @@ pub async fn check(settings: Settings) -> Result<()> {
         settings.digests.len(),
         settings.templates_dir.display()
     );
-    for d in &settings.digests {
-        let next = schedule::next_slot(d, Utc::now())
-            .map(|t| t.with_timezone(&d.timezone).to_rfc3339())
-            .unwrap_or_else(|| "never".into());
-        println!(
-            "  {}: `{}` in {}, next {next}",
-            d.name, d.schedule.text, d.timezone
-        );
-    }
     let (store, _) = open_store(&settings).await?;
     println!(
         "database: ok ({}, {})",
         store.backend(),
         settings.database.redacted_url()
     );
+    // What `gazette run` would do if started now, as its log says it.
+    let now = Utc::now();
+    for d in &settings.digests {
+        let outlook = schedule::outlook(&store, d, now).await?;
+        println!(
+            "  {}: `{}` in {}, {}",
+            d.name,
+            d.schedule.text,
+            d.timezone,
+            outlook.describe(d)
+        );
+    }
     match &settings.web.token_key {
         TokenKey::Given(_) => println!("links: signed with web.token_key"),
         TokenKey::File(path) => println!("links: signed with the key in {}", path.display()),

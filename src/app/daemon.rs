@@ -69,9 +69,20 @@ pub async fn serve(engine: &Engine) -> Result<()> {
 /// When the tick source fails or goes quiet, the failure is logged at once
 /// and the ticking restarts with a growing pause.
 async fn tick(engine: Engine, mut shutdown: watch::Receiver<bool>) -> Result<()> {
-    for digest in &engine.settings.digests {
-        if let Some(next) = schedule::next_slot(digest, Utc::now()) {
-            info!(digest = %digest.name, schedule = %digest.schedule.text, timezone = %digest.timezone, next = %next, "scheduled");
+    let digests = &engine.settings.digests;
+    for (digest, (name, outlook)) in digests
+        .iter()
+        .zip(schedule::first_start(&engine.store, digests, Utc::now()).await)
+    {
+        match outlook {
+            Ok(outlook) => info!(
+                digest = name,
+                schedule = %digest.schedule.text,
+                timezone = %digest.timezone,
+                "scheduled: {}",
+                outlook.describe(digest)
+            ),
+            Err(e) => error!(digest = name, "cannot read the digest's runs: {e:#}"),
         }
     }
     supervise(&mut shutdown, |shutdown| ticking(&engine, shutdown)).await;

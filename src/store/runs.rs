@@ -56,6 +56,15 @@ impl Store {
         on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(digest.as_str()).bind(slot).fetch_optional(pool).await?))
     }
 
+    /// Whether `digest` has any run at all (sent, skipped or missed).
+    pub async fn has_runs(&self, digest: &DigestName) -> Result<bool> {
+        let sql = "select count(*) from (select 1 from digest_runs where digest = $1 limit 1) r";
+        on_pool!(self, pool => {
+            let (n,): (i64,) = sqlx::query_as(sql).bind(digest.as_str()).fetch_one(pool).await?;
+            Ok(n > 0)
+        })
+    }
+
     /// Where the next run of `digest` starts looking: the cutoff of its
     /// latest run before `slot`.
     pub async fn previous_cutoff(

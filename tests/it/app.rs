@@ -227,7 +227,9 @@ fn the_daemon_sends_the_due_slot_once_and_stops_cleanly_on_sigterm() {
     let db = format!("sqlite://{}/g.db", db_dir.path().display());
     // Daily, in a zone with an odd offset, at the minute twelve hours ago
     // there: due now (within catch_up), and still the latest slot when the
-    // daemon restarts.
+    // daemon restarts. The digest ran the day before (with nothing new, so
+    // it sent nothing): a digest that never ran would start with its next
+    // slot instead.
     let slot = (chrono::Utc::now() - chrono::Duration::hours(12))
         .with_timezone(&chrono_tz::Asia::Kathmandu);
     let section = |name: &str| {
@@ -260,8 +262,21 @@ fn the_daemon_sends_the_due_slot_once_and_stops_cleanly_on_sigterm() {
         &(slot - chrono::Duration::hours(1)).to_rfc3339(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let day_before = (slot - chrono::Duration::days(1)).to_rfc3339();
+    let ran = ws.run(&["send", "daily", "--slot", &day_before]);
+    assert!(
+        stdout(&ran).contains("skipped, no mail sent"),
+        "{}",
+        stdout(&ran)
+    );
 
     let mut daemon = Daemon::start(&ws);
+    daemon
+        .log()
+        .wait_for("the outlook of the daily digest", |l| {
+            l.contains("digest=\"daily\"")
+                && l.contains("was missed while stopped and is sent at start")
+        });
     daemon
         .log()
         .wait_for("the run to be planned", |l| l.contains("planned a run"));
@@ -293,6 +308,12 @@ fn the_daemon_sends_the_due_slot_once_and_stops_cleanly_on_sigterm() {
         "briefing",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let ran = ws.run(&["send", "briefing", "--slot", &day_before]);
+    assert!(
+        stdout(&ran).contains("skipped, no mail sent"),
+        "{}",
+        stdout(&ran)
+    );
     let mut daemon = Daemon::start(&ws);
     daemon.log().wait_for("the briefing to be planned", |l| {
         l.contains("digest=briefing") && l.contains("planned a run")
@@ -377,4 +398,45 @@ fn nothing_listening_at_the_database_address_is_said_plainly() {
     );
     assert!(err.contains("Connection refused"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn a_first_start_after_a_slot_sends_nothing_until_the_next_slot() {
+    let smtp = crate::helpers::SmtpServer::start();
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/g.db", db_dir.path().display());
+    // A daily digest whose slot was an hour ago, well within catch_up: it
+    // has never run, so neither `check` nor `run` sends that slot.
+    let slot = chrono::Utc::now() - chrono::Duration::hours(1);
+    let section = digest_section("daily", "catch_up = \"13h\"")
+        .replace(
+            "0 7 * * *",
+            &format!("{} {} * * *", slot.minute(), slot.hour()),
+        )
+        .replace("Europe/Berlin", "UTC");
+    let ws = Workspace::new(&db, Some(smtp.port), &section);
+    ws.import_readers(2);
+    ws.add_article("Old news");
+
+    let check = ws.run(&["check"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        stdout(&check).contains("never run: the slot of")
+            && stdout(&check).contains("is passed over"),
+        "{}",
+        stdout(&check)
+    );
+
+    let mut daemon = Daemon::start(&ws);
+    daemon.log().wait_for("the first start's outlook", |l| {
+        l.contains("never run: the slot of") && l.contains("is passed over")
+    });
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("planned a run"), "{log}");
+    assert!(smtp.received().is_empty());
+    let runs = ws.run(&["status"]);
+    let runs = stdout(&runs);
+    assert_eq!(runs.lines().count(), 2, "{runs}");
+    assert!(runs.lines().nth(1).unwrap().contains("missed"), "{runs}");
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use gazette::config::{Digest, Schedule};
 use gazette::domain::DigestName;
-use gazette::schedule::{Decision, decide, latest_slot, reconcile};
+use gazette::schedule::{AtStart, Decision, decide, first_start, latest_slot, outlook, reconcile};
 use gazette::store::{PlanOutcome, Store};
 
 use crate::helpers::{Backend, TestDb};
@@ -129,7 +129,9 @@ fn a_slot_found_within_catch_up_is_sent_and_an_older_one_is_missed() {
 
 on_both_backends!(
     ticking_twice_in_the_same_slot_plans_one_run,
-    a_missed_slot_is_recorded_and_not_sent
+    a_missed_slot_is_recorded_and_not_sent,
+    a_digest_that_never_ran_starts_with_its_next_slot,
+    a_digest_that_ran_before_catches_up_a_slot_missed_while_stopped,
 );
 
 async fn ticking_twice_in_the_same_slot_plans_one_run(backend: Backend) {
@@ -173,4 +175,93 @@ async fn a_missed_slot_is_recorded_and_not_sent(backend: Backend) {
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].status, "missed");
     assert!(store.unfinished_runs(None).await.unwrap().is_empty());
+}
+
+async fn a_digest_that_never_ran_starts_with_its_next_slot(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = Store::connect(&db.url).await.unwrap();
+    // Weekly on Monday at 08:00 in Berlin; the daemon first starts at 09:06
+    // that Monday, within catch_up (2 h) of the slot.
+    let d = digest("0 8 * * 1", "Europe/Berlin");
+    let start = utc("2026-11-30T08:06:00Z");
+    let slot = utc("2026-11-30T07:00:00Z");
+    let next = utc("2026-12-07T07:00:00Z");
+
+    let seen = outlook(&store, &d, start).await.unwrap();
+    assert_eq!(seen.at_start, AtStart::FirstStart(slot));
+    assert_eq!(seen.next, Some(next));
+    assert!(
+        seen.describe(&d)
+            .starts_with("next 2026-12-07T08:00:00+01:00; never run"),
+        "{}",
+        seen.describe(&d)
+    );
+    let started = first_start(&store, std::slice::from_ref(&d), start).await;
+    assert_eq!(started[0].1.as_ref().unwrap(), &seen);
+
+    // The ticks of that slot send nothing: it is recorded as missed.
+    for minutes in [0, 1, 53] {
+        let now = start + Duration::minutes(minutes);
+        let tick = reconcile(&store, std::slice::from_ref(&d), now).await;
+        assert!(
+            matches!(tick[0].1, Ok(Some(PlanOutcome::Exists { status, .. })) if status == "missed"),
+            "{tick:?}"
+        );
+    }
+    assert!(store.unfinished_runs(None).await.unwrap().is_empty());
+    // A restart now has nothing to send either.
+    let again = outlook(&store, &d, start + Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(again.at_start, AtStart::Nothing);
+
+    // The next slot is the digest's first run.
+    let tick = reconcile(
+        &store,
+        std::slice::from_ref(&d),
+        next + Duration::seconds(1),
+    )
+    .await;
+    assert!(
+        matches!(tick[0].1, Ok(Some(PlanOutcome::Planned { .. }))),
+        "{tick:?}"
+    );
+    let runs = store.recent_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(
+        (runs[0].slot.0, runs[0].status.as_str()),
+        (next, "finished")
+    );
+}
+
+async fn a_digest_that_ran_before_catches_up_a_slot_missed_while_stopped(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = Store::connect(&db.url).await.unwrap();
+    let d = digest("0 7 * * *", "UTC");
+    // It ran yesterday; the daemon was down at today's 07:00 and starts
+    // at 08:30, within catch_up.
+    let yesterday = utc("2026-11-29T07:00:00Z");
+    let ran = reconcile(&store, std::slice::from_ref(&d), yesterday).await;
+    assert!(
+        matches!(ran[0].1, Ok(Some(PlanOutcome::Planned { .. }))),
+        "{ran:?}"
+    );
+    let start = utc("2026-11-30T08:30:00Z");
+    let slot = utc("2026-11-30T07:00:00Z");
+
+    let started = first_start(&store, std::slice::from_ref(&d), start).await;
+    let seen = started[0].1.as_ref().unwrap();
+    assert_eq!(seen.at_start, AtStart::CatchUp(slot));
+    assert!(
+        seen.describe(&d).contains(
+            "the slot of 2026-11-30T07:00:00+00:00 was missed while stopped and is sent at start"
+        ),
+        "{}",
+        seen.describe(&d)
+    );
+    let tick = reconcile(&store, std::slice::from_ref(&d), start).await;
+    assert!(
+        matches!(tick[0].1, Ok(Some(PlanOutcome::Planned { .. }))),
+        "{tick:?}"
+    );
 }
