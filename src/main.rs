@@ -71,6 +71,9 @@ enum Command {
         /// How many recent runs to list.
         #[arg(long, default_value_t = 20)]
         limit: i64,
+        /// JSON instead: one object a run.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-queue a run's failed deliveries and deliver them now.
     Retry { run: i64 },
@@ -89,6 +92,7 @@ impl Command {
             Command::Status { .. }
                 | Command::Articles(ArticlesCommand::List { .. })
                 | Command::Subscribers(SubscribersCommand::List { .. })
+                | Command::Subscribers(SubscribersCommand::Export { .. })
         )
     }
 }
@@ -154,7 +158,12 @@ enum SubscribersCommand {
         /// pending, confirmed, unsubscribed or bounced.
         #[arg(long)]
         status: Option<String>,
+        /// One JSON object a line instead.
+        #[arg(long)]
+        json: bool,
     },
+    /// Write the confirmed subscribers as the CSV that `import` reads (`-`: standard output).
+    Export { file: String },
     /// Import a CSV file with the header `email,name,digests` (digests `;`-separated).
     Import { file: String },
 }
@@ -230,8 +239,16 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
             Ok(())
         }
         Command::Demo => app::demo(&engine).await,
-        Command::Status { run: None, limit } => app::status(&engine, limit).await,
-        Command::Status { run: Some(run), .. } => app::run_status(&engine, run).await,
+        Command::Status {
+            run: None,
+            limit,
+            json,
+        } => app::status(&engine, limit, json).await,
+        Command::Status {
+            run: Some(run),
+            json,
+            ..
+        } => app::run_status(&engine, run, json).await,
         Command::Retry { run } => app::retry(&engine, run).await,
         Command::Run => app::run(&engine).await,
         Command::Serve => app::serve(&engine).await,
@@ -281,9 +298,15 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
                 digests,
             } => app::subscribers_add(&engine, &email, name, &digests).await,
             SubscribersCommand::Remove { email } => app::subscribers_remove(&engine, &email).await,
-            SubscribersCommand::List { status } => {
-                app::subscribers_list(&engine, status.as_deref()).await
+            SubscribersCommand::List { status, json } => {
+                let format = if json {
+                    app::ListFormat::Json
+                } else {
+                    app::ListFormat::Text
+                };
+                app::subscribers_list(&engine, status.as_deref(), format).await
             }
+            SubscribersCommand::Export { file } => app::subscribers_export(&engine, &file).await,
             SubscribersCommand::Import { file } => app::subscribers_import(&engine, &file).await,
         },
     };

@@ -158,3 +158,12 @@ pub fn runtime_threads(configured: Option<&str>) -> Result<usize, String> {
         }
     }
 }
+
+/// `n` things, in words: `1 subscriber`, `2 subscribers`, `0 deliveries`.
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}

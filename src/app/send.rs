@@ -5,12 +5,12 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::TryStreamExt;
 
-use super::process::{refuse_a_misconfigured_relay, shutdown_signal};
+use super::process::{counted, refuse_a_misconfigured_relay, shutdown_signal};
 use crate::config::{Digest, TransportKind};
 use crate::delivery::{self, Drain, Engine};
 use crate::mail::BodyEncoder;
 use crate::render::{Recipient, RunContext};
-use crate::store::{PlanOutcome, Timestamp};
+use crate::store::{DeliveryCounts, PlanOutcome, Run, Timestamp};
 
 /// `gazette send`: finishes earlier unfinished runs of the digest, plans
 /// the run of `slot` (default: now) and delivers it; returns the run id
@@ -119,25 +119,71 @@ async fn dry_run_send(engine: &Engine, digest: &Digest, slot: DateTime<Utc>) -> 
 
 // -- status and retry -------------------------------------------------------
 
-/// `gazette status`: recent runs with their ledger counts.
-pub async fn status(engine: &Engine, limit: i64) -> Result<()> {
+/// How long a run took (or has taken so far), as `1h 02m 03s`.
+fn duration(run: &Run) -> String {
+    let end = run.finished_at.map_or_else(Utc::now, |t| t.0);
+    let secs = (end - run.created_at.0).num_seconds().max(0);
+    match (secs / 3600, secs / 60 % 60, secs % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s:02}s"),
+        (h, m, s) => format!("{h}h {m:02}m {s:02}s"),
+    }
+}
+
+/// A run and its counts as JSON.
+fn run_json(run: &Run, c: &DeliveryCounts) -> serde_json::Value {
+    serde_json::json!({
+        "run": run.id,
+        "digest": run.digest,
+        "slot": run.slot.0.to_rfc3339(),
+        "status": run.status.as_str(),
+        "started": run.created_at.0.to_rfc3339(),
+        "finished": run.finished_at.map(|t| t.0.to_rfc3339()),
+        "pending": c.pending,
+        "sending": c.sending,
+        "sent": c.sent,
+        "failed": c.failed,
+        "skipped": c.skipped,
+    })
+}
+
+/// `gazette status`: recent runs with their ledger counts (with `json`,
+/// one JSON object a line).
+pub async fn status(engine: &Engine, limit: i64, json: bool) -> Result<()> {
     let runs = engine.store.recent_runs(limit).await?;
-    if runs.is_empty() {
+    if runs.is_empty() && !json {
         println!("no runs yet");
         return Ok(());
     }
-    println!(
-        "{:>6}  {:<12} {:<22} {:<9} {:>8} {:>8} {:>8} {:>8}",
-        "run", "digest", "slot (UTC)", "status", "pending", "sent", "failed", "skipped"
-    );
+    if !json {
+        println!(
+            "{:>6}  {:<12} {:<20} {:<9} {:<20} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "run",
+            "digest",
+            "slot (UTC)",
+            "status",
+            "started (UTC)",
+            "took",
+            "pending",
+            "sent",
+            "failed",
+            "skipped"
+        );
+    }
     for run in runs {
         let c = engine.store.delivery_counts(run.id).await?;
+        if json {
+            println!("{}", run_json(&run, &c));
+            continue;
+        }
         println!(
-            "{:>6}  {:<12} {:<22} {:<9} {:>8} {:>8} {:>8} {:>8}",
+            "{:>6}  {:<12} {:<20} {:<9} {:<20} {:>10} {:>8} {:>8} {:>8} {:>8}",
             run.id,
             run.digest,
             run.slot.0.format("%Y-%m-%d %H:%M:%S"),
             run.status,
+            run.created_at.0.format("%Y-%m-%d %H:%M:%S"),
+            duration(&run),
             c.open(),
             c.sent,
             c.failed,
@@ -147,14 +193,44 @@ pub async fn status(engine: &Engine, limit: i64) -> Result<()> {
     Ok(())
 }
 
-/// `gazette status RUN`: one run, and its failed deliveries with the reply.
-pub async fn run_status(engine: &Engine, run_id: i64) -> Result<()> {
-    let run = engine
-        .store
+/// How many of a run's failed and waiting deliveries `status RUN` shows.
+const SHOWN: i64 = 50;
+
+/// `gazette status RUN`: one run; its failed deliveries with the reply, and
+/// those waiting for a retry with when and why.
+pub async fn run_status(engine: &Engine, run_id: i64, json: bool) -> Result<()> {
+    let store = &engine.store;
+    let run = store
         .run(run_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no run {run_id}"))?;
-    let c = engine.store.delivery_counts(run_id).await?;
+    let c = store.delivery_counts(run_id).await?;
+    let articles = store.run_articles(run_id).await?.len();
+    let failed = store.failed_deliveries(run_id).await?;
+    let waiting = store.tried_open_deliveries(run_id, SHOWN).await?;
+    if json {
+        let mut value = run_json(&run, &c);
+        value["articles"] = articles.into();
+        value["failed_deliveries"] = failed
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "email": f.email, "attempts": f.attempts, "last_error": f.last_error,
+                })
+            })
+            .collect();
+        value["retries"] = waiting
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "email": w.email, "status": w.status.as_str(), "attempts": w.attempts,
+                    "next_attempt_at": w.next_attempt_at.0.to_rfc3339(), "last_error": w.last_error,
+                })
+            })
+            .collect();
+        println!("{value}");
+        return Ok(());
+    }
     println!(
         "run {}: digest {}, slot {}, {}",
         run.id,
@@ -163,24 +239,45 @@ pub async fn run_status(engine: &Engine, run_id: i64) -> Result<()> {
         run.status
     );
     println!(
-        "articles published after {} up to {}: {}",
+        "started {}, {} {}",
+        run.created_at.0.to_rfc3339(),
+        if run.finished_at.is_some() {
+            "took"
+        } else {
+            "running for"
+        },
+        duration(&run)
+    );
+    println!(
+        "{} published after {} up to {}",
+        counted(articles as u64, "article", "articles"),
         run.window_start.0.to_rfc3339(),
         run.cutoff.0.to_rfc3339(),
-        engine.store.run_articles(run_id).await?.len()
     );
     println!(
         "deliveries: {} pending, {} sending, {} sent, {} failed, {} skipped",
         c.pending, c.sending, c.sent, c.failed, c.skipped
     );
-    let failed = engine.store.failed_deliveries(run_id).await?;
     if !failed.is_empty() {
         println!("failed:");
         for f in failed {
             println!(
-                "  {}\t{} attempts\t{}",
+                "  {}\t{}\t{}",
                 f.email,
-                f.attempts,
+                counted(f.attempts as u64, "attempt", "attempts"),
                 f.last_error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    if !waiting.is_empty() {
+        println!("waiting for a retry (the first {SHOWN} at most):");
+        for w in waiting {
+            println!(
+                "  {}\t{}\tnext {}\t{}",
+                w.email,
+                counted(w.attempts as u64, "attempt", "attempts"),
+                w.next_attempt_at.0.to_rfc3339(),
+                w.last_error.as_deref().unwrap_or("")
             );
         }
     }
@@ -199,18 +296,32 @@ pub async fn retry(engine: &Engine, run_id: i64) -> Result<()> {
         .store
         .requeue_failed(run_id, Timestamp::now())
         .await?;
-    println!("run {run_id}: {n} failed deliveries re-queued");
+    println!(
+        "run {run_id}: {} re-queued",
+        counted(n, "failed delivery", "failed deliveries")
+    );
     if n == 0 {
         return Ok(());
     }
+    let before = engine.store.delivery_counts(run_id).await?;
     let shutdown = shutdown_signal();
     let counts =
         delivery::deliver_unfinished(engine, Some(&digest.name), Drain::UntilFinished, &shutdown)
             .await?;
+    // What the retry did: the run's counts now, less those before it (the
+    // re-queued rows were all failed, and are now pending or done).
     if let Some(c) = counts.get(&run_id) {
         println!(
-            "{}: run {run_id}: {} sent, {} failed, {} skipped",
-            digest.name, c.sent, c.failed, c.skipped
+            "{}: run {run_id}: of the {n} retried, {} sent, {} failed again, {} skipped{}",
+            digest.name,
+            c.sent - before.sent,
+            c.failed,
+            c.skipped - before.skipped,
+            if c.open() > 0 {
+                format!(", {} still pending (interrupted)", c.open())
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())

@@ -1,9 +1,11 @@
-//! `gazette subscribers …`: add, remove, list, import.
+//! `gazette subscribers …`: add, remove, list, import, export.
+
+use std::io::Write as _;
 
 use anyhow::{Context, Result, bail};
 use futures_util::TryStreamExt;
 
-use super::process::digest_names;
+use super::process::{counted, digest_names};
 use crate::delivery::Engine;
 use crate::domain::{DigestName, EmailAddress, SubscriberStatus};
 use crate::import;
@@ -54,27 +56,91 @@ pub async fn subscribers_remove(engine: &Engine, email: &str) -> Result<()> {
     }
 }
 
-pub async fn subscribers_list(engine: &Engine, status: Option<&str>) -> Result<()> {
-    let status = match status {
-        Some(s) => Some(SubscriberStatus::parse(s).ok_or_else(|| {
-            anyhow::anyhow!("unknown status `{s}` (pending, confirmed, unsubscribed, bounced)")
-        })?),
-        None => None,
-    };
-    let mut rows = engine.store.stream_subscribers(status);
+/// How `subscribers list` writes each subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListFormat {
+    /// Tab-separated: email, name, status, digests (`;`-separated).
+    Text,
+    /// One JSON object a line: `{"email","name","status","digests"}`.
+    Json,
+}
+
+fn parse_status(status: Option<&str>) -> Result<Option<SubscriberStatus>> {
+    status
+        .map(|s| {
+            SubscriberStatus::parse(s).ok_or_else(|| {
+                anyhow::anyhow!("unknown status `{s}` (pending, confirmed, unsubscribed, bounced)")
+            })
+        })
+        .transpose()
+}
+
+pub async fn subscribers_list(
+    engine: &Engine,
+    status: Option<&str>,
+    format: ListFormat,
+) -> Result<()> {
+    let mut rows = engine.store.stream_subscribers(parse_status(status)?);
     let mut count = 0u64;
-    while let Some(s) = rows.try_next().await? {
-        let digests = engine.store.subscriber_digests(s.id).await?;
-        println!(
-            "{}\t{}\t{}\t{}",
-            s.email,
-            s.name.as_deref().unwrap_or(""),
-            s.status,
-            digests.join(";")
-        );
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    while let Some((s, digests)) = rows.try_next().await? {
+        match format {
+            ListFormat::Text => writeln!(
+                out,
+                "{}\t{}\t{}\t{}",
+                s.email,
+                s.name.as_deref().unwrap_or(""),
+                s.status,
+                digests.join(";")
+            )?,
+            ListFormat::Json => {
+                let line = serde_json::json!({
+                    "email": s.email,
+                    "name": s.name,
+                    "status": s.status.as_str(),
+                    "digests": digests,
+                });
+                writeln!(out, "{line}")?
+            }
+        }
         count += 1;
     }
-    eprintln!("{count} subscribers");
+    out.flush()?;
+    eprintln!("{}", counted(count, "subscriber", "subscribers"));
+    Ok(())
+}
+
+/// `gazette subscribers export FILE`: the confirmed subscribers as the CSV
+/// that `subscribers import` reads (`-`: standard output). Only confirmed
+/// ones: an import makes every row confirmed, so exporting those who left
+/// or never confirmed would subscribe them again.
+pub async fn subscribers_export(engine: &Engine, path: &str) -> Result<()> {
+    let out: Box<dyn std::io::Write + Send> = if path == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        let file = std::fs::File::create(path).with_context(|| format!("cannot write {path}"))?;
+        Box::new(std::io::BufWriter::new(file))
+    };
+    let mut csv = csv::Writer::from_writer(out);
+    csv.write_record(["email", "name", "digests"])?;
+    let mut rows = engine
+        .store
+        .stream_subscribers(Some(SubscriberStatus::Confirmed));
+    let mut count = 0u64;
+    while let Some((s, digests)) = rows.try_next().await? {
+        csv.write_record([
+            s.email.as_str(),
+            s.name.as_deref().unwrap_or(""),
+            digests.join(";").as_str(),
+        ])?;
+        count += 1;
+    }
+    csv.flush()?;
+    let shown = if path == "-" { "standard output" } else { path };
+    eprintln!(
+        "exported {} to {shown}",
+        counted(count, "confirmed subscriber", "confirmed subscribers")
+    );
     Ok(())
 }
 

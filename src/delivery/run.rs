@@ -52,11 +52,24 @@ pub async fn deliver_run(
     let context = Arc::new(RunContext::new(digest, run.slot.0, &articles, Some(run.id)));
     let mut state = RunLoop::new(engine, workers, run.id, context, shutdown);
     while state.step(drain).await? {}
-    retrying("finish the run", shutdown, || async {
-        store.finish_run_if_done(run.id, Timestamp::now()).await?;
-        store.delivery_counts(run.id).await
+    let (finished, counts) = retrying("finish the run", shutdown, || async {
+        let finished = store.finish_run_if_done(run.id, Timestamp::now()).await?;
+        Ok((finished, store.delivery_counts(run.id).await?))
     })
-    .await
+    .await?;
+    if finished {
+        // One line per run, as one when it was planned.
+        let took = (Utc::now() - run.created_at.0).to_std().unwrap_or_default();
+        info!(
+            sent = counts.sent,
+            failed = counts.failed,
+            skipped = counts.skipped,
+            took_secs = format!("{:.1}", took.as_secs_f64()),
+            per_second = format!("{:.0}", counts.sent as f64 / took.as_secs_f64().max(0.001)),
+            "run finished"
+        );
+    }
+    Ok(counts)
 }
 
 /// Rows of a finished claim, with the time until which this process may

@@ -43,6 +43,16 @@ pub struct FailedDelivery {
     pub last_error: Option<String>,
 }
 
+/// A delivery not yet done: waiting for its turn or a retry, or sending.
+#[derive(Debug, Clone, FromRow)]
+pub struct OpenDelivery {
+    pub email: String,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub next_attempt_at: Timestamp,
+    pub last_error: Option<String>,
+}
+
 impl Store {
     // -- the delivery ledger ------------------------------------------------
 
@@ -168,6 +178,20 @@ impl Store {
             let (t,): (Option<Timestamp>,) = sqlx::query_as(sql).bind(run_id).fetch_one(pool).await?;
             Ok(t)
         })
+    }
+
+    /// Up to `limit` of the run's open deliveries that have been tried
+    /// (retries first), with when they are tried next and why.
+    pub async fn tried_open_deliveries(
+        &self,
+        run_id: i64,
+        limit: i64,
+    ) -> Result<Vec<OpenDelivery>> {
+        let sql = "select coalesce(s.email, '') as email, d.status, d.attempts, d.next_attempt_at, \
+                   d.last_error from deliveries d left join subscribers s on s.id = d.subscriber_id \
+                   where d.run_id = $1 and d.status in ('pending', 'sending') and d.attempts > 0 \
+                   order by d.next_attempt_at, d.id limit $2";
+        on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(run_id).bind(limit).fetch_all(pool).await?))
     }
 
     pub async fn failed_deliveries(&self, run_id: i64) -> Result<Vec<FailedDelivery>> {

@@ -26,7 +26,7 @@ mod time;
 pub use self::articles::{Article, NewArticle, RunArticle};
 pub use self::backend::Store;
 pub use self::confirmations::ConfirmationEmail;
-pub use self::ledger::{Claimed, DeliveryCounts, FailedDelivery, LedgerConnection};
+pub use self::ledger::{Claimed, DeliveryCounts, FailedDelivery, LedgerConnection, OpenDelivery};
 pub use self::lock::ProcessLock;
 pub use self::readers::{Reader, SubscribeOutcome, SubscriptionRequest};
 pub use self::runs::{PlanOutcome, Run, RunPlan};

@@ -27,6 +27,17 @@ pub struct Subscriber {
     pub created_at: Timestamp,
 }
 
+/// A subscriber with one of their digests (none: a row of its own).
+#[derive(Debug, FromRow)]
+struct SubscriberDigest {
+    id: i64,
+    email: String,
+    name: Option<String>,
+    status: SubscriberStatus,
+    created_at: Timestamp,
+    digest: Option<String>,
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ImportCounts {
     pub added: u64,
@@ -156,26 +167,60 @@ impl Store {
         })
     }
 
-    /// Streams subscribers in id order, optionally of one status: memory
-    /// stays flat however long the list.
+    /// Streams subscribers in id order, optionally of one status, each
+    /// with the digests they receive: one query, read as it comes, so
+    /// memory stays flat however long the list.
     pub fn stream_subscribers<'a>(
         &'a self,
         status: Option<SubscriberStatus>,
-    ) -> BoxStream<'a, Result<Subscriber>> {
-        let sql = match status {
-            Some(_) => {
-                "select id, email, name, status, created_at from subscribers where status = $1 order by id"
-            }
-            None => "select id, email, name, status, created_at from subscribers order by id",
-        };
-        let status = status.map(|s| s.as_str());
-        on_pool!(self, pool => {
-            let mut q = sqlx::query_as::<_, Subscriber>(sql);
+    ) -> BoxStream<'a, Result<(Subscriber, Vec<String>)>> {
+        const ALL: &str = "select s.id, s.email, s.name, s.status, s.created_at, d.digest \
+            from subscribers s left join subscriptions d on d.subscriber_id = s.id \
+            order by s.id, d.digest";
+        const OF_STATUS: &str = "select s.id, s.email, s.name, s.status, s.created_at, d.digest \
+            from subscribers s left join subscriptions d on d.subscriber_id = s.id \
+            where s.status = $1 order by s.id, d.digest";
+        let sql = if status.is_some() { OF_STATUS } else { ALL };
+        let rows: BoxStream<'a, Result<SubscriberDigest>> = on_pool!(self, pool => {
+            let mut q = sqlx::query_as::<_, SubscriberDigest>(sql);
             if let Some(s) = status {
                 q = q.bind(s);
             }
             q.fetch(pool).map_err(anyhow::Error::from).boxed()
+        });
+        // Rows come ordered by subscriber: the rows of one make one item.
+        futures_util::stream::unfold((rows, None), |(mut rows, carried)| async move {
+            let first: SubscriberDigest = match carried {
+                Some(row) => row,
+                None => match rows.try_next().await {
+                    Ok(Some(row)) => row,
+                    Ok(None) => return None,
+                    Err(e) => return Some((Err(e), (rows, None))),
+                },
+            };
+            let mut digests: Vec<String> = first.digest.iter().cloned().collect();
+            let mut next = None;
+            loop {
+                match rows.try_next().await {
+                    Ok(Some(row)) if row.id == first.id => digests.extend(row.digest),
+                    Ok(Some(row)) => {
+                        next = Some(row);
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Some((Err(e), (rows, None))),
+                }
+            }
+            let subscriber = Subscriber {
+                id: first.id,
+                email: first.email,
+                name: first.name,
+                status: first.status,
+                created_at: first.created_at,
+            };
+            Some((Ok((subscriber, digests)), (rows, next)))
         })
+        .boxed()
     }
 
     /// Streams the confirmed subscribers of a digest (for a dry run).

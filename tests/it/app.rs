@@ -294,6 +294,16 @@ fn the_daemon_sends_the_due_slot_once_and_stops_cleanly_on_sigterm() {
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{log}");
     assert!(log.contains("stopped"), "{log}");
+    let finished = log
+        .lines()
+        .find(|l| l.contains("run finished"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        finished.contains("sent=2")
+            && finished.contains("failed=0")
+            && finished.contains("took_secs="),
+        "{finished}"
+    );
 
     // Restarted with a second digest and a reader of it: its first tick
     // finds the daily slot planned before, and sends only the new digest.
@@ -439,4 +449,97 @@ fn a_first_start_after_a_slot_sends_nothing_until_the_next_slot() {
     let runs = stdout(&runs);
     assert_eq!(runs.lines().count(), 2, "{runs}");
     assert!(runs.lines().nth(1).unwrap().contains("missed"), "{runs}");
+}
+
+/// The JSON objects of an NDJSON output.
+fn ndjson(out: &std::process::Output) -> Vec<serde_json::Value> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn status_retry_and_lists_say_what_happened_in_text_and_json() {
+    let smtp = crate::helpers::SmtpServer::start_rejecting(&["reader1@example.org"]);
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/g.db", db_dir.path().display());
+    let ws = Workspace::new(&db, Some(smtp.port), &digest_section("daily", ""));
+    ws.import_readers(3);
+    ws.add_article("Listed news");
+    let sent = ws.run(&["send", "daily"]);
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    assert!(
+        stdout(&sent).contains("2 sent, 1 failed, 0 skipped"),
+        "{}",
+        stdout(&sent)
+    );
+
+    let runs = ws.run(&["status", "--json"]);
+    assert!(runs.status.success(), "{}", stderr(&runs));
+    let runs = ndjson(&runs);
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(run["digest"], "daily");
+    assert_eq!(run["status"], "finished");
+    assert_eq!(
+        (run["sent"].as_i64(), run["failed"].as_i64()),
+        (Some(2), Some(1))
+    );
+    assert!(run["finished"].is_string(), "{run}");
+    let id = run["run"].as_i64().unwrap().to_string();
+
+    let text = stdout(&ws.run(&["status", &id]));
+    assert!(text.contains("1 article published after"), "{text}");
+    assert!(
+        text.contains("reader1@example.org\t1 attempt\t") && text.contains("550"),
+        "{text}"
+    );
+    let one = ndjson(&ws.run(&["status", &id, "--json"]));
+    assert_eq!(
+        one[0]["failed_deliveries"][0]["email"],
+        "reader1@example.org"
+    );
+
+    // The relay still refuses that reader: the retry says what it did.
+    let retried = ws.run(&["retry", &id]);
+    assert!(retried.status.success(), "{}", stderr(&retried));
+    let text = stdout(&retried);
+    assert!(text.contains("1 failed delivery re-queued"), "{text}");
+    assert!(
+        text.contains("of the 1 retried, 0 sent, 1 failed again, 0 skipped"),
+        "{text}"
+    );
+
+    let listed = ws.run(&["subscribers", "list", "--json"]);
+    assert!(
+        stderr(&listed).contains("3 subscribers"),
+        "{}",
+        stderr(&listed)
+    );
+    let listed = ndjson(&listed);
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0]["email"], "reader0@example.org");
+    assert_eq!(listed[0]["name"], "Reader 0");
+    assert_eq!(listed[0]["status"], "confirmed");
+    assert_eq!(listed[0]["digests"], serde_json::json!(["daily"]));
+
+    // What `export` writes, `import` reads back into another store.
+    let exported = ws.run(&["subscribers", "export", "-"]);
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    let csv = stdout(&exported);
+    assert_eq!(
+        csv,
+        "email,name,digests\nreader0@example.org,Reader 0,daily\n\
+         reader1@example.org,Reader 1,daily\nreader2@example.org,Reader 2,daily\n"
+    );
+    let (_other_dir, other) = workspace();
+    let file = other.dir.path().join("exported.csv");
+    std::fs::write(&file, &csv).unwrap();
+    let imported = other.run(&["subscribers", "import", file.to_str().unwrap()]);
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    assert_eq!(
+        ndjson(&other.run(&["subscribers", "list", "--json"])),
+        listed
+    );
 }
