@@ -97,6 +97,24 @@ impl Command {
     }
 }
 
+/// Logs to standard error, as `[log]` says (`GAZETTE_LOG` or `RUST_LOG`
+/// decide the filter when set).
+fn start_logging(log: &config::LogSettings) -> Result<(), String> {
+    let filter = log.filter(|var| std::env::var(var).ok());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .map_err(|e| format!("the log filter `{filter}` (GAZETTE_LOG or RUST_LOG): {e}"))?;
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match log.format {
+        config::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        config::LogFormat::Json => logs.json().init(),
+    }
+    Ok(())
+}
+
 /// Output piped into a reader that stops early (`gazette subscribers list
 /// | head`) ends the process quietly, as it does other command-line tools,
 /// instead of a panic: the default action of SIGPIPE, which Rust ignores.
@@ -173,14 +191,6 @@ fn main() -> ExitCode {
     if cli.command.lists() {
         quiet_on_a_closed_pipe();
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GAZETTE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("gazette=info,warn")),
-        )
-        .init();
     let settings = match config::load(Path::new("."), cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -188,6 +198,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = start_logging(&settings.log) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let threads = match app::runtime_threads(std::env::var("TOKIO_WORKER_THREADS").ok().as_deref())
     {
         Ok(n) => n,

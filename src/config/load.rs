@@ -10,6 +10,7 @@ use super::check::{ConfigError, Problems, Sources};
 use super::database::{self, RawDatabase, is_secret_key};
 use super::delivery::{self, RawDelivery};
 use super::digests::{self, RawDigest};
+use super::log::{self, RawLog};
 use super::mail::{self, RawMail};
 use super::settings::Settings;
 use super::smtp::{self, RawSmtp};
@@ -31,6 +32,7 @@ struct RawSettings {
     web: RawWeb,
     templates: RawTemplates,
     delivery: RawDelivery,
+    log: RawLog,
     digests: Vec<RawDigest>,
 }
 
@@ -153,9 +155,10 @@ fn validate(
     let smtp = smtp::validate(&raw.smtp, &mut problems);
     let web = web::validate(&raw.web, &mut problems);
     let delivery = delivery::validate(&raw.delivery, raw.smtp.pool_size, &mut problems);
+    let log = log::validate(&raw.log, &mut problems);
     let digests = digests::validate(&raw.digests, &raw.templates.dir, &mut problems);
-    match (database, mail, smtp, web, delivery) {
-        (Some(database), Some(mail), Some(smtp), Some(web), Some(delivery))
+    match (database, mail, smtp, web, delivery, log) {
+        (Some(database), Some(mail), Some(smtp), Some(web), Some(delivery), Some(log))
             if problems.list.is_empty() =>
         {
             Ok(Settings {
@@ -165,6 +168,7 @@ fn validate(
                 web,
                 templates_dir: raw.templates.dir.clone(),
                 delivery,
+                log,
                 digests,
                 sources: shown,
             })

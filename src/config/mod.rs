@@ -6,7 +6,7 @@
 //! [`load`] reads the sources (the environment is passed in); each section
 //! has a file of its own with its keys as written, its typed settings and
 //! its validator ([`database`], [`mail`], [`smtp`], [`web`], [`delivery`],
-//! [`digests`]); [`check`] is what the validators share: where a key came
+//! [`digests`], [`log`]); [`check`] is what the validators share: where a key came
 //! from, and the error listing every problem.
 
 mod check;
@@ -14,6 +14,7 @@ mod database;
 mod delivery;
 mod digests;
 mod load;
+mod log;
 mod mail;
 mod settings;
 mod smtp;
@@ -24,6 +25,7 @@ pub use self::database::{DatabaseSettings, redact_url};
 pub use self::delivery::DeliverySettings;
 pub use self::digests::{Digest, Schedule};
 pub use self::load::{DEFAULT_FILE, ENV_PREFIX, load, load_from};
+pub use self::log::{LogFormat, LogSettings};
 pub use self::mail::{MailSettings, TransportKind};
 pub use self::settings::Settings;
 pub use self::smtp::{SmtpSettings, TlsMode};

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use super::database::DatabaseSettings;
 use super::delivery::DeliverySettings;
 use super::digests::Digest;
+use super::log::LogSettings;
 use super::mail::MailSettings;
 use super::smtp::SmtpSettings;
 use super::web::WebSettings;
@@ -17,6 +18,7 @@ pub struct Settings {
     pub web: WebSettings,
     pub templates_dir: PathBuf,
     pub delivery: DeliverySettings,
+    pub log: LogSettings,
     pub digests: Vec<Digest>,
     /// The sources that were read, in order, for messages.
     pub sources: Vec<String>,

@@ -543,3 +543,51 @@ fn status_retry_and_lists_say_what_happened_in_text_and_json() {
         listed
     );
 }
+
+#[test]
+fn logs_can_be_json_for_a_log_collector() {
+    let (_dir, ws) = workspace();
+    let mut config = std::fs::read_to_string(&ws.config).unwrap();
+    config.push_str("\n[log]\nformat = \"json\"\n");
+    std::fs::write(&ws.config, &config).unwrap();
+    ws.import_readers(2);
+    ws.add_article("Logged news");
+
+    let out = ws.run(&["send", "daily"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let planned = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "planned a run")
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert_eq!(planned["level"], "INFO");
+    assert_eq!(planned["fields"]["deliveries"], 2);
+    let finished = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "run finished")
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert_eq!(finished["fields"]["sent"], 2);
+
+    // At `level = "warn"`, the same kind of run logs nothing.
+    std::fs::write(&ws.config, config + "level = \"warn\"\n").unwrap();
+    let now = chrono::Utc::now();
+    let added = ws.run(&[
+        "articles",
+        "add",
+        "--url",
+        "https://example.org/quiet",
+        "--title",
+        "Quiet news",
+        "--published-at",
+        &now.to_rfc3339(),
+    ]);
+    assert!(added.status.success(), "{}", stderr(&added));
+    let slot = (now + chrono::Duration::seconds(1)).to_rfc3339();
+    let out = ws.run(&["send", "daily", "--slot", &slot]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("2 sent"), "{}", stdout(&out));
+    assert_eq!(stderr(&out), "");
+}

@@ -318,3 +318,17 @@ fn a_password_in_the_database_query_string_is_hidden_when_the_database_is_unreac
     assert!(all.contains("password=***"), "{all}");
     assert!(!all.contains("hunter2"), "{all}");
 }
+
+#[test]
+fn an_unknown_log_level_is_named_with_the_levels_there_are() {
+    let ws = workspace_with(&format!(
+        "{}\n[log]\nlevel = \"loud\"\n",
+        digest_section("daily", "")
+    ));
+    let err = check_fails(&ws);
+    assert!(err.contains("key `log.level`"), "{err}");
+    assert!(
+        err.contains("`loud` is not one of error, warn, info, debug, trace"),
+        "{err}"
+    );
+}
