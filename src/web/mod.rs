@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::map_response;
+use axum::middleware::{Next, from_fn, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper::body::Incoming;
@@ -99,7 +99,28 @@ fn app(engine: Engine, limits: Limits) -> Router {
         .route("/readyz", get(readyz))
         .fallback(pages::not_found)
         .layer(map_response(security_headers))
+        .layer(from_fn(log_request))
         .with_state(state)
+}
+
+/// One log line a request: method, route (its pattern, as
+/// `/unsubscribe/{token}`: never the token), status and time taken.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "(no route)".to_string(), |p| p.as_str().to_string());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    info!(
+        %method,
+        route,
+        status = response.status().as_u16(),
+        millis = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    response
 }
 
 /// The pages use inline styles, no scripts and no images from elsewhere,

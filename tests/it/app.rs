@@ -591,3 +591,65 @@ fn logs_can_be_json_for_a_log_collector() {
     assert!(stdout(&out).contains("2 sent"), "{}", stdout(&out));
     assert_eq!(stderr(&out), "");
 }
+
+/// A raw HTTP/1.1 GET of `path`: the answer's status line.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn every_web_request_is_logged_with_its_route_never_its_token() {
+    let (_dir, ws) = workspace();
+    let mut daemon = Daemon::start(&ws);
+    let listening = daemon
+        .log()
+        .wait_for("the web server", |l| l.contains("web server listening"));
+    let addr = listening
+        .split("addr=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{listening}"))
+        .to_string();
+    let token = "7.0123456789abcdef0123456789abcdef";
+    assert_eq!(
+        http_get(&addr, &format!("/unsubscribe/{token}")),
+        "HTTP/1.1 404 Not Found"
+    );
+    assert_eq!(http_get(&addr, "/healthz"), "HTTP/1.1 200 OK");
+    assert_eq!(http_get(&addr, "/no/such/page"), "HTTP/1.1 404 Not Found");
+    daemon.log().wait_for("the third request", |l| {
+        l.contains("request") && l.contains("(no route)")
+    });
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    let requests: Vec<&str> = log.lines().filter(|l| l.contains(" request ")).collect();
+    assert_eq!(requests.len(), 3, "{log}");
+    assert!(
+        requests[0].contains("method=GET route=\"/unsubscribe/{token}\" status=404"),
+        "{}",
+        requests[0]
+    );
+    assert!(
+        requests[1].contains("route=\"/healthz\" status=200"),
+        "{}",
+        requests[1]
+    );
+    assert!(
+        requests[2].contains("route=\"(no route)\" status=404"),
+        "{}",
+        requests[2]
+    );
+    assert!(
+        !log.contains("0123456789abcdef"),
+        "a token was logged: {log}"
+    );
+}
