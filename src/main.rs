@@ -155,12 +155,18 @@ enum ArticlesCommand {
     List {
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// One JSON object a line instead.
+        #[arg(long)]
+        json: bool,
     },
+    /// Remove the article at URL (runs keep their copy).
+    Remove { url: String },
 }
 
 #[derive(Subcommand)]
 enum SubscribersCommand {
-    /// Add a confirmed subscriber (default: to every digest).
+    /// Add a confirmed subscriber (default: to every digest); for an existing
+    /// one, add the name and digests given, keeping their other digests.
     Add {
         email: String,
         #[arg(long)]
@@ -168,6 +174,19 @@ enum SubscribersCommand {
         /// A digest to subscribe to; repeat for several.
         #[arg(long = "digest", value_name = "NAME")]
         digests: Vec<String>,
+    },
+    /// Change a subscriber: name, digests (replaced) or status.
+    Set {
+        email: String,
+        /// The name (empty: none).
+        #[arg(long)]
+        name: Option<String>,
+        /// A digest to receive, instead of their current ones; repeat for several.
+        #[arg(long = "digest", value_name = "NAME")]
+        digests: Vec<String>,
+        /// confirmed, unsubscribed or bounced.
+        #[arg(long)]
+        status: Option<String>,
     },
     /// Delete a subscriber and their history.
     Remove { email: String },
@@ -303,7 +322,8 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
                 };
                 app::articles_add(&engine, input).await
             }
-            ArticlesCommand::List { limit } => app::articles_list(&engine, limit).await,
+            ArticlesCommand::List { limit, json } => app::articles_list(&engine, limit, json).await,
+            ArticlesCommand::Remove { url } => app::articles_remove(&engine, &url).await,
         },
         Command::Subscribers(cmd) => match cmd {
             SubscribersCommand::Add {
@@ -311,6 +331,12 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
                 name,
                 digests,
             } => app::subscribers_add(&engine, &email, name, &digests).await,
+            SubscribersCommand::Set {
+                email,
+                name,
+                digests,
+                status,
+            } => app::subscribers_set(&engine, &email, name, &digests, status.as_deref()).await,
             SubscribersCommand::Remove { email } => app::subscribers_remove(&engine, &email).await,
             SubscribersCommand::List { status, json } => {
                 let format = if json {

@@ -38,13 +38,37 @@ pub async fn articles_add(engine: &Engine, input: import::ArticleInput) -> Resul
     Ok(())
 }
 
-pub async fn articles_list(engine: &Engine, limit: i64) -> Result<()> {
+/// `gazette articles remove URL`: the runs that took it keep their copy.
+pub async fn articles_remove(engine: &Engine, url: &str) -> Result<()> {
+    if engine.store.remove_article(url.trim()).await? {
+        println!("removed {}", url.trim());
+        Ok(())
+    } else {
+        anyhow::bail!("no article at {}", url.trim())
+    }
+}
+
+/// `gazette articles list`: the newest articles, a line each (with
+/// `json`, one JSON object a line).
+pub async fn articles_list(engine: &Engine, limit: i64, json: bool) -> Result<()> {
     let articles = engine.store.list_articles(limit).await?;
-    if articles.is_empty() {
+    if articles.is_empty() && !json {
         println!("no articles yet: add some with `gazette articles import FILE`");
     }
     for a in articles {
         let tags = engine.store.article_tags(a.id).await?;
+        if json {
+            let line = serde_json::json!({
+                "url": a.url,
+                "title": a.title,
+                "summary": a.summary,
+                "author": a.author,
+                "tags": tags,
+                "published_at": a.published_at.0.to_rfc3339(),
+            });
+            println!("{line}");
+            continue;
+        }
         println!(
             "{}  {}  {}{}",
             a.published_at.0.format("%Y-%m-%d %H:%M"),

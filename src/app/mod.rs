@@ -11,7 +11,7 @@ mod process;
 mod send;
 mod subscribers;
 
-pub use self::articles::{articles_add, articles_import, articles_list};
+pub use self::articles::{articles_add, articles_import, articles_list, articles_remove};
 pub use self::check::check;
 pub use self::daemon::{run, serve};
 pub use self::demo::demo;
@@ -20,5 +20,5 @@ pub use self::process::{counted, open, runtime_threads, shutdown_signal};
 pub use self::send::{retry, run_status, send, status};
 pub use self::subscribers::{
     ListFormat, subscribers_add, subscribers_export, subscribers_import, subscribers_list,
-    subscribers_remove,
+    subscribers_remove, subscribers_set,
 };

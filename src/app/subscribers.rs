@@ -1,4 +1,4 @@
-//! `gazette subscribers …`: add, remove, list, import, export.
+//! `gazette subscribers …`: add, set, remove, list, import, export.
 
 use std::io::Write as _;
 
@@ -9,8 +9,95 @@ use super::process::{counted, digest_names};
 use crate::delivery::Engine;
 use crate::domain::{DigestName, EmailAddress, SubscriberStatus};
 use crate::import;
-use crate::store::{NewSubscriber, Timestamp};
+use crate::store::{NewSubscriber, SubscriberChange, Timestamp};
 
+/// A subscriber as the operator sees them, to say what a command changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    name: Option<String>,
+    status: SubscriberStatus,
+    digests: Vec<String>,
+}
+
+async fn seen(engine: &Engine, email: &EmailAddress) -> Result<Option<(i64, Seen)>> {
+    let Some(s) = engine.store.find_subscriber(email).await? else {
+        return Ok(None);
+    };
+    let digests = engine.store.subscriber_digests(s.id).await?;
+    Ok(Some((
+        s.id,
+        Seen {
+            name: s.name,
+            status: s.status,
+            digests,
+        },
+    )))
+}
+
+/// What changed from `before` to `after`, in words; empty: nothing.
+fn changes(before: &Seen, after: &Seen) -> Vec<String> {
+    let name = |n: &Option<String>| {
+        n.as_deref()
+            .map_or("no name".to_string(), |n| format!("\"{n}\""))
+    };
+    let digests = |d: &[String]| {
+        if d.is_empty() {
+            "no digest".to_string()
+        } else {
+            d.join(", ")
+        }
+    };
+    let mut said = Vec::new();
+    if before.name != after.name {
+        said.push(format!(
+            "name {} → {}",
+            name(&before.name),
+            name(&after.name)
+        ));
+    }
+    if before.status != after.status {
+        said.push(format!("status {} → {}", before.status, after.status));
+    }
+    if before.digests != after.digests {
+        said.push(format!(
+            "digests {} → {}",
+            digests(&before.digests),
+            digests(&after.digests)
+        ));
+    }
+    said
+}
+
+fn say_changes(email: &EmailAddress, before: &Seen, after: &Seen) {
+    let said = changes(before, after);
+    if said.is_empty() {
+        println!(
+            "{email}: nothing changed ({}, {})",
+            after.status,
+            if after.digests.is_empty() {
+                "no digest".to_string()
+            } else {
+                after.digests.join(", ")
+            }
+        );
+    } else {
+        println!("updated {email}: {}", said.join("; "));
+    }
+    if matches!(
+        after.status,
+        SubscriberStatus::Unsubscribed | SubscriberStatus::Bounced
+    ) {
+        println!(
+            "{email} is {}: not mailed until it is set to confirmed",
+            after.status
+        );
+    }
+}
+
+/// `gazette subscribers add`: a new subscriber, confirmed (the operator
+/// vouches), to the digests given (default: all); for an existing one,
+/// the name and digests given are added (their other digests kept), and a
+/// pending subscriber becomes confirmed. Says what changed.
 pub async fn subscribers_add(
     engine: &Engine,
     email: &str,
@@ -19,30 +106,89 @@ pub async fn subscribers_add(
 ) -> Result<()> {
     let email = EmailAddress::parse(email)?;
     let known = digest_names(&engine.settings);
-    let digests =
+    let mut chosen =
         import::parse_digest_list(&digests.join(";"), &known).map_err(anyhow::Error::msg)?;
-    if digests.is_empty() {
+    if chosen.is_empty() {
         bail!("no digest is configured: add a [[digests]] section to the configuration first");
     }
-    let counts = engine
+    let before = seen(engine, &email).await?;
+    if let Some((_, before)) = &before
+        && digests.is_empty()
+    {
+        // Without --digest an existing subscriber keeps the digests they had.
+        chosen = before
+            .digests
+            .iter()
+            .filter_map(|d| DigestName::parse(d).ok())
+            .collect();
+    }
+    engine
         .store
         .upsert_subscribers(
             &[NewSubscriber {
                 email: email.clone(),
                 name: name.filter(|n| !n.trim().is_empty()),
-                digests: digests.clone(),
+                digests: chosen.clone(),
             }],
             Timestamp::now(),
         )
         .await?;
-    let list: Vec<&str> = digests.iter().map(DigestName::as_str).collect();
-    if counts.added == 1 {
-        println!("added {email} (confirmed) to {}", list.join(", "));
-    } else if counts.kept_inactive == 1 {
-        println!("{email} had unsubscribed or bounced: subscriptions updated, still not mailed");
-    } else {
-        println!("updated {email}: subscribed to {}", list.join(", "));
+    match before {
+        None => {
+            let list: Vec<&str> = chosen.iter().map(DigestName::as_str).collect();
+            println!("added {email} (confirmed) to {}", list.join(", "));
+        }
+        Some((_, before)) => {
+            let (_, after) = seen(engine, &email)
+                .await?
+                .context("the subscriber vanished")?;
+            say_changes(&email, &before, &after);
+        }
     }
+    Ok(())
+}
+
+/// `gazette subscribers set`: changes an existing subscriber's name,
+/// digests (replaced by those given) or status. Says what changed.
+pub async fn subscribers_set(
+    engine: &Engine,
+    email: &str,
+    name: Option<String>,
+    digests: &[String],
+    status: Option<&str>,
+) -> Result<()> {
+    let email = EmailAddress::parse(email)?;
+    let status = match parse_status(status)? {
+        Some(SubscriberStatus::Pending) => {
+            bail!(
+                "a subscriber cannot be set back to pending: use confirmed, unsubscribed or bounced"
+            )
+        }
+        other => other,
+    };
+    let known = digest_names(&engine.settings);
+    let chosen = if digests.is_empty() {
+        None
+    } else {
+        Some(import::parse_digest_list(&digests.join(";"), &known).map_err(anyhow::Error::msg)?)
+    };
+    let Some((id, before)) = seen(engine, &email).await? else {
+        bail!("no subscriber {email}: add one with `gazette subscribers add`");
+    };
+    let name = name.map(|n| n.trim().to_string());
+    let change = SubscriberChange {
+        name: name.as_ref().map(|n| (!n.is_empty()).then_some(n.as_str())),
+        digests: chosen.as_deref(),
+        status,
+    };
+    engine
+        .store
+        .update_subscriber(id, &change, Timestamp::now())
+        .await?;
+    let (_, after) = seen(engine, &email)
+        .await?
+        .context("the subscriber vanished")?;
+    say_changes(&email, &before, &after);
     Ok(())
 }
 

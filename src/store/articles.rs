@@ -131,6 +131,15 @@ impl Store {
         })
     }
 
+    /// Deletes the article at `url` (runs keep their own copy of it).
+    pub async fn remove_article(&self, url: &str) -> Result<bool> {
+        let sql = "delete from articles where url = $1";
+        on_pool!(self, pool => {
+            let done = sqlx::query(sql).bind(url).execute(pool).await?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
     /// The newest `limit` articles.
     pub async fn list_articles(&self, limit: i64) -> Result<Vec<Article>> {
         let sql = "select id, url, title, summary, author, published_at from articles \

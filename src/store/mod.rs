@@ -30,5 +30,5 @@ pub use self::ledger::{Claimed, DeliveryCounts, FailedDelivery, LedgerConnection
 pub use self::lock::ProcessLock;
 pub use self::readers::{Reader, SubscribeOutcome, SubscriptionRequest};
 pub use self::runs::{PlanOutcome, Run, RunPlan};
-pub use self::subscribers::{ImportCounts, NewSubscriber, Subscriber};
+pub use self::subscribers::{ImportCounts, NewSubscriber, Subscriber, SubscriberChange};
 pub use self::time::Timestamp;

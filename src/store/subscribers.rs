@@ -27,6 +27,14 @@ pub struct Subscriber {
     pub created_at: Timestamp,
 }
 
+/// What `update_subscriber` changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SubscriberChange<'a> {
+    pub name: Option<Option<&'a str>>,
+    pub digests: Option<&'a [DigestName]>,
+    pub status: Option<SubscriberStatus>,
+}
+
 /// A subscriber with one of their digests (none: a row of its own).
 #[derive(Debug, FromRow)]
 struct SubscriberDigest {
@@ -129,6 +137,45 @@ impl Store {
             }
             tx.commit().await?;
             Ok(removed.is_some())
+        })
+    }
+
+    /// Changes one subscriber, in one transaction: their name (`Some(None)`
+    /// clears it), the digests they receive (replaced), their status.
+    pub async fn update_subscriber(
+        &self,
+        subscriber_id: i64,
+        change: &SubscriberChange<'_>,
+        now: Timestamp,
+    ) -> Result<()> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            if let Some(name) = change.name {
+                sqlx::query("update subscribers set name = $2, updated_at = $3 where id = $1")
+                    .bind(subscriber_id).bind(name).bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some(status) = change.status {
+                sqlx::query("update subscribers set status = $2, updated_at = $3 where id = $1")
+                    .bind(subscriber_id).bind(status).bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some(digests) = change.digests {
+                sqlx::query("delete from subscriptions where subscriber_id = $1")
+                    .bind(subscriber_id)
+                    .execute(&mut *tx)
+                    .await?;
+                for digest in digests {
+                    sqlx::query("insert into subscriptions (subscriber_id, digest, created_at) values ($1, $2, $3)")
+                        .bind(subscriber_id).bind(digest.as_str()).bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(())
         })
     }
 

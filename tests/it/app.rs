@@ -653,3 +653,125 @@ fn every_web_request_is_logged_with_its_route_never_its_token() {
         "a token was logged: {log}"
     );
 }
+
+#[test]
+fn an_operator_changes_one_subscriber_and_is_told_what_changed() {
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/g.db", db_dir.path().display());
+    let digests = format!(
+        "{}{}",
+        digest_section("daily", ""),
+        digest_section("weekly", "")
+    );
+    let ws = Workspace::new(&db, None, &digests);
+    let run = |args: &[&str]| {
+        let out = ws.run(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    assert_eq!(
+        run(&["subscribers", "add", "ada@example.org", "--digest", "daily"]),
+        "added ada@example.org (confirmed) to daily\n"
+    );
+    // Adding again keeps her digests, and says nothing changed.
+    assert_eq!(
+        run(&["subscribers", "add", "ada@example.org"]),
+        "ada@example.org: nothing changed (confirmed, daily)\n"
+    );
+    // A name and a digest are added to what she had.
+    assert_eq!(
+        run(&[
+            "subscribers",
+            "add",
+            "ada@example.org",
+            "--name",
+            "Ada",
+            "--digest",
+            "weekly"
+        ]),
+        "updated ada@example.org: name no name → \"Ada\"; digests daily → daily, weekly\n"
+    );
+    // `set` replaces the digests and sets the status.
+    assert_eq!(
+        run(&[
+            "subscribers",
+            "set",
+            "ada@example.org",
+            "--digest",
+            "weekly",
+            "--status",
+            "unsubscribed"
+        ]),
+        "updated ada@example.org: status confirmed → unsubscribed; digests daily, weekly → weekly\n\
+         ada@example.org is unsubscribed: not mailed until it is set to confirmed\n"
+    );
+    assert_eq!(
+        run(&[
+            "subscribers",
+            "set",
+            "ada@example.org",
+            "--name",
+            "",
+            "--status",
+            "confirmed"
+        ]),
+        "updated ada@example.org: name \"Ada\" → no name; status unsubscribed → confirmed\n"
+    );
+    let listed = run(&["subscribers", "list"]);
+    assert_eq!(listed, "ada@example.org\t\tconfirmed\tweekly\n");
+
+    for (args, error) in [
+        (
+            vec![
+                "subscribers",
+                "set",
+                "bob@example.org",
+                "--status",
+                "bounced",
+            ],
+            "no subscriber bob@example.org",
+        ),
+        (
+            vec![
+                "subscribers",
+                "set",
+                "ada@example.org",
+                "--status",
+                "pending",
+            ],
+            "cannot be set back to pending",
+        ),
+        (
+            vec![
+                "subscribers",
+                "set",
+                "ada@example.org",
+                "--digest",
+                "monthly",
+            ],
+            "unknown digest `monthly`",
+        ),
+        (
+            vec!["articles", "remove", "https://example.org/none"],
+            "no article at https://example.org/none",
+        ),
+    ] {
+        let out = ws.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains(error), "{args:?}: {}", stderr(&out));
+    }
+
+    ws.add_article("Kept news");
+    ws.add_article("Removed news");
+    assert_eq!(
+        run(&["articles", "remove", "https://example.org/Removed-news"]),
+        "removed https://example.org/Removed-news\n"
+    );
+    let articles: Vec<serde_json::Value> = run(&["articles", "list", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(articles.len(), 1);
+    assert_eq!(articles[0]["url"], "https://example.org/Kept-news");
+    assert_eq!(articles[0]["title"], "Kept news");
+}
