@@ -81,12 +81,50 @@ impl Schedule {
             .seconds(Seconds::Optional)
             .build()
             .parse(text)
-            .map_err(|e| format!("`{text}` is not a valid cron schedule: {e}"))?;
+            .map_err(|e| match out_of_range(text) {
+                Some(field) => format!("`{text}`: {field}"),
+                None => format!("`{text}` is not a valid cron schedule: {e}"),
+            })?;
         Ok(Self {
             text: text.to_string(),
             cron,
         })
     }
+}
+
+/// The first field of a crontab line with a number outside its range, in
+/// words (croner says only "Number out of bounds").
+fn out_of_range(text: &str) -> Option<String> {
+    const FIELDS: [(&str, u32, u32); 6] = [
+        ("second", 0, 59),
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day-of-month", 1, 31),
+        ("month", 1, 12),
+        ("day-of-week", 0, 7),
+    ];
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    // Five fields have no seconds.
+    let names = &FIELDS[FIELDS.len() - fields.len()..];
+    fields
+        .iter()
+        .zip(names)
+        .find_map(|(field, (name, low, high))| {
+            let numbers = field
+                .split([',', '-', '/'])
+                .filter_map(|n| n.parse::<u32>().ok());
+            let step = field.split_once('/').map(|(_, s)| s);
+            numbers
+                .filter(|n| step != Some(&n.to_string()))
+                .find(|n| n < low || n > high)
+                .map(|n| {
+                    if *field == n.to_string() {
+                        format!("the {name} field is {n}, outside {low}–{high}")
+                    } else {
+                        format!("the {name} field `{field}` has {n}, outside {low}–{high}")
+                    }
+                })
+        })
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +156,9 @@ pub(super) fn validate(
     problems: &mut Problems,
 ) -> Vec<Digest> {
     let mut digests = Vec::new();
+    // (A missing directory is one problem of `templates.dir`, not one per
+    // template.)
+    let templates_found = templates_dir.is_dir();
     for (i, rd) in raw.iter().enumerate() {
         let before = problems.list.len();
         let mut bad = |field: &str, message: String| problems.digest(i, &rd.name, field, message);
@@ -149,7 +190,7 @@ pub(super) fn validate(
                     rd.template
                 ),
             );
-        } else {
+        } else if templates_found {
             for ext in ["html", "txt"] {
                 let path = templates_dir.join(format!("{}.{ext}.j2", rd.template));
                 if !path.is_file() {

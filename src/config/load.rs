@@ -156,6 +156,15 @@ fn validate(
     let web = web::validate(&raw.web, &mut problems);
     let delivery = delivery::validate(&raw.delivery, raw.smtp.pool_size, &mut problems);
     let log = log::validate(&raw.log, &mut problems);
+    if !raw.templates.dir.is_dir() {
+        problems.key(
+            "templates.dir",
+            format!(
+                "`{}` is not a directory (a relative path is from the working directory)",
+                raw.templates.dir.display()
+            ),
+        );
+    }
     let digests = digests::validate(&raw.digests, &raw.templates.dir, &mut problems);
     match (database, mail, smtp, web, delivery, log) {
         (Some(database), Some(mail), Some(smtp), Some(web), Some(delivery), Some(log))

@@ -61,7 +61,10 @@ fn a_bad_cron_line_and_an_unknown_time_zone_name_their_keys() {
     let err = check_fails(&ws);
     assert!(err.contains("gazette.toml"), "{err}");
     assert!(err.contains("digests[0].schedule"), "{err}");
-    assert!(err.contains("0 25 * * *"), "{err}");
+    assert!(
+        err.contains("`0 25 * * *`: the hour field is 25, outside 0–23"),
+        "{err}"
+    );
     assert!(err.contains("digests[0].timezone"), "{err}");
     assert!(err.contains("Europe/Berlim"), "{err}");
 }
@@ -329,6 +332,50 @@ fn an_unknown_log_level_is_named_with_the_levels_there_are() {
     assert!(err.contains("key `log.level`"), "{err}");
     assert!(
         err.contains("`loud` is not one of error, warn, info, debug, trace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_cron_field_out_of_range_is_named_with_its_range() {
+    for (line, said) in [
+        ("61 7 * * *", "the minute field is 61, outside 0–59"),
+        ("0 7 32 * *", "the day-of-month field is 32, outside 1–31"),
+        (
+            "0 7 * 1-13 *",
+            "the month field `1-13` has 13, outside 1–12",
+        ),
+        (
+            "0 7 * * 1,8",
+            "the day-of-week field `1,8` has 8, outside 0–7",
+        ),
+        ("75 0 7 * * *", "the second field is 75, outside 0–59"),
+    ] {
+        let ws = workspace_with(&digest_section("daily", "").replace("0 7 * * *", line));
+        let err = check_fails(&ws);
+        assert!(err.contains(&format!("`{line}`: {said}")), "{line}: {err}");
+    }
+}
+
+#[test]
+fn a_missing_templates_directory_is_one_error_naming_its_key() {
+    let ws = workspace_with(&format!(
+        "{}{}",
+        digest_section("daily", ""),
+        digest_section("weekly", "")
+    ));
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    let dir = format!("dir = \"{}\"", templates_dir().display());
+    assert!(config.contains(&dir));
+    std::fs::write(
+        &ws.config,
+        config.replace(&dir, "dir = \"no-such-templates\""),
+    )
+    .unwrap();
+    let err = check_fails(&ws);
+    assert_eq!(err.matches("\n  - ").count(), 1, "{err}");
+    assert!(
+        err.contains("key `templates.dir`: `no-such-templates` is not a directory"),
         "{err}"
     );
 }
