@@ -775,3 +775,33 @@ fn an_operator_changes_one_subscriber_and_is_told_what_changed() {
     assert_eq!(articles[0]["url"], "https://example.org/Kept-news");
     assert_eq!(articles[0]["title"], "Kept news");
 }
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    // The unit as shipped, with the binary just built in place of
+    // /usr/local/bin/gazette (verify checks that it exists).
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/gazette.service"),
+    )
+    .unwrap();
+    let exec = "ExecStart=/usr/local/bin/gazette run";
+    assert!(unit.contains(exec));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gazette.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            exec,
+            &format!("ExecStart={} run", env!("CARGO_BIN_EXE_gazette")),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package) is needed to check the unit");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // It warns on standard error about settings it does not understand.
+    assert_eq!(stderr(&out), "", "{}", stdout(&out));
+}
