@@ -77,6 +77,10 @@ enum Command {
     },
     /// Re-queue a run's failed deliveries and deliver them now.
     Retry { run: i64 },
+    /// Pause a digest for every process: its slots are recorded as missed, not sent.
+    Pause { digest: String },
+    /// Resume a paused digest: it sends again from its next slot.
+    Resume { digest: String },
     /// Apply database migrations.
     Migrate,
     /// Check the configuration and templates, and reach the database and SMTP relay.
@@ -283,6 +287,8 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
             ..
         } => app::run_status(&engine, run, json).await,
         Command::Retry { run } => app::retry(&engine, run).await,
+        Command::Pause { digest } => app::pause(&engine, &digest).await,
+        Command::Resume { digest } => app::resume(&engine, &digest).await,
         Command::Run => app::run(&engine).await,
         Command::Serve => app::serve(&engine).await,
         Command::Send {

@@ -8,7 +8,7 @@
 
 use anyhow::Result;
 use chrono::{DateTime, Timelike, Utc};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Digest;
 use crate::delivery::{self, Engine};
@@ -73,8 +73,28 @@ pub async fn reconcile(
     now: DateTime<Utc>,
 ) -> Vec<(String, anyhow::Result<Option<PlanOutcome>>)> {
     let mut results = Vec::new();
+    let paused = match store.paused_digests().await {
+        Ok(paused) => paused,
+        Err(e) => {
+            // (Nothing is planned without knowing what is paused.)
+            for digest in digests {
+                results.push((digest.name.to_string(), Err(anyhow::anyhow!("{e:#}"))));
+            }
+            return results;
+        }
+    };
     for digest in digests {
+        let is_paused = digest.paused || paused.iter().any(|p| p == digest.name.as_str());
         let result = match decide(digest, now) {
+            Decision::Plan(slot) | Decision::Missed(slot) if is_paused => store
+                .record_missed(&digest.name, Timestamp::from(slot), Timestamp::from(now))
+                .await
+                .map(|recorded| {
+                    if recorded {
+                        info!(digest = %digest.name, slot = %slot, "paused: the slot is recorded as missed, not sent");
+                    }
+                    None
+                }),
             Decision::Plan(slot) => delivery::plan(store, digest, slot, now).await.map(Some),
             Decision::Missed(slot) => store
                 .record_missed(&digest.name, Timestamp::from(slot), Timestamp::from(now))
@@ -116,11 +136,21 @@ pub enum AtStart {
     FirstStart(DateTime<Utc>),
     /// Nothing to send before the next slot.
     Nothing,
+    /// Paused (`paused = true`, or `gazette pause`): nothing is sent until
+    /// it is resumed, and then from its next slot.
+    Paused,
 }
 
 /// What starting now would do for `digest`.
 pub async fn outlook(store: &Store, digest: &Digest, now: DateTime<Utc>) -> Result<Outlook> {
+    let paused = digest.paused
+        || store
+            .paused_digests()
+            .await?
+            .iter()
+            .any(|p| p == digest.name.as_str());
     let at_start = match decide(digest, now) {
+        _ if paused => AtStart::Paused,
         Decision::Nothing => AtStart::Nothing,
         Decision::Plan(slot) | Decision::Missed(slot) if !store.has_runs(&digest.name).await? => {
             AtStart::FirstStart(slot)
@@ -157,6 +187,12 @@ impl Outlook {
                 local(slot)
             ),
             AtStart::Nothing => format!("next {next}"),
+            AtStart::Paused if digest.paused => {
+                "paused (`paused = true`): nothing is sent until it is resumed".to_string()
+            }
+            AtStart::Paused => {
+                "paused (`gazette pause`): nothing is sent until `gazette resume`".to_string()
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use chrono::Utc;
 
+use super::process::counted;
 use crate::delivery::Engine;
 use crate::import;
 use crate::store::Timestamp;
@@ -18,8 +19,8 @@ pub async fn articles_import(engine: &Engine, path: &str) -> Result<()> {
         .await
         .with_context(|| format!("{shown}: nothing was imported"))?;
     println!(
-        "imported {} articles from {shown} ({inserted} new, {updated} updated)",
-        articles.len()
+        "imported {} from {shown} ({inserted} new, {updated} updated)",
+        counted(articles.len() as u64, "article", "articles")
     );
     Ok(())
 }

@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 use chrono::Utc;
 
 use super::preview::preview;
+use super::process::counted;
 use super::send::send;
 use crate::delivery::Engine;
 use crate::domain::EmailAddress;
@@ -32,7 +33,10 @@ pub async fn demo(engine: &Engine) -> Result<()> {
         .store
         .upsert_articles(&articles, Timestamp::from(now))
         .await?;
-    println!("loaded {} sample articles", articles.len());
+    println!(
+        "loaded {}",
+        counted(articles.len() as u64, "sample article", "sample articles")
+    );
     let readers = [
         ("ada@example.org", "Ada Lovelace"),
         ("grace@example.org", "Grace Hopper"),
@@ -52,7 +56,10 @@ pub async fn demo(engine: &Engine) -> Result<()> {
         .store
         .upsert_subscribers(&subs, Timestamp::from(now))
         .await?;
-    println!("added {} sample subscribers", subs.len());
+    println!(
+        "added {}",
+        counted(subs.len() as u64, "sample subscriber", "sample subscribers")
+    );
     // The run's slot is the moment the sample articles were published by.
     let run = send(engine, digest.name.as_str(), Some(now), false).await?;
     let files = preview(

@@ -29,6 +29,7 @@ pub async fn send(
         dry_run_send(engine, &digest, slot).await?;
         return Ok(None);
     }
+    refuse_a_paused_digest(engine, &digest).await?;
     refuse_a_misconfigured_relay(engine).await?;
     let shutdown = shutdown_signal();
     let outcome = delivery::plan(&engine.store, &digest, slot, now).await?;
@@ -110,10 +111,75 @@ async fn dry_run_send(engine: &Engine, digest: &Digest, slot: DateTime<Utc>) -> 
         count += 1;
     }
     println!(
-        "{}: dry run: {count} emails rendered ({} articles), none sent",
+        "{}: dry run: {} rendered ({}), none sent",
         digest.name,
-        articles.len()
+        counted(count, "email", "emails"),
+        counted(articles.len() as u64, "article", "articles")
     );
+    Ok(())
+}
+
+/// An explicit `send` of a paused digest is refused: a pause means no
+/// mail, whoever asks.
+async fn refuse_a_paused_digest(engine: &Engine, digest: &Digest) -> Result<()> {
+    if digest.paused {
+        bail!(
+            "{} is paused (`paused = true` in the configuration): remove it to send",
+            digest.name
+        );
+    }
+    let paused = engine.store.paused_digests().await?;
+    if paused.iter().any(|p| p == digest.name.as_str()) {
+        bail!(
+            "{} is paused: `gazette resume {}` first",
+            digest.name,
+            digest.name
+        );
+    }
+    Ok(())
+}
+
+/// `gazette pause DIGEST`: for every process sharing the store, its slots
+/// are recorded as missed instead of sent, until `gazette resume`.
+pub async fn pause(engine: &Engine, digest: &str) -> Result<()> {
+    let digest = engine.settings.require_digest(digest)?;
+    if engine
+        .store
+        .pause_digest(&digest.name, Timestamp::now())
+        .await?
+    {
+        println!(
+            "paused {}: its slots are recorded as missed, not sent, until `gazette resume {}`",
+            digest.name, digest.name
+        );
+    } else {
+        println!("{} was paused already", digest.name);
+    }
+    Ok(())
+}
+
+/// `gazette resume DIGEST`: sends again from its next slot.
+pub async fn resume(engine: &Engine, digest: &str) -> Result<()> {
+    let digest = engine.settings.require_digest(digest)?;
+    let resumed = engine.store.resume_digest(&digest.name).await?;
+    if digest.paused {
+        bail!(
+            "{} is paused by the configuration (`paused = true`): remove that line to resume it",
+            digest.name
+        );
+    }
+    let next = crate::schedule::next_slot(digest, Utc::now()).map_or_else(
+        || "never".to_string(),
+        |t| t.with_timezone(&digest.timezone).to_rfc3339(),
+    );
+    if resumed {
+        println!(
+            "resumed {}: it sends again from its next slot, {next}",
+            digest.name
+        );
+    } else {
+        println!("{} was not paused (next slot {next})", digest.name);
+    }
     Ok(())
 }
 

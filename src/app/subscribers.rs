@@ -306,8 +306,8 @@ pub async fn subscribers_import(engine: &Engine, path: &str) -> Result<()> {
         .await
         .with_context(|| format!("{shown}: nothing was imported"))?;
     println!(
-        "imported {} subscribers from {shown} ({} new, {} updated, {} left unsubscribed)",
-        subscribers.len(),
+        "imported {} from {shown} ({} new, {} updated, {} left unsubscribed)",
+        counted(subscribers.len() as u64, "subscriber", "subscribers"),
         counts.added,
         counts.updated,
         counts.kept_inactive

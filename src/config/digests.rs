@@ -59,6 +59,8 @@ pub(super) struct RawDigest {
     catch_up: String,
     #[serde(default)]
     public: bool,
+    #[serde(default)]
+    paused: bool,
 }
 
 /// A cron schedule as the operator wrote it, parsed.
@@ -146,6 +148,8 @@ pub struct Digest {
     pub catch_up: Duration,
     /// Listed in the web archive (`/archive`).
     pub public: bool,
+    /// `paused = true`: its slots are recorded as missed, not sent.
+    pub paused: bool,
 }
 
 /// Every digest, checked: a digest with a problem is left out, and the
@@ -220,6 +224,7 @@ pub(super) fn validate(
                 skip_if_empty: rd.skip_if_empty,
                 catch_up,
                 public: rd.public,
+                paused: rd.paused,
             });
         }
     }

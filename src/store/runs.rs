@@ -56,6 +56,34 @@ impl Store {
         on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(digest.as_str()).bind(slot).fetch_optional(pool).await?))
     }
 
+    /// Pauses `digest` for every process; `false` if it was paused already.
+    pub async fn pause_digest(&self, digest: &DigestName, now: Timestamp) -> Result<bool> {
+        let sql =
+            "insert into digest_pauses (digest, paused_at) values ($1, $2) on conflict do nothing";
+        on_pool!(self, pool => {
+            let done = sqlx::query(sql).bind(digest.as_str()).bind(now).execute(pool).await?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    /// Resumes `digest`; `false` if it was not paused (in the store).
+    pub async fn resume_digest(&self, digest: &DigestName) -> Result<bool> {
+        let sql = "delete from digest_pauses where digest = $1";
+        on_pool!(self, pool => {
+            let done = sqlx::query(sql).bind(digest.as_str()).execute(pool).await?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    /// The digests paused in the store.
+    pub async fn paused_digests(&self) -> Result<Vec<String>> {
+        let sql = "select digest from digest_pauses order by digest";
+        on_pool!(self, pool => {
+            let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(pool).await?;
+            Ok(rows.into_iter().map(|(d,)| d).collect())
+        })
+    }
+
     /// Whether `digest` has any run at all (sent, skipped or missed).
     pub async fn has_runs(&self, digest: &DigestName) -> Result<bool> {
         let sql = "select count(*) from (select 1 from digest_runs where digest = $1 limit 1) r";

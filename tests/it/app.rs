@@ -142,7 +142,7 @@ fn send_dry_run_renders_everything_and_sends_nothing() {
     let out = ws.run(&["send", "daily", "--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("dry run: 1 emails rendered (1 articles), none sent"),
+        stdout(&out).contains("dry run: 1 email rendered (1 article), none sent"),
         "{}",
         stdout(&out)
     );
@@ -804,4 +804,45 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     assert!(out.status.success(), "{}", stderr(&out));
     // It warns on standard error about settings it does not understand.
     assert_eq!(stderr(&out), "", "{}", stdout(&out));
+}
+
+#[test]
+fn a_paused_digest_is_refused_by_send_and_said_so_by_check() {
+    let (_dir, ws) = workspace();
+    ws.import_readers(1);
+    ws.add_article("Paused news");
+    let paused = ws.run(&["pause", "daily"]);
+    assert!(paused.status.success(), "{}", stderr(&paused));
+    assert!(stdout(&paused).starts_with("paused daily: its slots are recorded as missed"));
+    assert_eq!(
+        stdout(&ws.run(&["pause", "daily"])),
+        "daily was paused already\n"
+    );
+
+    let sent = ws.run(&["send", "daily"]);
+    assert_eq!(sent.status.code(), Some(1));
+    assert!(
+        stderr(&sent).contains("daily is paused: `gazette resume daily` first"),
+        "{}",
+        stderr(&sent)
+    );
+    assert!(!ws.outbox().exists(), "nothing was written to the outbox");
+    let check = stdout(&ws.run(&["check"]));
+    assert!(
+        check.contains("paused (`gazette pause`): nothing is sent until `gazette resume`"),
+        "{check}"
+    );
+    // A dry run still renders everything.
+    let dry = ws.run(&["send", "daily", "--dry-run"]);
+    assert!(
+        stdout(&dry).contains("1 email rendered"),
+        "{}",
+        stdout(&dry)
+    );
+
+    let resumed = ws.run(&["resume", "daily"]);
+    assert!(stdout(&resumed).starts_with("resumed daily: it sends again from its next slot"));
+    let sent = ws.run(&["send", "daily"]);
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    assert!(stdout(&sent).contains("1 sent"), "{}", stdout(&sent));
 }

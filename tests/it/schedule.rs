@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use gazette::config::{Digest, Schedule};
 use gazette::domain::DigestName;
 use gazette::schedule::{AtStart, Decision, decide, first_start, latest_slot, outlook, reconcile};
-use gazette::store::{PlanOutcome, Store};
+use gazette::store::{PlanOutcome, Store, Timestamp};
 
 use crate::helpers::{Backend, TestDb};
 use crate::on_both_backends;
@@ -24,6 +24,7 @@ fn digest(schedule: &str, tz: &str) -> Digest {
         skip_if_empty: false,
         catch_up: std::time::Duration::from_secs(7_200),
         public: false,
+        paused: false,
     }
 }
 
@@ -132,6 +133,7 @@ on_both_backends!(
     a_missed_slot_is_recorded_and_not_sent,
     a_digest_that_never_ran_starts_with_its_next_slot,
     a_digest_that_ran_before_catches_up_a_slot_missed_while_stopped,
+    a_paused_digest_sends_nothing_until_resumed_then_its_next_slot,
 );
 
 async fn ticking_twice_in_the_same_slot_plans_one_run(backend: Backend) {
@@ -264,4 +266,56 @@ async fn a_digest_that_ran_before_catches_up_a_slot_missed_while_stopped(backend
         matches!(tick[0].1, Ok(Some(PlanOutcome::Planned { .. }))),
         "{tick:?}"
     );
+}
+
+async fn a_paused_digest_sends_nothing_until_resumed_then_its_next_slot(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = Store::connect(&db.url).await.unwrap();
+    let d = digest("0 7 * * *", "UTC");
+    let day = |n: i64| utc("2026-11-28T07:00:00Z") + Duration::days(n);
+    // It ran on the 28th, then was paused in the store.
+    let ran = reconcile(&store, std::slice::from_ref(&d), day(0)).await;
+    assert!(
+        matches!(ran[0].1, Ok(Some(PlanOutcome::Planned { .. }))),
+        "{ran:?}"
+    );
+    assert!(store.pause_digest(&d.name, Timestamp::now()).await.unwrap());
+    assert!(!store.pause_digest(&d.name, Timestamp::now()).await.unwrap());
+    assert_eq!(
+        outlook(&store, &d, day(1)).await.unwrap().at_start,
+        AtStart::Paused
+    );
+    // The slot of the 29th comes while paused: recorded, not sent.
+    let paused = reconcile(&store, std::slice::from_ref(&d), day(1)).await;
+    assert!(matches!(paused[0].1, Ok(None)), "{paused:?}");
+    assert!(store.unfinished_runs(None).await.unwrap().is_empty());
+    // Resumed an hour later (within catch_up): that slot stays missed; the
+    // next one is sent.
+    assert!(store.resume_digest(&d.name).await.unwrap());
+    let later = day(1) + Duration::hours(1);
+    assert_eq!(
+        outlook(&store, &d, later).await.unwrap().at_start,
+        AtStart::Nothing
+    );
+    let tick = reconcile(&store, std::slice::from_ref(&d), later).await;
+    assert!(
+        matches!(tick[0].1, Ok(Some(PlanOutcome::Exists { status, .. })) if status == "missed"),
+        "{tick:?}"
+    );
+    let next = reconcile(&store, std::slice::from_ref(&d), day(2)).await;
+    assert!(
+        matches!(next[0].1, Ok(Some(PlanOutcome::Planned { .. }))),
+        "{next:?}"
+    );
+
+    // Paused by the configuration: the same, with no command.
+    let configured = Digest {
+        paused: true,
+        ..d.clone()
+    };
+    let tick = reconcile(&store, std::slice::from_ref(&configured), day(3)).await;
+    assert!(matches!(tick[0].1, Ok(None)), "{tick:?}");
+    let runs = store.recent_runs(10).await.unwrap();
+    let statuses: Vec<&str> = runs.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["missed", "finished", "missed", "finished"]);
 }
