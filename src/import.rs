@@ -88,30 +88,50 @@ impl ArticleInput {
     }
 }
 
-/// Parses a JSON array of articles, or NDJSON (one object per line).
+/// At most this many bad records are listed; the count of the others follows.
+const SHOWN_PROBLEMS: usize = 20;
+
+/// Every problem found, as one error (the first `SHOWN_PROBLEMS`, then how
+/// many more).
+fn problems_error(problems: &[String]) -> anyhow::Error {
+    let shown = problems.len().min(SHOWN_PROBLEMS);
+    let mut message = problems[..shown].join("\n");
+    if problems.len() > shown {
+        message.push_str(&format!("\n… and {} more", problems.len() - shown));
+    }
+    anyhow::anyhow!("{message}")
+}
+
+/// Parses a JSON array of articles, or NDJSON (one object per line). Every
+/// bad record is reported, each with its index or line, and nothing is
+/// returned unless all are good.
 pub fn parse_articles(text: &str, now: DateTime<Utc>) -> Result<Vec<NewArticle>> {
-    let convert = |r: ArticleInput| r.validate(now);
     let mut out = Vec::new();
+    let mut problems = Vec::new();
+    let mut take = |place: String, record: Result<ArticleInput, String>| match record
+        .and_then(|r| r.validate(now))
+    {
+        Ok(article) => out.push(article),
+        Err(e) => problems.push(format!("{place}: {e}")),
+    };
     if text.trim_start().starts_with('[') {
         let values: Vec<serde_json::Value> =
             serde_json::from_str(text).context("the file is not a valid JSON array")?;
         for (i, value) in values.into_iter().enumerate() {
-            let record: ArticleInput = serde_json::from_value(value)
-                .map_err(|e| anyhow::anyhow!("record {} of the array: {e}", i + 1))?;
-            out.push(
-                convert(record)
-                    .map_err(|e| anyhow::anyhow!("record {} of the array: {e}", i + 1))?,
-            );
+            let record = serde_json::from_value(value).map_err(|e| e.to_string());
+            take(format!("record {} of the array", i + 1), record);
         }
     } else {
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let record: ArticleInput =
-                serde_json::from_str(line).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?;
-            out.push(convert(record).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?);
+            let record = serde_json::from_str(line).map_err(|e| e.to_string());
+            take(format!("line {}", i + 1), record);
         }
+    }
+    if !problems.is_empty() {
+        return Err(problems_error(&problems));
     }
     if out.is_empty() {
         bail!("no articles found: expected a JSON array or one JSON object per line");
@@ -151,12 +171,32 @@ pub fn parse_digest_list(text: &str, known: &[DigestName]) -> Result<Vec<DigestN
         .collect()
 }
 
+/// The rows of a subscribers CSV, and what is worth a warning.
+#[derive(Debug, Clone)]
+pub struct SubscriberRows {
+    pub subscribers: Vec<NewSubscriber>,
+    /// An address on more than one line, say.
+    pub warnings: Vec<String>,
+}
+
+/// A CSV reading error in one plain sentence, with its line.
+fn csv_problem(e: &csv::Error) -> String {
+    let line = e.position().map_or(0, |p| p.line());
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!(
+            "line {line}: {len} field{}, where the header has {expected_len}",
+            if *len == 1 { "" } else { "s" }
+        ),
+        csv::ErrorKind::Utf8 { .. } => format!("line {line}: the text is not UTF-8"),
+        _ => format!("line {line}: {e}"),
+    }
+}
+
 /// Reads a subscribers CSV (`email,name,digests`): validates every row,
 /// reporting bad ones by line, and returns the rows in file order.
-pub fn parse_subscribers_csv<R: Read>(
-    input: R,
-    known: &[DigestName],
-) -> Result<Vec<NewSubscriber>> {
+pub fn parse_subscribers_csv<R: Read>(input: R, known: &[DigestName]) -> Result<SubscriberRows> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(false)
@@ -180,13 +220,15 @@ pub fn parse_subscribers_csv<R: Read>(
         bail!("line 1: no `email` column; the header is `email,name,digests`");
     };
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
     let mut out = Vec::new();
+    // The line each address was first seen on.
+    let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     for record in reader.records() {
         let record = match record {
             Ok(r) => r,
             Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
-                problems.push(format!("line {line}: {e}"));
+                problems.push(csv_problem(&e));
                 continue;
             }
         };
@@ -210,6 +252,13 @@ pub fn parse_subscribers_csv<R: Read>(
                     continue;
                 }
             };
+        if let Some(first) = seen.get(&email.key()) {
+            warnings.push(format!(
+                "line {line}: {email} is also on line {first}: both lines are applied, in order"
+            ));
+        } else {
+            seen.insert(email.key(), line);
+        }
         out.push(NewSubscriber {
             email,
             name,
@@ -217,15 +266,13 @@ pub fn parse_subscribers_csv<R: Read>(
         });
     }
     if !problems.is_empty() {
-        let shown = problems.len().min(20);
-        let mut message = problems[..shown].join("\n");
-        if problems.len() > shown {
-            message.push_str(&format!("\n… and {} more", problems.len() - shown));
-        }
-        bail!("{message}");
+        return Err(problems_error(&problems));
     }
     if out.is_empty() {
         bail!("no subscribers found below the header line");
     }
-    Ok(out)
+    Ok(SubscriberRows {
+        subscribers: out,
+        warnings,
+    })
 }

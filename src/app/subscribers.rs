@@ -293,21 +293,24 @@ pub async fn subscribers_export(engine: &Engine, path: &str) -> Result<()> {
 pub async fn subscribers_import(engine: &Engine, path: &str) -> Result<()> {
     let shown = if path == "-" { "standard input" } else { path };
     let known = digest_names(&engine.settings);
-    let subscribers = if path == "-" {
+    let rows = if path == "-" {
         import::parse_subscribers_csv(std::io::stdin().lock(), &known)
     } else {
         let file = std::fs::File::open(path).with_context(|| format!("cannot read {path}"))?;
         import::parse_subscribers_csv(std::io::BufReader::new(file), &known)
     }
     .with_context(|| format!("{shown}: nothing was imported"))?;
+    for warning in &rows.warnings {
+        eprintln!("warning: {shown}: {warning}");
+    }
     let counts = engine
         .store
-        .upsert_subscribers(&subscribers, Timestamp::now())
+        .upsert_subscribers(&rows.subscribers, Timestamp::now())
         .await
         .with_context(|| format!("{shown}: nothing was imported"))?;
     println!(
         "imported {} from {shown} ({} new, {} updated, {} left unsubscribed)",
-        counted(subscribers.len() as u64, "subscriber", "subscribers"),
+        counted(rows.subscribers.len() as u64, "subscriber", "subscribers"),
         counts.added,
         counts.updated,
         counts.kept_inactive

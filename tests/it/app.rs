@@ -846,3 +846,80 @@ fn a_paused_digest_is_refused_by_send_and_said_so_by_check() {
     assert!(sent.status.success(), "{}", stderr(&sent));
     assert!(stdout(&sent).contains("1 sent"), "{}", stdout(&sent));
 }
+
+#[test]
+fn imports_report_every_bad_record_at_once_and_warn_of_an_address_listed_twice() {
+    let (_dir, ws) = workspace();
+    let articles = ws.dir.path().join("articles.ndjson");
+    std::fs::write(
+        &articles,
+        "{\"url\": \"https://example.org/a\", \"title\": \"Good\"}\n\
+         {\"url\": \"ftp://example.org/b\", \"title\": \"Bad url\"}\n\
+         \n\
+         {\"url\": \"https://example.org/c\", \"title\": \"\"}\n\
+         {\"url\": \"https://example.org/d\", \"title\": \"Bad time\", \"published_at\": \"yesterday\"}\n",
+    )
+    .unwrap();
+    let out = ws.run(&["articles", "import", articles.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("nothing was imported"), "{err}");
+    assert!(
+        err.contains("line 2: `url`: `ftp://example.org/b`"),
+        "{err}"
+    );
+    assert!(err.contains("line 4: `title` must not be empty"), "{err}");
+    assert!(err.contains("line 5: `published_at`: `yesterday`"), "{err}");
+    assert!(stdout(&ws.run(&["articles", "list"])).starts_with("no articles yet"));
+
+    let csv = ws.dir.path().join("readers.csv");
+    std::fs::write(
+        &csv,
+        "email,name,digests\nada@example.org,Ada,\nada@example.org,Ada,extra\n",
+    )
+    .unwrap();
+    let out = ws.run(&["subscribers", "import", csv.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("line 3: unknown digest `extra`"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(
+        &csv,
+        "email,name,digests\nada@example.org,Ada,\ngrace@example.org\nADA@example.org,Ada L.,\n",
+    )
+    .unwrap();
+    let out = ws.run(&["subscribers", "import", csv.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("line 3: 1 field, where the header has 3"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(
+        &csv,
+        "email,name,digests\nada@example.org,Ada,\ngrace@example.org,Grace,\nADA@example.org,Ada L.,\n",
+    )
+    .unwrap();
+    let out = ws.run(&["subscribers", "import", csv.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "line 4: ADA@example.org is also on line 2: both lines are applied, in order"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("imported 3 subscribers"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        stdout(&ws.run(&["subscribers", "list"])),
+        "ada@example.org\tAda L.\tconfirmed\tdaily\ngrace@example.org\tGrace\tconfirmed\tdaily\n"
+    );
+}

@@ -286,7 +286,9 @@ async fn a_subscriber_csv_with_a_bad_row_names_the_line_and_imports_nothing(back
     );
 
     let csv = "email,name,digests\nada@example.org,Ada,\n\"grace@example.org\",\"Hopper, Grace\",weekly\n";
-    let subs = import::parse_subscribers_csv(csv.as_bytes(), &known).unwrap();
+    let rows = import::parse_subscribers_csv(csv.as_bytes(), &known).unwrap();
+    assert!(rows.warnings.is_empty(), "{:?}", rows.warnings);
+    let subs = rows.subscribers;
     let counts = store
         .upsert_subscribers(&subs, Timestamp::now())
         .await
