@@ -21,6 +21,7 @@ pub(super) struct RawWeb {
     trusted_proxies: Vec<String>,
     token_key: String,
     token_key_file: PathBuf,
+    allowed_origins: Vec<String>,
 }
 
 impl Default for RawWeb {
@@ -33,6 +34,7 @@ impl Default for RawWeb {
             trusted_proxies: Vec::new(),
             token_key: String::new(),
             token_key_file: "data/token.key".into(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -60,6 +62,9 @@ pub struct WebSettings {
     /// The key that signs readers' links: `web.token_key`, or else the
     /// contents of `web.token_key_file` (made on first use).
     pub token_key: TokenKey,
+    /// Other sites (`https://blog.example.org`) whose pages may post the
+    /// subscribe form, or call it with JSON (CORS).
+    pub allowed_origins: Vec<String>,
 }
 
 /// Where the key that signs readers' links comes from.
@@ -165,6 +170,23 @@ pub(super) fn validate(raw: &RawWeb, problems: &mut Problems) -> Option<WebSetti
         }
         key => TokenKey::Given(Secret::new(key)),
     };
+    let mut allowed_origins = Vec::new();
+    for origin in &raw.allowed_origins {
+        let origin = origin.trim().trim_end_matches('/');
+        let well_formed = origin.split_once("://").is_some_and(|(scheme, host)| {
+            matches!(scheme, "http" | "https")
+                && !host.is_empty()
+                && !host.contains(['/', '?', '#', ' ', '*'])
+        });
+        if well_formed {
+            allowed_origins.push(origin.to_ascii_lowercase());
+        } else {
+            problems.key(
+                "web.allowed_origins",
+                format!("`{origin}` is not an origin such as `https://blog.example.org` (scheme and host, no path)"),
+            );
+        }
+    }
     if problems.list.len() > before {
         return None;
     }
@@ -175,6 +197,7 @@ pub(super) fn validate(raw: &RawWeb, problems: &mut Problems) -> Option<WebSetti
         subscribe_per_hour: raw.subscribe_per_hour,
         trusted_proxies,
         token_key,
+        allowed_origins,
     })
 }
 

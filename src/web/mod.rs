@@ -92,7 +92,10 @@ fn app(engine: Engine, limits: Limits) -> Router {
         .layer(map_response(no_store));
     Router::new()
         .route("/", get(subscribe::subscribe_page))
-        .route("/subscribe", post(subscribe::subscribe))
+        .route(
+            "/subscribe",
+            post(subscribe::subscribe).options(subscribe::subscribe_preflight),
+        )
         .merge(token_pages)
         .route("/archive", get(reading::archive))
         .route("/healthz", get(|| async { "ok" }))

@@ -167,6 +167,23 @@ pub fn cross_site(state: &WebState, headers: &HeaderMap) -> bool {
     }
 }
 
+/// The `Origin` of a request, when it is one of `web.allowed_origins`:
+/// another site whose pages may post the subscribe form.
+pub fn allowed_origin(state: &WebState, headers: &HeaderMap) -> Option<String> {
+    let origin = headers
+        .get(header::ORIGIN)?
+        .to_str()
+        .ok()?
+        .to_ascii_lowercase();
+    state
+        .engine
+        .settings
+        .web
+        .allowed_origins
+        .contains(&origin)
+        .then_some(origin)
+}
+
 pub fn forbidden(state: &WebState) -> Response {
     message(
         state,

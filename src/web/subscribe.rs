@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use minijinja::context;
 use sha2::{Digest as _, Sha256};
@@ -15,8 +16,9 @@ use tracing::{info, warn};
 
 use super::limiter;
 use super::pages::{
-    Body, Segments, WebState, all_digests, bad_request, chosen_digests, cross_site, digest_choices,
-    field, forbidden, form_fields, link_not_found, message, page, reply, server_error, wants_json,
+    Body, Segments, WebState, all_digests, allowed_origin, bad_request, chosen_digests, cross_site,
+    digest_choices, field, forbidden, form_fields, link_not_found, message, page, reply,
+    server_error, wants_json,
 };
 use crate::domain::{DomainError, EmailAddress, new_token};
 use crate::store::{SubscribeOutcome, SubscriptionRequest, Timestamp};
@@ -61,9 +63,61 @@ pub async fn subscribe(
     Body(body): Body,
 ) -> Response {
     let json = wants_json(&headers);
-    if cross_site(&state, &headers) {
+    // A form or a script on a site of `web.allowed_origins` may subscribe
+    // (CORS lets that script read the answer); any other site may not.
+    let allowed = allowed_origin(&state, &headers);
+    if allowed.is_none() && cross_site(&state, &headers) {
         return forbidden(&state);
     }
+    let mut response = subscribe_answer(state, peer, headers, body, json).await;
+    if let Some(origin) = allowed {
+        cors(&mut response, &origin);
+    }
+    response
+}
+
+/// The answer to a CORS preflight for `POST /subscribe` from another site:
+/// allowed for `web.allowed_origins`, refused for any other.
+pub async fn subscribe_preflight(
+    State(state): State<Arc<WebState>>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(origin) = allowed_origin(&state, &headers) else {
+        return forbidden(&state);
+    };
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    cors(&mut response, &origin);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    response
+}
+
+fn cors(response: &mut Response, origin: &str) {
+    let headers = response.headers_mut();
+    if let Ok(origin) = HeaderValue::from_str(origin) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
+    headers.append(header::VARY, HeaderValue::from_static("origin"));
+}
+
+async fn subscribe_answer(
+    state: Arc<WebState>,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Bytes,
+    json: bool,
+) -> Response {
     let web = &state.engine.settings.web;
     let client = limiter::client_address(peer.ip(), &headers, &web.trusted_proxies);
     if !state.limiter.allow(client, web.subscribe_per_hour).await {

@@ -379,3 +379,19 @@ fn a_missing_templates_directory_is_one_error_naming_its_key() {
         "{err}"
     );
 }
+
+#[test]
+fn an_allowed_origin_with_a_path_is_refused_with_its_key() {
+    let ws = workspace_with(&digest_section("daily", ""));
+    let config = std::fs::read_to_string(&ws.config).unwrap().replace(
+        "bind = \"127.0.0.1:0\"",
+        "bind = \"127.0.0.1:0\"\nallowed_origins = [\"https://blog.example.org/signup\"]",
+    );
+    std::fs::write(&ws.config, config).unwrap();
+    let err = check_fails(&ws);
+    assert!(err.contains("key `web.allowed_origins`"), "{err}");
+    assert!(
+        err.contains("`https://blog.example.org/signup` is not an origin"),
+        "{err}"
+    );
+}

@@ -588,3 +588,113 @@ async fn an_address_outside_ascii_gets_a_422_that_says_why() {
     app.mailed().await;
     assert!(app.smtp.received().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_of_allowed_origins_may_post_the_subscribe_form_and_call_it_with_json() {
+    let app = WebApp::start(
+        Backend::Sqlite,
+        "allowed_origins = [\"https://blog.example.org\"]",
+    )
+    .await;
+    let post = |origin: &'static str, content_type: &'static str, body: &'static str| {
+        app.http
+            .post(format!("{}/subscribe", app.base))
+            .header("origin", origin)
+            .header("sec-fetch-site", "cross-site")
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let form = "application/x-www-form-urlencoded";
+
+    // The blog's form: accepted, and its reader sees our answer page.
+    let answer = post(
+        "https://blog.example.org",
+        form,
+        "email=ada%40example.org&digest=daily",
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(
+        answer.headers()["access-control-allow-origin"],
+        "https://blog.example.org"
+    );
+    assert!(answer.text().await.unwrap().contains("Check your inbox"));
+    assert!(
+        app.confirmation_link("ada@example.org")
+            .await
+            .contains("/confirm/")
+    );
+
+    // Another site: refused, as before.
+    let answer = post(
+        "https://evil.example.org",
+        form,
+        "email=bob%40example.org&digest=daily",
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+    assert!(
+        answer
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    // A script on the blog: the preflight, then the JSON call.
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, format!("{}/subscribe", app.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let answer = preflight("https://blog.example.org").await.unwrap();
+    assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+    let headers = answer.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://blog.example.org"
+    );
+    assert_eq!(headers["access-control-allow-methods"], "POST");
+    assert_eq!(headers["access-control-allow-headers"], "content-type");
+    assert_eq!(
+        preflight("https://evil.example.org")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    let answer = post(
+        "https://blog.example.org",
+        "application/json",
+        r#"{"email": "grace@example.org", "digests": ["weekly"]}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(
+        answer.headers()["access-control-allow-origin"],
+        "https://blog.example.org"
+    );
+    assert!(
+        app.confirmation_link("grace@example.org")
+            .await
+            .contains("/confirm/")
+    );
+
+    // The pages behind a token stay closed to other sites, allowed or not.
+    let link = app.confirmation_link("ada@example.org").await;
+    let answer = app
+        .http
+        .post(format!("{}{}", app.base, path_of(&link)))
+        .header("origin", "https://blog.example.org")
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+}
