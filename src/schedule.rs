@@ -38,6 +38,21 @@ pub fn next_slot(digest: &Digest, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// How long until the next slot of any digest that falls between two of
+/// the daemon's minute ticks (a 6-field schedule with seconds): the daemon
+/// wakes for it then, so the slot fires on its second.
+pub fn until_next_off_minute_slot(
+    digests: &[Digest],
+    now: DateTime<Utc>,
+) -> Option<std::time::Duration> {
+    digests
+        .iter()
+        .filter_map(|d| next_slot(d, now))
+        .filter(|t| t.second() != 0)
+        .min()
+        .map(|t| (t - now).to_std().unwrap_or_default())
+}
+
 fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
     t.with_nanosecond(0).unwrap_or(t)
 }

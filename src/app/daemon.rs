@@ -147,16 +147,31 @@ async fn ticking(engine: &Engine, mut shutdown: watch::Receiver<bool>) -> Result
         .await
         .context("cannot start the cron scheduler")?;
     let result = async {
+        // (The watchdog counts from the last minute tick, not from a wake
+        // for a slot between ticks.)
+        let mut last_tick = tokio::time::Instant::now();
         loop {
             schedule::tick(engine, &shutdown).await;
             if *shutdown.borrow() {
                 return Ok(());
             }
+            let off_minute =
+                schedule::until_next_off_minute_slot(&engine.settings.digests, Utc::now());
+            let off_minute = async {
+                match off_minute {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                tick = tick_rx.recv() => if tick.is_none() {
-                    anyhow::bail!("the minute tick stopped");
-                },
-                _ = tokio::time::sleep(TICK_WATCHDOG) => anyhow::bail!(
+                _ = off_minute => {}
+                tick = tick_rx.recv() => {
+                    if tick.is_none() {
+                        anyhow::bail!("the minute tick stopped");
+                    }
+                    last_tick = tokio::time::Instant::now();
+                }
+                _ = tokio::time::sleep_until(last_tick + TICK_WATCHDOG) => anyhow::bail!(
                     "no minute tick for {}s", TICK_WATCHDOG.as_secs()
                 ),
                 _ = shutdown.changed() => {}

@@ -923,3 +923,35 @@ fn imports_report_every_bad_record_at_once_and_warn_of_an_address_listed_twice()
         "ada@example.org\tAda L.\tconfirmed\tdaily\ngrace@example.org\tGrace\tconfirmed\tdaily\n"
     );
 }
+
+#[test]
+fn a_schedule_with_seconds_fires_on_its_second_not_at_the_next_minute() {
+    let (_dir, ws) = workspace();
+    // Every three seconds: between two of the daemon's minute ticks.
+    let config = std::fs::read_to_string(&ws.config)
+        .unwrap()
+        .replace("0 7 * * *", "*/3 * * * * *");
+    std::fs::write(&ws.config, config).unwrap();
+    ws.import_readers(1);
+    ws.add_article("Seconds news");
+    let started = chrono::Utc::now();
+    let mut daemon = Daemon::start(&ws);
+    let planned = daemon.log().wait_for("a run between minute ticks", |l| {
+        l.contains("planned a run")
+    });
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    // The slot is on a multiple of three seconds, within seconds of the
+    // start, whatever the minute.
+    let slot = planned
+        .split("slot=")
+        .nth(1)
+        .and_then(|s| s.split(" UTC").next())
+        .unwrap_or_else(|| panic!("{planned}"));
+    let slot = chrono::NaiveDateTime::parse_from_str(slot, "%Y-%m-%d %H:%M:%S")
+        .unwrap_or_else(|e| panic!("{e}: {planned}"))
+        .and_utc();
+    assert_eq!(slot.second() % 3, 0, "{planned}");
+    assert!(slot > started, "{planned}");
+    assert!(slot - started <= chrono::Duration::seconds(7), "{planned}");
+}
