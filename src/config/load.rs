@@ -66,8 +66,9 @@ pub fn load_from(
 ) -> Result<Settings, ConfigError> {
     let mut files = Vec::new();
     let default = base_dir.join(DEFAULT_FILE);
-    if default.exists() {
-        files.push(default);
+    let default_found = default.exists();
+    if default_found {
+        files.push(default.clone());
     }
     if let Some(path) = explicit {
         if !path.exists() {
@@ -132,12 +133,19 @@ pub fn load_from(
             ConfigError(vec![format!("environment ({}): {e}", vars.join(", "))])
         })?;
 
-    let mut shown: Vec<String> = sources.files.iter().map(|(f, _)| f.clone()).collect();
+    let mut shown: Vec<String> = Vec::new();
+    if !default_found {
+        // (Said, not skipped silently: a command run from another directory
+        // would otherwise take built-in defaults without a word.)
+        let dir = std::fs::canonicalize(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
+        shown.push(format!(
+            "no {DEFAULT_FILE} in {}: built-in defaults",
+            dir.display()
+        ));
+    }
+    shown.extend(sources.files.iter().map(|(f, _)| f.clone()));
     if !sources.env.is_empty() {
         shown.push(format!("{env_prefix}* environment variables"));
-    }
-    if shown.is_empty() {
-        shown.push("built-in defaults".into());
     }
     validate(&raw, &sources, shown)
 }

@@ -114,6 +114,8 @@ struct RunLoop<'a> {
     /// A claim starts when fewer rows than this are in hand.
     refill_at: usize,
     lease: chrono::Duration,
+    /// What the last wait for retries was for (pending, sending, next).
+    waiting: Option<(i64, i64, Option<Timestamp>)>,
 }
 
 impl<'a> RunLoop<'a> {
@@ -151,6 +153,7 @@ impl<'a> RunLoop<'a> {
             refill_at: (delivery.concurrency * 2).max(delivery.batch_size as usize / 2),
             lease: chrono::Duration::from_std(delivery.lease)
                 .unwrap_or(chrono::Duration::minutes(5)),
+            waiting: None,
         }
     }
 
@@ -320,6 +323,23 @@ impl<'a> RunLoop<'a> {
             None => Duration::from_secs(1),
         }
         .clamp(Duration::from_millis(50), longest);
+        // Said once for each new state of the wait, not at every look.
+        let waiting = (counts.pending, counts.sending, next);
+        if self.waiting != Some(waiting) {
+            self.waiting = Some(waiting);
+            match next {
+                Some(at) if counts.pending > 0 => info!(
+                    pending = counts.pending,
+                    sending = counts.sending,
+                    next_retry = %at.0.to_rfc3339(),
+                    "waiting for deliveries to be retried"
+                ),
+                _ => info!(
+                    sending = counts.sending,
+                    "waiting for deliveries leased by another process"
+                ),
+            }
+        }
         self.sleep(wait).await;
         self.dry = false;
         Ok(true)

@@ -955,3 +955,42 @@ fn a_schedule_with_seconds_fires_on_its_second_not_at_the_next_minute() {
     assert!(slot > started, "{planned}");
     assert!(slot - started <= chrono::Duration::seconds(7), "{planned}");
 }
+
+#[test]
+fn send_says_what_it_waits_for() {
+    // The relay answers 451 to the first transaction: that delivery waits
+    // for its retry (retry_base_ms = 50 in the tests).
+    let smtp = crate::helpers::SmtpServer::start_with(crate::smtp::Behaviour {
+        policy: std::sync::Arc::new(|n| {
+            if n == 1 {
+                crate::smtp::Fault::TempFail
+            } else {
+                crate::smtp::Fault::Accept
+            }
+        }),
+        ..crate::smtp::Behaviour::default()
+    });
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/g.db", db_dir.path().display());
+    let ws = Workspace::new(&db, Some(smtp.port), &digest_section("daily", ""));
+    ws.import_readers(2);
+    ws.add_article("Patient news");
+    let out = ws.run(&["send", "daily"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("2 sent, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+    let log = stderr(&out);
+    let waiting: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("waiting for deliveries to be retried"))
+        .collect();
+    assert_eq!(waiting.len(), 1, "{log}");
+    assert!(
+        waiting[0].contains("pending=1") && waiting[0].contains("next_retry=20"),
+        "{}",
+        waiting[0]
+    );
+}

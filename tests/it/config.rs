@@ -395,3 +395,37 @@ fn an_allowed_origin_with_a_path_is_refused_with_its_key() {
         "{err}"
     );
 }
+
+#[test]
+fn a_missing_default_file_is_said_not_skipped_silently() {
+    let ws = workspace_with(&digest_section("daily", ""));
+    // The workspace has no config/default.toml: check says so.
+    let out = ws.run(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = std::fs::canonicalize(ws.dir.path()).unwrap();
+    let said = format!(
+        "configuration: ok (no config/default.toml in {}: built-in defaults, {})",
+        dir.display(),
+        ws.config.display()
+    );
+    assert!(
+        crate::helpers::stdout(&out).contains(&said),
+        "{}",
+        crate::helpers::stdout(&out)
+    );
+
+    // With one, it is the first source named.
+    std::fs::create_dir_all(ws.dir.path().join("config")).unwrap();
+    std::fs::write(
+        ws.dir.path().join("config/default.toml"),
+        "[web]\nsubscribe_per_hour = 5\n",
+    )
+    .unwrap();
+    let out = ws.run(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        crate::helpers::stdout(&out).contains("configuration: ok (./config/default.toml, "),
+        "{}",
+        crate::helpers::stdout(&out)
+    );
+}
