@@ -23,6 +23,8 @@
 //! - [`mail`]: quoted-printable, the MIME message, the outbox, and SMTP on
 //!   our own connections (`mail/smtp/`: connect, pipelined session, reply
 //!   classes).
+//! - [`metrics`]: what `/metrics` on the admin port shows, kept by the
+//!   code that knows it.
 //! - [`web`]: the readers' pages (subscribe, confirm, unsubscribe,
 //!   preferences, web view, archive) and their security layers.
 //! - [`app`]: the commands, one file per command family, as `main.rs`
@@ -34,6 +36,7 @@ pub mod delivery;
 pub mod domain;
 pub mod import;
 pub mod mail;
+pub mod metrics;
 pub mod render;
 pub mod schedule;
 pub mod store;

@@ -33,6 +33,19 @@ pub async fn run(engine: &Engine) -> Result<()> {
         let _ = stop_on_signal.send(true);
     });
     let listener = bind(engine).await?;
+    let admin = match engine.settings.admin.bind {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin.bind)"))?;
+            Some(tokio::spawn(crate::web::admin::serve(
+                engine.clone(),
+                listener,
+                stop.clone(),
+            )))
+        }
+        None => None,
+    };
     let mut web = tokio::spawn(crate::web::serve(engine.clone(), listener, stop.clone()));
     let mut ticks = tokio::spawn(tick(engine.clone(), stop.clone()));
     let (first, other, rest) = tokio::select! {
@@ -45,6 +58,11 @@ pub async fn run(engine: &Engine) -> Result<()> {
     }
     let _ = stop_tx.send(true);
     let rest = rest.await.context("a daemon task stopped unexpectedly")?;
+    if let Some(admin) = admin
+        && let Err(e) = first_result("the admin server", admin.await)
+    {
+        error!("{e:#}");
+    }
     first.and(rest)
 }
 

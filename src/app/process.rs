@@ -24,6 +24,7 @@ pub async fn open(settings: Settings) -> Result<Engine> {
         store,
         renderer: Arc::new(renderer),
         tokens,
+        metrics: Arc::default(),
         confirmations_due: Arc::default(),
         panic_for_tests: None,
     })

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::admin::{self, RawAdmin};
 use super::check::{ConfigError, Problems, Sources};
 use super::database::{self, RawDatabase, is_secret_key};
 use super::delivery::{self, RawDelivery};
@@ -33,6 +34,7 @@ struct RawSettings {
     templates: RawTemplates,
     delivery: RawDelivery,
     log: RawLog,
+    admin: RawAdmin,
     digests: Vec<RawDigest>,
 }
 
@@ -164,6 +166,7 @@ fn validate(
     let web = web::validate(&raw.web, &mut problems);
     let delivery = delivery::validate(&raw.delivery, raw.smtp.pool_size, &mut problems);
     let log = log::validate(&raw.log, &mut problems);
+    let admin = admin::validate(&raw.admin, &mut problems);
     if !raw.templates.dir.is_dir() {
         problems.key(
             "templates.dir",
@@ -174,22 +177,27 @@ fn validate(
         );
     }
     let digests = digests::validate(&raw.digests, &raw.templates.dir, &mut problems);
-    match (database, mail, smtp, web, delivery, log) {
-        (Some(database), Some(mail), Some(smtp), Some(web), Some(delivery), Some(log))
-            if problems.list.is_empty() =>
-        {
-            Ok(Settings {
-                database,
-                mail,
-                smtp,
-                web,
-                templates_dir: raw.templates.dir.clone(),
-                delivery,
-                log,
-                digests,
-                sources: shown,
-            })
-        }
+    match (database, mail, smtp, web, delivery, log, admin) {
+        (
+            Some(database),
+            Some(mail),
+            Some(smtp),
+            Some(web),
+            Some(delivery),
+            Some(log),
+            Some(admin),
+        ) if problems.list.is_empty() => Ok(Settings {
+            database,
+            mail,
+            smtp,
+            web,
+            templates_dir: raw.templates.dir.clone(),
+            delivery,
+            log,
+            admin,
+            digests,
+            sources: shown,
+        }),
         _ => Err(ConfigError(problems.list)),
     }
 }

@@ -9,6 +9,7 @@
 //! [`digests`], [`log`]); [`check`] is what the validators share: where a key came
 //! from, and the error listing every problem.
 
+mod admin;
 mod check;
 mod database;
 mod delivery;
@@ -20,6 +21,7 @@ mod settings;
 mod smtp;
 mod web;
 
+pub use self::admin::AdminSettings;
 pub use self::check::{ConfigError, parse_duration};
 pub use self::database::{DatabaseSettings, redact_url};
 pub use self::delivery::DeliverySettings;

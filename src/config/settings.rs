@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::admin::AdminSettings;
 use super::database::DatabaseSettings;
 use super::delivery::DeliverySettings;
 use super::digests::Digest;
@@ -19,6 +20,7 @@ pub struct Settings {
     pub templates_dir: PathBuf,
     pub delivery: DeliverySettings,
     pub log: LogSettings,
+    pub admin: AdminSettings,
     pub digests: Vec<Digest>,
     /// The sources that were read, in order, for messages.
     pub sources: Vec<String>,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::domain::ReaderTokens;
+use crate::metrics::Metrics;
 use crate::render::Renderer;
 use crate::store::Store;
 
@@ -16,6 +17,8 @@ pub struct Engine {
     pub renderer: Arc<Renderer>,
     /// Signs the tokens of readers' links.
     pub tokens: ReaderTokens,
+    /// What the admin port's `/metrics` shows.
+    pub metrics: Arc<Metrics>,
     /// Woken when a subscribe request leaves a confirmation email to send.
     pub confirmations_due: Arc<tokio::sync::Notify>,
     /// A worker handed this reader's delivery panics: for the tests of

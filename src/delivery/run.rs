@@ -60,6 +60,7 @@ pub async fn deliver_run(
     if finished {
         // One line per run, as one when it was planned.
         let took = (Utc::now() - run.created_at.0).to_std().unwrap_or_default();
+        engine.metrics.run_seconds.observe(took.as_secs_f64());
         info!(
             sent = counts.sent,
             failed = counts.failed,
@@ -127,6 +128,7 @@ impl<'a> RunLoop<'a> {
         shutdown: &'a watch::Receiver<bool>,
     ) -> Self {
         let delivery = &engine.settings.delivery;
+        let writer = Writer::for_digest(context.name());
         Self {
             engine,
             workers,
@@ -135,7 +137,7 @@ impl<'a> RunLoop<'a> {
             shutdown,
             queue: VecDeque::new(),
             in_flight: 0,
-            writer: Writer::default(),
+            writer,
             claiming: None,
             dry: false,
             after: 0,
@@ -256,6 +258,7 @@ impl<'a> RunLoop<'a> {
         if let Some(o) = outcome {
             if matches!(o, Outcome::Sent(_)) && self.workers.pause > Duration::from_secs(1) {
                 info!("the SMTP relay accepts messages again: deliveries resumed");
+                self.engine.metrics.breaker_open.set(0);
                 self.workers.pause = Duration::from_secs(1);
             }
             self.writer.buffer.push(o);
@@ -352,6 +355,7 @@ impl<'a> RunLoop<'a> {
             pause_secs = pause.as_secs(),
             "the SMTP relay keeps failing: pausing deliveries"
         );
+        self.engine.metrics.breaker_open.set(1);
         self.sleep(pause).await;
         self.workers.pause = (pause * 2).min(Duration::from_secs(60));
         self.workers.breaker.reset();

@@ -177,7 +177,13 @@ async fn handle(
                     .filter(|_| next.usable())
             });
             let next = next.map(lettre::Message::envelope);
-            send_one(sender, &job, &message, next).await
+            let started = std::time::Instant::now();
+            let outcome = send_one(sender, &job, &message, next).await;
+            engine
+                .metrics
+                .send_seconds
+                .observe(started.elapsed().as_secs_f64());
+            outcome
         }
     };
     breaker.record(matches!(outcome, Outcome::Retry { .. }));

@@ -30,12 +30,21 @@ pub(super) struct Writer {
     )>,
     /// The connections of the writes done, for the next ones.
     idle: Vec<LedgerConnection>,
+    /// The run's digest, for the metrics.
+    digest: std::sync::Arc<str>,
 }
 
 /// How many outcome writes may be under way at once.
 const WRITES: usize = 2;
 
 impl Writer {
+    pub(super) fn for_digest(digest: &str) -> Self {
+        Self {
+            digest: digest.into(),
+            ..Self::default()
+        }
+    }
+
     /// Outcomes not yet in the ledger: buffered or being written.
     pub(super) fn unrecorded(&self) -> usize {
         self.buffer.len() + self.pending.iter().map(|(_, n)| n).sum::<usize>()
@@ -56,7 +65,9 @@ impl Writer {
         let engine = engine.clone();
         let shutdown = shutdown.clone();
         let conn = self.idle.pop();
-        let write = tokio::spawn(async move { record(&engine, outcomes, conn, &shutdown).await });
+        let digest = self.digest.clone();
+        let write =
+            tokio::spawn(async move { record(&engine, &digest, outcomes, conn, &shutdown).await });
         self.pending.push_back((write, count));
     }
 
@@ -94,6 +105,7 @@ impl Writer {
 /// connection of the pool, and returns the connection for the next write.
 async fn record(
     engine: &Engine,
+    digest: &str,
     outcomes: Vec<Outcome>,
     conn: Option<LedgerConnection>,
     shutdown: &watch::Receiver<bool>,
@@ -166,5 +178,10 @@ async fn record(
         Ok(())
     })
     .await?;
+    let metrics = &engine.metrics;
+    metrics.count_messages(digest, "sent", sent.len());
+    metrics.count_messages(digest, "skipped", skipped.len());
+    metrics.count_messages(digest, "failed", failed.len());
+    metrics.count_messages(digest, "retried", retries.len());
     Ok(held.into_inner())
 }

@@ -170,6 +170,17 @@ impl Store {
         on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(run_id).fetch_one(pool).await?))
     }
 
+    /// The pending and sending deliveries of the unfinished runs (found
+    /// through the runs, so the ledger's finished rows are not read).
+    pub async fn open_delivery_counts(&self) -> Result<DeliveryCounts> {
+        let sql = "select \
+            coalesce(sum(case when d.status = 'pending' then 1 else 0 end), 0) as pending, \
+            coalesce(sum(case when d.status = 'sending' then 1 else 0 end), 0) as sending, \
+            0 as sent, 0 as failed, 0 as skipped \
+            from digest_runs r join deliveries d on d.run_id = r.id where r.status = 'sending'";
+        on_pool!(self, pool => Ok(sqlx::query_as(sql).fetch_one(pool).await?))
+    }
+
     /// The earliest time a pending delivery of `run` may be tried again.
     pub async fn next_attempt_at(&self, run_id: i64) -> Result<Option<Timestamp>> {
         let sql =

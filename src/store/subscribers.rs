@@ -179,6 +179,12 @@ impl Store {
         })
     }
 
+    /// How many subscribers there are of each status.
+    pub async fn subscriber_counts(&self) -> Result<Vec<(SubscriberStatus, i64)>> {
+        let sql = "select status, count(*) from subscribers group by status order by status";
+        on_pool!(self, pool => Ok(sqlx::query_as(sql).fetch_all(pool).await?))
+    }
+
     pub async fn set_subscriber_status(
         &self,
         email: &EmailAddress,

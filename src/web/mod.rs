@@ -11,6 +11,7 @@
 //! file (`subscribe`, `links`, `reading`), sharing `pages`; `limiter`
 //! counts subscribe requests per client.
 
+pub mod admin;
 mod limiter;
 mod links;
 mod pages;
@@ -24,7 +25,7 @@ use anyhow::Result;
 use axum::Router;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{Next, from_fn, map_response};
+use axum::middleware::{Next, from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper::body::Incoming;
@@ -102,13 +103,13 @@ fn app(engine: Engine, limits: Limits) -> Router {
         .route("/readyz", get(readyz))
         .fallback(pages::not_found)
         .layer(map_response(security_headers))
-        .layer(from_fn(log_request))
+        .layer(from_fn_with_state(state.clone(), log_request))
         .with_state(state)
 }
 
 /// One log line a request: method, route (its pattern, as
 /// `/unsubscribe/{token}`: never the token), status and time taken.
-async fn log_request(request: Request, next: Next) -> Response {
+async fn log_request(State(state): State<Arc<WebState>>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let route = request
         .extensions()
@@ -116,13 +117,20 @@ async fn log_request(request: Request, next: Next) -> Response {
         .map_or_else(|| "(no route)".to_string(), |p| p.as_str().to_string());
     let started = std::time::Instant::now();
     let response = next.run(request).await;
+    let status = response.status().as_u16();
     info!(
         %method,
         route,
-        status = response.status().as_u16(),
+        status,
         millis = started.elapsed().as_millis() as u64,
         "request"
     );
+    state
+        .engine
+        .metrics
+        .web_requests
+        .get_or_create(&crate::metrics::RequestLabels { route, status })
+        .inc();
     response
 }
 

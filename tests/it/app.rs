@@ -994,3 +994,88 @@ fn send_says_what_it_waits_for() {
         waiting[0]
     );
 }
+
+/// A raw HTTP/1.1 GET of `path`: the whole answer.
+fn http_get_all(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// The address a daemon's log line says it listens on.
+fn listening(line: &str) -> String {
+    line.split("addr=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string()
+}
+
+#[test]
+fn the_admin_port_serves_metrics_that_match_what_the_relay_received() {
+    let smtp = crate::helpers::SmtpServer::start_rejecting(&["reader2@example.org"]);
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/g.db", db_dir.path().display());
+    let section = digest_section("daily", "").replace("0 7 * * *", "*/3 * * * * *");
+    let ws = Workspace::new(
+        &db,
+        Some(smtp.port),
+        &format!("{section}\n[admin]\nbind = \"127.0.0.1:0\"\n"),
+    );
+    ws.import_readers(4);
+    ws.add_article("Measured news");
+    let mut daemon = Daemon::start(&ws);
+    let admin = listening(
+        &daemon
+            .log()
+            .wait_for("the admin server", |l| l.contains("admin server listening")),
+    );
+    let web = listening(
+        &daemon
+            .log()
+            .wait_for("the web server", |l| l.contains("web server listening")),
+    );
+    daemon
+        .log()
+        .wait_for("the run to finish", |l| l.contains("run finished"));
+    assert_eq!(http_get(&web, "/healthz"), "HTTP/1.1 200 OK");
+
+    let answer = http_get_all(&admin, "/metrics");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    let value = |series: &str| -> f64 {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {answer}"))
+    };
+    let received = smtp.received().len() as f64;
+    assert_eq!(received, 3.0);
+    assert_eq!(
+        value("gazette_messages_total{digest=\"daily\",outcome=\"sent\"}"),
+        received
+    );
+    assert_eq!(
+        value("gazette_messages_total{digest=\"daily\",outcome=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(value("gazette_subscribers{status=\"confirmed\"}"), 4.0);
+    assert_eq!(value("gazette_open_deliveries{status=\"pending\"}"), 0.0);
+    assert_eq!(value("gazette_run_duration_seconds_count"), 1.0);
+    assert_eq!(value("gazette_send_duration_seconds_count"), 4.0);
+    assert_eq!(value("gazette_relay_breaker_open"), 0.0);
+    assert_eq!(
+        value("gazette_web_requests_total{route=\"/healthz\",status=\"200\"}"),
+        1.0
+    );
+    // The readers' port has no metrics.
+    assert_eq!(http_get(&web, "/metrics"), "HTTP/1.1 404 Not Found");
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+}

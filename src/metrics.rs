@@ -1,0 +1,121 @@
+//! Prometheus metrics, kept by the code that knows them (the outcome
+//! writer, the run loop, the worker, the web middleware) and served on the
+//! admin port (`web::admin`); the counts the store holds (subscribers by
+//! status, open deliveries) are read from it at each scrape.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    pub digest: String,
+    /// `sent`, `failed`, `retried` or `skipped`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's pattern (`/unsubscribe/{token}`), never a token.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: String,
+}
+
+/// Every metric gazette keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub messages: Family<MessageLabels, Counter>,
+    pub run_seconds: Histogram,
+    pub send_seconds: Histogram,
+    pub breaker_open: Gauge,
+    pub web_requests: Family<RequestLabels, Counter>,
+    pub open_deliveries: Family<StatusLabels, Gauge>,
+    pub subscribers: Family<StatusLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("gazette");
+        let messages = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "messages",
+            "Delivery outcomes recorded in the ledger, by digest",
+            messages.clone(),
+        );
+        // 1 s to about 9 h.
+        let run_seconds = Histogram::new(exponential_buckets(1.0, 3.0, 10));
+        registry.register(
+            "run_duration_seconds",
+            "From a run's planning to its last delivery",
+            run_seconds.clone(),
+        );
+        // 0.1 ms to about 13 s.
+        let send_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        registry.register(
+            "send_duration_seconds",
+            "Handing one message to the relay (or writing it to the outbox)",
+            send_seconds.clone(),
+        );
+        let breaker_open = Gauge::default();
+        registry.register(
+            "relay_breaker_open",
+            "1 while deliveries pause because the relay keeps failing",
+            breaker_open.clone(),
+        );
+        let web_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "web_requests",
+            "Requests to the reader pages, by route and status",
+            web_requests.clone(),
+        );
+        let open_deliveries = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "open_deliveries",
+            "Deliveries of unfinished runs, pending or sending",
+            open_deliveries.clone(),
+        );
+        let subscribers = Family::<StatusLabels, Gauge>::default();
+        registry.register("subscribers", "Subscribers by status", subscribers.clone());
+        Self {
+            registry,
+            messages,
+            run_seconds,
+            send_seconds,
+            breaker_open,
+            web_requests,
+            open_deliveries,
+            subscribers,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts `n` outcomes of a digest's deliveries.
+    pub fn count_messages(&self, digest: &str, outcome: &str, n: usize) {
+        if n > 0 {
+            self.messages
+                .get_or_create(&MessageLabels {
+                    digest: digest.to_string(),
+                    outcome: outcome.to_string(),
+                })
+                .inc_by(n as u64);
+        }
+    }
+
+    /// The metrics in the text format of Prometheus (OpenMetrics).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // (Writing to a String cannot fail.)
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
