@@ -5,10 +5,9 @@ use anyhow::Result;
 use sqlx::FromRow;
 
 use super::backend::{BeginWrite, Store};
+use super::subscribers::{SubscriberChange, no_legacy_token};
 use super::time::Timestamp;
-use crate::domain::{
-    DigestName, EmailAddress, ReaderTokens, SubscriberStatus, new_token, sha256_hex,
-};
+use crate::domain::{DigestName, EmailAddress, ReaderTokens, SubscriberStatus, sha256_hex};
 
 /// What a subscribe request led to. The web answer is the same for each:
 /// nobody learns whether an address is subscribed.
@@ -42,12 +41,6 @@ pub struct Reader {
     pub email: String,
     pub name: Option<String>,
     pub status: SubscriberStatus,
-}
-
-/// What a new subscriber's `legacy_token_hash` holds: unique, and matching
-/// no token (their links are signed).
-pub(super) fn no_legacy_token() -> String {
-    format!("none:{}", new_token())
 }
 
 /// What the store keeps of a legacy token: its SHA-256.
@@ -272,28 +265,15 @@ impl Store {
         now: Timestamp,
     ) -> Result<()> {
         let status = if digests.is_empty() {
-            "unsubscribed"
+            SubscriberStatus::Unsubscribed
         } else {
-            "confirmed"
+            SubscriberStatus::Confirmed
         };
-        on_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            sqlx::query("update subscribers set name = $2, status = $3, updated_at = $4 where id = $1")
-                .bind(subscriber_id).bind(name).bind(status).bind(now)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("delete from subscriptions where subscriber_id = $1")
-                .bind(subscriber_id)
-                .execute(&mut *tx)
-                .await?;
-            for digest in digests {
-                sqlx::query("insert into subscriptions (subscriber_id, digest, created_at) values ($1, $2, $3)")
-                    .bind(subscriber_id).bind(digest.as_str()).bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        })
+        let change = SubscriberChange {
+            name: Some(name),
+            digests: Some(digests),
+            status: Some(status),
+        };
+        self.update_subscriber(subscriber_id, &change, now).await
     }
 }

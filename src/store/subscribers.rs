@@ -7,9 +7,14 @@ use futures_util::{StreamExt, TryStreamExt};
 use sqlx::FromRow;
 
 use super::backend::{BeginWrite, Store};
-use super::readers::no_legacy_token;
 use super::time::Timestamp;
-use crate::domain::{DigestName, EmailAddress, SubscriberStatus};
+use crate::domain::{DigestName, EmailAddress, SubscriberStatus, new_token};
+
+/// What a new subscriber's `legacy_token_hash` holds: unique, and matching
+/// no token (their links are signed).
+pub(super) fn no_legacy_token() -> String {
+    format!("none:{}", new_token())
+}
 
 #[derive(Debug, Clone)]
 pub struct NewSubscriber {
