@@ -594,31 +594,22 @@ fn logs_can_be_json_for_a_log_collector() {
 
 /// A raw HTTP/1.1 GET of `path`: the answer's status line.
 fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer.lines().next().unwrap_or_default().to_string()
+    http_get_all(addr, path)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
 fn every_web_request_is_logged_with_its_route_never_its_token() {
     let (_dir, ws) = workspace();
     let mut daemon = Daemon::start(&ws);
-    let listening = daemon
-        .log()
-        .wait_for("the web server", |l| l.contains("web server listening"));
-    let addr = listening
-        .split("addr=")
-        .nth(1)
-        .and_then(|a| a.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{listening}"))
-        .to_string();
+    let addr = listening(
+        &daemon
+            .log()
+            .wait_for("the web server", |l| l.contains("web server listening")),
+    );
     let token = "7.0123456789abcdef0123456789abcdef";
     assert_eq!(
         http_get(&addr, &format!("/unsubscribe/{token}")),
