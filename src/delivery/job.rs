@@ -71,12 +71,36 @@ pub(super) enum Outcome {
     Retry {
         id: i64,
         attempts: i32,
+        /// The reader's address, for the log.
+        to: String,
         error: String,
     },
     Failed {
         id: i64,
+        to: String,
         error: String,
     },
+}
+
+impl Outcome {
+    /// A failure that is final for `c`.
+    pub(super) fn failed(c: &Claimed, error: String) -> Self {
+        Outcome::Failed {
+            id: c.id,
+            to: c.email.clone(),
+            error,
+        }
+    }
+
+    /// A failure that `c` may be retried after (if attempts are left).
+    pub(super) fn retry(c: &Claimed, error: String) -> Self {
+        Outcome::Retry {
+            id: c.id,
+            attempts: c.attempts + 1,
+            to: c.email.clone(),
+            error,
+        }
+    }
 }
 
 /// The message of `job`, or the outcome of a job that sends none.
@@ -106,10 +130,7 @@ pub(super) fn prepare(
         Utc::now(),
         encoder,
     )
-    .map_err(|e| Outcome::Failed {
-        id: c.id,
-        error: format!("cannot render or build the message: {e:#}"),
-    })
+    .map_err(|e| Outcome::failed(c, format!("cannot render or build the message: {e:#}")))
 }
 
 pub(super) async fn send_one(
@@ -122,11 +143,7 @@ pub(super) async fn send_one(
     let stem = format!("{}-{}-{}", job.run.name(), c.run_id, c.subscriber_id);
     match sender.send_then(message, &stem, next).await {
         Ok(()) => Outcome::Sent(c.id),
-        Err(SendError::Permanent(error)) => Outcome::Failed { id: c.id, error },
-        Err(SendError::Transient(error) | SendError::Setup(error)) => Outcome::Retry {
-            id: c.id,
-            attempts: c.attempts + 1,
-            error,
-        },
+        Err(SendError::Permanent(error)) => Outcome::failed(c, error),
+        Err(SendError::Transient(error) | SendError::Setup(error)) => Outcome::retry(c, error),
     }
 }

@@ -95,13 +95,12 @@ async fn work(shared: Arc<Shared>) {
                 None => break,
             },
         };
-        let (id, attempts) = (job.claimed.id, job.claimed.attempts);
         let handled = handle(
             &shared,
             &mut sender,
             &mut encoder,
             &mut ahead,
-            job,
+            &job,
             prepared,
         );
         let outcome = match AssertUnwindSafe(handled).catch_unwind().await {
@@ -109,17 +108,17 @@ async fn work(shared: Arc<Shared>) {
             Err(panic) => {
                 let reason = panic_message(panic.as_ref());
                 error!(
-                    delivery = id,
+                    delivery = job.claimed.id,
+                    to = job.claimed.email,
                     "a delivery worker panicked ({reason}): the delivery is retried later"
                 );
                 // (The connection's state is unknown: it is dropped.)
                 sender = Sender::new(settings);
                 encoder = BodyEncoder::default();
-                Outcome::Retry {
-                    id,
-                    attempts: attempts + 1,
-                    error: format!("internal error while sending: {reason}"),
-                }
+                Outcome::retry(
+                    &job.claimed,
+                    format!("internal error while sending: {reason}"),
+                )
             }
         };
         if shared.outcomes.send(outcome).await.is_err() {
@@ -136,7 +135,7 @@ async fn handle(
     sender: &mut Sender,
     encoder: &mut BodyEncoder,
     ahead: &mut Option<Ahead>,
-    job: Job,
+    job: &Job,
     prepared: Option<Result<lettre::Message, Outcome>>,
 ) -> Outcome {
     let breaker = &shared.breaker;
@@ -151,7 +150,7 @@ async fn handle(
         return Outcome::Deferred(job.claimed.id);
     }
     let engine = &shared.engine;
-    let outcome = match prepared.unwrap_or_else(|| prepare(engine, encoder, &job)) {
+    let outcome = match prepared.unwrap_or_else(|| prepare(engine, encoder, job)) {
         Err(outcome) => outcome,
         Ok(message) => {
             // Without a rate limit to keep, the next job waiting, if any, is
@@ -178,7 +177,7 @@ async fn handle(
             });
             let next = next.map(lettre::Message::envelope);
             let started = std::time::Instant::now();
-            let outcome = send_one(sender, &job, &message, next).await;
+            let outcome = send_one(sender, job, &message, next).await;
             engine
                 .metrics
                 .send_seconds

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use chrono::Utc;
 use tokio::sync::{Mutex, watch};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use super::engine::Engine;
 use super::job::Outcome;
@@ -66,8 +66,11 @@ impl Writer {
         let shutdown = shutdown.clone();
         let conn = self.idle.pop();
         let digest = self.digest.clone();
-        let write =
-            tokio::spawn(async move { record(&engine, &digest, outcomes, conn, &shutdown).await });
+        // (In the run's span, so that its lines name the run and digest.)
+        let write = tokio::spawn(
+            async move { record(&engine, &digest, outcomes, conn, &shutdown).await }
+                .instrument(tracing::Span::current()),
+        );
         self.pending.push_back((write, count));
     }
 
@@ -131,25 +134,27 @@ async fn record(
                     "not sent: its lease ran low while it waited; it returns to pending when the lease is over"
                 );
             }
-            Outcome::Failed { id, error } => {
-                warn!(delivery = id, %error, "delivery failed");
+            Outcome::Failed { id, to, error } => {
+                warn!(delivery = id, to, %error, "delivery failed");
                 failed.push((id, error));
             }
             Outcome::Retry {
                 id,
                 attempts,
+                to,
                 error,
             } if attempts >= max_attempts => {
-                warn!(delivery = id, %error, attempts, "delivery failed: no attempts left");
+                warn!(delivery = id, to, %error, attempts, "delivery failed: no attempts left");
                 failed.push((id, format!("{error} (gave up after {attempts} attempts)")));
             }
             Outcome::Retry {
                 id,
                 attempts,
+                to,
                 error,
             } => {
                 let at = Utc::now() + backoff(&engine.settings, attempts);
-                warn!(delivery = id, %error, attempts, retry_at = %at, "delivery will be retried");
+                warn!(delivery = id, to, %error, attempts, retry_at = %at, "delivery will be retried");
                 retries.push((id, Timestamp::from(at), error));
             }
         }

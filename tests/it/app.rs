@@ -474,6 +474,13 @@ fn status_retry_and_lists_say_what_happened_in_text_and_json() {
         "{}",
         stdout(&sent)
     );
+    // The failure's log line names the digest, the run and the reader.
+    let err = stderr(&sent);
+    let failed = err.lines().find(|l| l.contains("delivery failed"));
+    let failed = failed.unwrap_or_else(|| panic!("no failure logged: {err}"));
+    for part in ["digest=daily", "run_id=1", "reader1@example.org", "550"] {
+        assert!(failed.contains(part), "{part} missing: {failed}");
+    }
 
     let runs = ws.run(&["status", "--json"]);
     assert!(runs.status.success(), "{}", stderr(&runs));
