@@ -24,7 +24,8 @@ impl std::error::Error for ConfigError {}
 /// Where each key came from, so that errors can name the file or variable.
 #[derive(Default)]
 pub(super) struct Sources {
-    pub(super) files: Vec<(String, toml::Table)>,
+    /// (file as shown, its keys, the directory its relative paths are from)
+    pub(super) files: Vec<(String, toml::Table, std::path::PathBuf)>,
     /// (dotted key, variable name)
     pub(super) env: Vec<(String, String)>,
 }
@@ -32,26 +33,35 @@ pub(super) struct Sources {
 impl Sources {
     /// The source that gave `path` (a dotted key such as `smtp.port`) its value.
     pub(super) fn origin(&self, path: &str) -> String {
-        if let Some((_, var)) = self.env.iter().rev().find(|(key, _)| key == path) {
+        if let Some(var) = self.variable_of(path) {
             return format!("environment variable {var}");
         }
+        match self.file_of(path) {
+            Some(i) => self.files[i].0.clone(),
+            None => "built-in default".into(),
+        }
+    }
+
+    /// The environment variable that set `path`, if one did.
+    pub(super) fn variable_of(&self, path: &str) -> Option<&str> {
+        let found = self.env.iter().rev().find(|(key, _)| key == path);
+        found.map(|(_, var)| var.as_str())
+    }
+
+    /// The index in `files` of the last file that sets `path`.
+    pub(super) fn file_of(&self, path: &str) -> Option<usize> {
         let parts: Vec<&str> = path.split('.').collect();
-        for (file, table) in self.files.iter().rev() {
-            let mut node = Some(table);
-            let mut found = false;
+        self.files.iter().rposition(|(_, table, _)| {
+            let mut node = table;
             for (i, part) in parts.iter().enumerate() {
-                let Some(t) = node else { break };
-                match t.get(*part) {
-                    Some(toml::Value::Table(inner)) if i + 1 < parts.len() => node = Some(inner),
-                    Some(_) if i + 1 == parts.len() => found = true,
-                    _ => break,
+                match node.get(*part) {
+                    Some(toml::Value::Table(inner)) if i + 1 < parts.len() => node = inner,
+                    Some(_) => return i + 1 == parts.len(),
+                    None => return false,
                 }
             }
-            if found {
-                return file.clone();
-            }
-        }
-        "built-in default".into()
+            false
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! `[database]`: where the store is.
 
 use std::fmt;
+use std::path::Path;
 
 use serde::Deserialize;
 
@@ -9,7 +10,7 @@ use super::check::Problems;
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawDatabase {
-    url: String,
+    pub(super) url: String,
 }
 
 impl Default for RawDatabase {
@@ -78,6 +79,27 @@ pub(super) fn validate(raw: &RawDatabase, problems: &mut Problems) -> Option<Dat
         return None;
     }
     Some(DatabaseSettings { url })
+}
+
+/// A SQLite URL whose file path is relative, made relative to `base`
+/// instead; any other URL unchanged.
+pub(super) fn anchor_sqlite_url(url: &str, base: &Path) -> String {
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return url.to_string();
+    };
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path.starts_with(':') || Path::new(path).is_absolute() {
+        return url.to_string();
+    }
+    let path = base.join(path);
+    match query {
+        Some(query) => format!("sqlite://{}?{query}", path.display()),
+        None => format!("sqlite://{}", path.display()),
+    }
 }
 
 /// A database address with its password hidden, for messages: the one in

@@ -66,11 +66,14 @@ pub fn load_from(
     explicit: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Settings, ConfigError> {
+    // (Each file with the directory its relative paths are from: for the
+    // default file, the directory it is found from; for `--config FILE`,
+    // FILE's own directory.)
     let mut files = Vec::new();
     let default = base_dir.join(DEFAULT_FILE);
     let default_found = default.exists();
     if default_found {
-        files.push(default.clone());
+        files.push((default.clone(), base_dir.to_path_buf()));
     }
     if let Some(path) = explicit {
         if !path.exists() {
@@ -79,13 +82,14 @@ pub fn load_from(
                 path.display()
             )]));
         }
-        files.push(path.to_path_buf());
+        let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        files.push((path.to_path_buf(), dir));
     }
 
     let mut problems = Vec::new();
     let mut sources = Sources::default();
     let mut builder = config::Config::builder();
-    for path in &files {
+    for (path, dir) in &files {
         let shown = path.display().to_string();
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
@@ -105,7 +109,7 @@ pub fn load_from(
             continue;
         }
         let table: toml::Table = text.parse().unwrap_or_default();
-        sources.files.push((shown, table));
+        sources.files.push((shown, table, dir.clone()));
         builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
     }
     if !problems.is_empty() {
@@ -127,13 +131,16 @@ pub fn load_from(
             .separator("__")
             .source(Some(env)),
     );
-    let raw: RawSettings = builder
+    let mut raw: RawSettings = builder
         .build()
         .and_then(|c| c.try_deserialize())
         .map_err(|e| {
             let vars: Vec<&str> = sources.env.iter().map(|(_, v)| v.as_str()).collect();
             ConfigError(vec![format!("environment ({}): {e}", vars.join(", "))])
         })?;
+
+    let explicit_dir = explicit.map(|_| files[files.len() - 1].1.as_path());
+    anchor_relative_paths(&mut raw, &sources, explicit_dir);
 
     let mut shown: Vec<String> = Vec::new();
     if !default_found {
@@ -145,11 +152,45 @@ pub fn load_from(
             dir.display()
         ));
     }
-    shown.extend(sources.files.iter().map(|(f, _)| f.clone()));
+    shown.extend(sources.files.iter().map(|(f, _, _)| f.clone()));
     if !sources.env.is_empty() {
         shown.push(format!("{env_prefix}* environment variables"));
     }
     validate(&raw, &sources, shown)
+}
+
+/// Makes each relative path that a file sets relative to that file's
+/// directory (see `files` in [`load_from`]), and a built-in default
+/// relative to the `--config` file's directory (`explicit_dir`), where the
+/// configuration lives; a path from the environment stays relative to the
+/// working directory.
+fn anchor_relative_paths(raw: &mut RawSettings, sources: &Sources, explicit_dir: Option<&Path>) {
+    let base_of = |key: &str| -> Option<&Path> {
+        if sources.variable_of(key).is_some() {
+            return None;
+        }
+        let dir = match sources.file_of(key) {
+            Some(i) => sources.files[i].2.as_path(),
+            None => explicit_dir?,
+        };
+        (!dir.as_os_str().is_empty() && dir != Path::new(".")).then_some(dir)
+    };
+    let anchor = |key: &str, path: &mut PathBuf| {
+        if let Some(base) =
+            base_of(key).filter(|_| path.is_relative() && !path.as_os_str().is_empty())
+        {
+            *path = base.join(&*path);
+        }
+    };
+    anchor("templates.dir", &mut raw.templates.dir);
+    anchor("mail.outbox_dir", &mut raw.mail.outbox_dir);
+    anchor("web.token_key_file", &mut raw.web.token_key_file);
+    let mut ca_file = PathBuf::from(raw.smtp.ca_file.trim());
+    anchor("smtp.ca_file", &mut ca_file);
+    raw.smtp.ca_file = ca_file.display().to_string();
+    if let Some(base) = base_of("database.url") {
+        raw.database.url = database::anchor_sqlite_url(&raw.database.url, base);
+    }
 }
 
 /// Each section's validator in turn; every problem of every section is
@@ -170,10 +211,7 @@ fn validate(
     if !raw.templates.dir.is_dir() {
         problems.key(
             "templates.dir",
-            format!(
-                "`{}` is not a directory (a relative path is from the working directory)",
-                raw.templates.dir.display()
-            ),
+            format!("`{}` is not a directory", raw.templates.dir.display()),
         );
     }
     let digests = digests::validate(&raw.digests, &raw.templates.dir, &mut problems);

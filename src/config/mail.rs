@@ -20,7 +20,7 @@ pub enum TransportKind {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawMail {
     transport: TransportKind,
-    outbox_dir: PathBuf,
+    pub(super) outbox_dir: PathBuf,
     from: String,
 }
 

@@ -31,5 +31,5 @@ pub use self::log::{LogFormat, LogSettings};
 pub use self::mail::{MailSettings, TransportKind};
 pub use self::settings::Settings;
 pub use self::smtp::{SmtpSettings, TlsMode};
-pub use self::web::{IpRange, TokenKey, WebSettings};
+pub use self::web::{ForwardedHeader, IpRange, TokenKey, WebSettings};
 pub use crate::domain::Secret;

@@ -44,7 +44,7 @@ pub(super) struct RawSmtp {
     pub(super) pool_size: u32,
     timeout_secs: u64,
     hello_name: String,
-    ca_file: String,
+    pub(super) ca_file: String,
 }
 
 impl Default for RawSmtp {

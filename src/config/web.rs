@@ -19,8 +19,9 @@ pub(super) struct RawWeb {
     confirm_ttl: String,
     subscribe_per_hour: u32,
     trusted_proxies: Vec<String>,
+    forwarded_header: ForwardedHeader,
     token_key: String,
-    token_key_file: PathBuf,
+    pub(super) token_key_file: PathBuf,
     allowed_origins: Vec<String>,
 }
 
@@ -32,6 +33,7 @@ impl Default for RawWeb {
             confirm_ttl: "48h".into(),
             subscribe_per_hour: 20,
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::XForwardedFor,
             token_key: String::new(),
             token_key_file: "data/token.key".into(),
             allowed_origins: Vec::new(),
@@ -57,14 +59,28 @@ pub struct WebSettings {
     pub confirm_ttl: Duration,
     /// Subscribe requests accepted per client address per hour.
     pub subscribe_per_hour: u32,
-    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    /// Reverse proxies whose `forwarded_header` names the client.
     pub trusted_proxies: Vec<IpRange>,
+    /// The header those proxies name the client in.
+    pub forwarded_header: ForwardedHeader,
     /// The key that signs readers' links: `web.token_key`, or else the
     /// contents of `web.token_key_file` (made on first use).
     pub token_key: TokenKey,
     /// Other sites (`https://blog.example.org`) whose pages may post the
     /// subscribe form, or call it with JSON (CORS).
     pub allowed_origins: Vec<String>,
+}
+
+/// The header a trusted proxy names the client in: one only, since a proxy
+/// passes the other on as the client wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: 203.0.113.9, 10.0.0.2` (nginx, HAProxy, most).
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239: `Forwarded: for=203.0.113.9;proto=https`.
+    #[serde(rename = "forwarded")]
+    Forwarded,
 }
 
 /// Where the key that signs readers' links comes from.
@@ -196,6 +212,7 @@ pub(super) fn validate(raw: &RawWeb, problems: &mut Problems) -> Option<WebSetti
         confirm_ttl: confirm_ttl.ok()?,
         subscribe_per_hour: raw.subscribe_per_hour,
         trusted_proxies,
+        forwarded_header: raw.forwarded_header,
         token_key,
         allowed_origins,
     })

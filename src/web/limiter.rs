@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderMap;
 use tokio::sync::Mutex;
 
-use crate::config::IpRange;
+use crate::config::{ForwardedHeader, IpRange};
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// Beyond this many clients, those idle for an hour are forgotten.
@@ -63,25 +63,40 @@ fn unmapped(ip: IpAddr) -> IpAddr {
 }
 
 /// The client a request comes from. From a trusted proxy, it is the
-/// right-most address of `X-Forwarded-For` that is not a trusted proxy
+/// right-most address of the forwarded header (`X-Forwarded-For`, or the
+/// `for=` parameters of RFC 7239's `Forwarded`) that is not a trusted proxy
 /// itself: entries to its left were written by the client and prove
-/// nothing. From anyone else, `X-Forwarded-For` is ignored.
-pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpRange]) -> IpAddr {
+/// nothing. From anyone else, the header is ignored.
+pub fn client_address(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpRange],
+    header: ForwardedHeader,
+) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|range| range.contains(ip));
     let mut client = unmapped(peer);
     if !is_trusted(client) {
         return client;
     }
-    let forwarded: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+    let name = match header {
+        ForwardedHeader::XForwardedFor => "x-forwarded-for",
+        ForwardedHeader::Forwarded => "forwarded",
+    };
+    let entries: Vec<&str> = headers
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .collect();
-    for entry in forwarded.iter().rev() {
-        // Garbage where a proxy should have written an address: the
-        // nearest trusted hop is all that is known.
-        let Some(ip) = parse_forwarded(entry) else {
+    for entry in entries.iter().rev() {
+        let address = match header {
+            ForwardedHeader::XForwardedFor => Some(*entry),
+            ForwardedHeader::Forwarded => for_parameter(entry),
+        };
+        // Garbage where a proxy should have written an address (or an
+        // obfuscated `for=unknown`): the nearest trusted hop is all that is
+        // known.
+        let Some(ip) = address.and_then(parse_forwarded) else {
             break;
         };
         client = unmapped(ip);
@@ -90,6 +105,21 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpRange]) ->
         }
     }
     client
+}
+
+/// The value of the `for` parameter of one `Forwarded` element
+/// (`for=192.0.2.60;proto=http;by=203.0.113.43`), unquoted.
+fn for_parameter(element: &str) -> Option<&str> {
+    element.split(';').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        key.trim().eq_ignore_ascii_case("for").then(|| {
+            let value = value.trim();
+            value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value)
+        })
+    })
 }
 
 /// `192.0.2.1`, `2001:db8::1`, and the forms with a port some proxies
@@ -144,8 +174,9 @@ mod tests {
             IpRange::parse("127.0.0.1").unwrap(),
             IpRange::parse("10.0.0.0/8").unwrap(),
         ];
+        let xff = ForwardedHeader::XForwardedFor;
         let from_proxy =
-            |values: &[&str]| client_address(ip("127.0.0.1"), &forwarded(values), &proxies);
+            |values: &[&str]| client_address(ip("127.0.0.1"), &forwarded(values), &proxies, xff);
         assert_eq!(from_proxy(&["203.0.113.9"]), ip("203.0.113.9"));
         // The client wrote the left part; the proxy appended the right-most.
         assert_eq!(
@@ -168,9 +199,54 @@ mod tests {
         assert_eq!(from_proxy(&["10.9.9.9"]), ip("10.9.9.9"));
         assert_eq!(from_proxy(&["198.51.100.1, unknown"]), ip("127.0.0.1"));
 
-        let direct = client_address(ip("192.0.2.50"), &forwarded(&["203.0.113.9"]), &proxies);
+        let direct = client_address(
+            ip("192.0.2.50"),
+            &forwarded(&["203.0.113.9"]),
+            &proxies,
+            xff,
+        );
         assert_eq!(direct, ip("192.0.2.50"), "a forged header from a client");
-        let none = client_address(ip("127.0.0.1"), &forwarded(&["203.0.113.9"]), &[]);
+        let none = client_address(ip("127.0.0.1"), &forwarded(&["203.0.113.9"]), &[], xff);
         assert_eq!(none, ip("127.0.0.1"), "no proxy configured");
+    }
+
+    #[test]
+    fn the_rfc_7239_header_is_read_when_configured_and_only_then() {
+        let proxies = [IpRange::parse("10.0.0.0/8").unwrap()];
+        let from_proxy = |values: &[&str], header| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append("forwarded", v.parse().unwrap());
+            }
+            headers.append("x-forwarded-for", "198.51.100.77".parse().unwrap());
+            client_address(ip("10.0.0.2"), &headers, &proxies, header)
+        };
+        let rfc = ForwardedHeader::Forwarded;
+        assert_eq!(
+            from_proxy(&["for=203.0.113.9;proto=https;by=10.0.0.2"], rfc),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            from_proxy(&["for=198.51.100.1, For=\"[2001:db8:cafe::17]:4711\""], rfc),
+            ip("2001:db8:cafe::17")
+        );
+        assert_eq!(
+            from_proxy(&["for=198.51.100.1", "for=203.0.113.9, for=10.1.1.1"], rfc),
+            ip("203.0.113.9")
+        );
+        // Obfuscated or missing: the proxy.
+        assert_eq!(from_proxy(&["for=unknown"], rfc), ip("10.0.0.2"));
+        assert_eq!(from_proxy(&["proto=https"], rfc), ip("10.0.0.2"));
+        // The header not configured is the client's own: ignored.
+        assert_eq!(
+            from_proxy(&["for=203.0.113.9"], ForwardedHeader::XForwardedFor),
+            ip("198.51.100.77")
+        );
+        let mut only_xff = HeaderMap::new();
+        only_xff.append("x-forwarded-for", "198.51.100.77".parse().unwrap());
+        assert_eq!(
+            client_address(ip("10.0.0.2"), &only_xff, &proxies, rfc),
+            ip("10.0.0.2")
+        );
     }
 }

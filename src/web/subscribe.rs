@@ -119,7 +119,12 @@ async fn subscribe_answer(
     json: bool,
 ) -> Response {
     let web = &state.engine.settings.web;
-    let client = limiter::client_address(peer.ip(), &headers, &web.trusted_proxies);
+    let client = limiter::client_address(
+        peer.ip(),
+        &headers,
+        &web.trusted_proxies,
+        web.forwarded_header,
+    );
     if !state.limiter.allow(client, web.subscribe_per_hour).await {
         warn!(%client, "too many subscribe requests");
         return reply(

@@ -374,8 +374,13 @@ fn a_missing_templates_directory_is_one_error_naming_its_key() {
     .unwrap();
     let err = check_fails(&ws);
     assert_eq!(err.matches("\n  - ").count(), 1, "{err}");
+    // (Relative to the configuration file's directory.)
+    let missing = ws.config.parent().unwrap().join("no-such-templates");
     assert!(
-        err.contains("key `templates.dir`: `no-such-templates` is not a directory"),
+        err.contains(&format!(
+            "key `templates.dir`: `{}` is not a directory",
+            missing.display()
+        )),
         "{err}"
     );
 }
@@ -428,4 +433,91 @@ fn a_missing_default_file_is_said_not_skipped_silently() {
         "{}",
         crate::helpers::stdout(&out)
     );
+}
+
+/// Copies the shipped templates into `dir`.
+fn copy_templates(dir: &std::path::Path) {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &to.join(entry.file_name()));
+            } else {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    copy(&templates_dir(), dir);
+}
+
+#[test]
+fn relative_paths_in_a_config_file_are_from_that_files_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let site = root.path().join("site");
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    copy_templates(&site.join("tpl"));
+    std::fs::write(
+        site.join("gazette.toml"),
+        format!(
+            "[database]\nurl = \"sqlite://data/g.db\"\n\
+             [mail]\ntransport = \"outbox\"\noutbox_dir = \"outbox\"\n\
+             [templates]\ndir = \"tpl\"\n{}",
+            digest_section("daily", "")
+        ),
+    )
+    .unwrap();
+    let gazette = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+            .args(["--config", "../site/gazette.toml"])
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(&elsewhere)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    };
+    gazette(
+        &["subscribers", "add", "ada@example.org", "--digest", "daily"],
+        &[],
+    );
+    gazette(
+        &[
+            "articles",
+            "add",
+            "--url",
+            "https://example.org/a",
+            "--title",
+            "A",
+        ],
+        &[],
+    );
+    gazette(&["send", "daily"], &[]);
+
+    // The database and the outbox are beside the file, not in the working
+    // directory.
+    assert!(site.join("data/g.db").is_file());
+    let sent = std::fs::read_dir(site.join("outbox")).unwrap().count();
+    assert_eq!(sent, 1);
+    let left: Vec<_> = std::fs::read_dir(&elsewhere).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A path from the environment is from the working directory.
+    let env = [("GAZETTE__TEMPLATES__DIR", "tpl")];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+        .args(["--config", "../site/gazette.toml", "check"])
+        .envs(env)
+        .current_dir(&elsewhere)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("key `templates.dir`: `tpl` is not a directory"),
+        "{err}"
+    );
+    copy_templates(&elsewhere.join("tpl"));
+    gazette(&["check"], &env);
 }
