@@ -108,7 +108,7 @@ fn start_logging(log: &config::LogSettings) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .map_err(|e| format!("the log filter `{filter}` (GAZETTE_LOG or RUST_LOG): {e}"))?;
     let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| gazette::app::LogWriter)
         .with_env_filter(filter);
     match log.format {
         config::LogFormat::Text => logs

@@ -111,6 +111,22 @@ impl Metrics {
         }
     }
 
+    /// The deliveries of `digest` this process has finished: sent, failed
+    /// or skipped.
+    pub fn messages_done(&self, digest: &str) -> u64 {
+        ["sent", "failed", "skipped"]
+            .iter()
+            .map(|outcome| {
+                self.messages
+                    .get_or_create(&MessageLabels {
+                        digest: digest.to_string(),
+                        outcome: outcome.to_string(),
+                    })
+                    .get()
+            })
+            .sum()
+    }
+
     /// The metrics in the text format of Prometheus (OpenMetrics).
     pub fn encode(&self) -> String {
         let mut text = String::new();

@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 
 use super::process::counted;
+use super::progress::Progress;
 use crate::delivery::Engine;
 use crate::import;
 use crate::store::Timestamp;
@@ -13,11 +14,14 @@ pub async fn articles_import(engine: &Engine, path: &str) -> Result<()> {
     let shown = if path == "-" { "standard input" } else { path };
     let articles = import::parse_articles(&text, Utc::now())
         .with_context(|| format!("{shown}: nothing was imported"))?;
+    let total = articles.len() as u64;
+    let progress = Progress::start(format!("{shown}: importing"), total, "articles");
     let (inserted, updated) = engine
         .store
-        .upsert_articles(&articles, Timestamp::now())
+        .upsert_articles_reporting(&articles, Timestamp::now(), &|n| progress.set(n))
         .await
         .with_context(|| format!("{shown}: nothing was imported"))?;
+    drop(progress);
     println!(
         "imported {} from {shown} ({inserted} new, {updated} updated)",
         counted(articles.len() as u64, "article", "articles")

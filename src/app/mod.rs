@@ -8,6 +8,7 @@ mod daemon;
 mod demo;
 mod preview;
 mod process;
+mod progress;
 mod send;
 mod subscribers;
 
@@ -17,6 +18,7 @@ pub use self::daemon::{run, serve};
 pub use self::demo::demo;
 pub use self::preview::{PreviewFiles, preview, print_preview};
 pub use self::process::{counted, open, runtime_threads, shutdown_signal};
+pub use self::progress::{LogWriter, Progress};
 pub use self::send::{pause, resume, retry, run_status, send, status};
 pub use self::subscribers::{
     ListFormat, subscribers_add, subscribers_export, subscribers_import, subscribers_list,

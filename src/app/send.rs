@@ -5,9 +5,13 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::TryStreamExt;
 
+use std::collections::HashMap;
+
 use super::process::{counted, refuse_a_misconfigured_relay, shutdown_signal};
+use super::progress::Progress;
 use crate::config::{Digest, TransportKind};
 use crate::delivery::{self, Drain, Engine};
+use crate::domain::DigestName;
 use crate::mail::BodyEncoder;
 use crate::render::{Recipient, RunContext};
 use crate::store::{DeliveryCounts, PlanOutcome, Run, Timestamp};
@@ -33,9 +37,7 @@ pub async fn send(
     refuse_a_misconfigured_relay(engine).await?;
     let shutdown = shutdown_signal();
     let outcome = delivery::plan(&engine.store, &digest, slot, now).await?;
-    let counts =
-        delivery::deliver_unfinished(engine, Some(&digest.name), Drain::UntilFinished, &shutdown)
-            .await?;
+    let counts = deliver_with_progress(engine, &digest.name, &shutdown).await?;
     let mut ids: Vec<&i64> = counts.keys().collect();
     ids.sort();
     let run_id = match &outcome {
@@ -84,6 +86,38 @@ pub async fn send(
         );
     }
     Ok(run_id)
+}
+
+/// Delivers the digest's unfinished runs to the end, showing their progress.
+async fn deliver_with_progress(
+    engine: &Engine,
+    digest: &DigestName,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Result<HashMap<i64, DeliveryCounts>> {
+    let mut total = 0;
+    for run in engine.store.unfinished_runs(Some(digest)).await? {
+        total += engine.store.delivery_counts(run.id).await?.open();
+    }
+    if total == 0 {
+        return delivery::deliver_unfinished(engine, Some(digest), Drain::UntilFinished, shutdown)
+            .await;
+    }
+    let progress = Progress::start(format!("{digest}: sending"), total as u64, "emails");
+    let metrics = engine.metrics.clone();
+    let before = metrics.messages_done(digest.as_str());
+    let name = digest.to_string();
+    let watch = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(200));
+        loop {
+            every.tick().await;
+            progress.set(metrics.messages_done(&name) - before);
+        }
+    });
+    let counts =
+        delivery::deliver_unfinished(engine, Some(digest), Drain::UntilFinished, shutdown).await;
+    watch.abort();
+    let _ = watch.await;
+    counts
 }
 
 async fn dry_run_send(engine: &Engine, digest: &Digest, slot: DateTime<Utc>) -> Result<()> {
@@ -371,9 +405,7 @@ pub async fn retry(engine: &Engine, run_id: i64) -> Result<()> {
     }
     let before = engine.store.delivery_counts(run_id).await?;
     let shutdown = shutdown_signal();
-    let counts =
-        delivery::deliver_unfinished(engine, Some(&digest.name), Drain::UntilFinished, &shutdown)
-            .await?;
+    let counts = deliver_with_progress(engine, &digest.name, &shutdown).await?;
     // What the retry did: the run's counts now, less those before it (the
     // re-queued rows were all failed, and are now pending or done).
     if let Some(c) = counts.get(&run_id) {

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use futures_util::TryStreamExt;
 
 use super::process::{counted, digest_names};
+use super::progress::Progress;
 use crate::delivery::Engine;
 use crate::domain::{DigestName, EmailAddress, SubscriberStatus};
 use crate::import;
@@ -303,11 +304,14 @@ pub async fn subscribers_import(engine: &Engine, path: &str) -> Result<()> {
     for warning in &rows.warnings {
         eprintln!("warning: {shown}: {warning}");
     }
+    let total = rows.subscribers.len() as u64;
+    let progress = Progress::start(format!("{shown}: importing"), total, "subscribers");
     let counts = engine
         .store
-        .upsert_subscribers(&rows.subscribers, Timestamp::now())
+        .upsert_subscribers_reporting(&rows.subscribers, Timestamp::now(), &|n| progress.set(n))
         .await
         .with_context(|| format!("{shown}: nothing was imported"))?;
+    drop(progress);
     println!(
         "imported {} from {shown} ({} new, {} updated, {} left unsubscribed)",
         counted(rows.subscribers.len() as u64, "subscriber", "subscribers"),

@@ -80,6 +80,17 @@ impl Store {
         articles: &[NewArticle],
         now: Timestamp,
     ) -> Result<(u64, u64)> {
+        self.upsert_articles_reporting(articles, now, &|_| {}).await
+    }
+
+    /// [`Store::upsert_articles`], calling `progress` with the number of
+    /// articles written so far (before the commit).
+    pub async fn upsert_articles_reporting(
+        &self,
+        articles: &[NewArticle],
+        now: Timestamp,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(u64, u64)> {
         on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let (mut inserted, mut updated) = (0, 0);
@@ -125,6 +136,7 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
+                progress(inserted + updated);
             }
             tx.commit().await?;
             Ok((inserted, updated))

@@ -71,6 +71,17 @@ impl Store {
         subs: &[NewSubscriber],
         now: Timestamp,
     ) -> Result<ImportCounts> {
+        self.upsert_subscribers_reporting(subs, now, &|_| {}).await
+    }
+
+    /// [`Store::upsert_subscribers`], calling `progress` with the number of
+    /// subscribers written so far (before the commit).
+    pub async fn upsert_subscribers_reporting(
+        &self,
+        subs: &[NewSubscriber],
+        now: Timestamp,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<ImportCounts> {
         on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut counts = ImportCounts::default();
@@ -118,6 +129,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 }
+                progress(counts.added + counts.updated + counts.kept_inactive);
             }
             tx.commit().await?;
             Ok(counts)

@@ -1077,3 +1077,68 @@ fn the_admin_port_serves_metrics_that_match_what_the_relay_received() {
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{log}");
 }
+
+#[test]
+fn a_long_send_logs_its_progress_when_standard_error_is_not_a_terminal() {
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/g.db", db_dir.path().display());
+    // 4 emails a second for 24 readers: about 6 s, past the first progress
+    // line at 5 s.
+    let ws = Workspace::with_delivery(
+        &db,
+        None,
+        "rate_per_second = 4",
+        &digest_section("daily", ""),
+    );
+    ws.import_readers(24);
+    ws.add_article("Slow news");
+    let out = ws.run(&["send", "daily"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("daily: sending: "))
+        .unwrap_or_else(|| panic!("no progress line: {err}"));
+    let counts = line.split("daily: sending: ").nth(1).unwrap();
+    let (done, rest) = counts.split_once(" of ").unwrap();
+    let done: u64 = done.parse().unwrap();
+    assert!((1..24).contains(&done), "{line}");
+    assert!(rest.starts_with("24 emails, "), "{line}");
+    assert!(
+        rest.contains("/s, about ") && rest.ends_with(" left"),
+        "{line}"
+    );
+    assert_eq!(std::fs::read_dir(ws.outbox()).unwrap().count(), 24);
+}
+
+#[test]
+fn an_import_on_a_terminal_shows_a_progress_bar() {
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/g.db", db_dir.path().display());
+    let ws = Workspace::new(&db, None, &digest_section("daily", ""));
+    let mut csv = String::from("email,name,digests\n");
+    for i in 0..2000 {
+        csv.push_str(&format!("reader{i}@example.org,Reader {i},daily\n"));
+    }
+    std::fs::write(ws.dir.path().join("readers.csv"), csv).unwrap();
+    // `script` runs the command on a pseudo-terminal and copies what it
+    // writes.
+    let command = format!(
+        "{} subscribers import readers.csv",
+        env!("CARGO_BIN_EXE_gazette")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(ws.dir.path())
+        .env("GAZETTE_CONFIG", &ws.config)
+        .output()
+        .expect("cannot run script (bsdutils)");
+    let screen = stdout(&out);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("readers.csv: importing ["), "{screen}");
+    assert!(screen.contains("/2,000 subscribers, "), "{screen}");
+    assert!(
+        screen.contains("imported 2000 subscribers from readers.csv (2000 new"),
+        "{screen}"
+    );
+}
