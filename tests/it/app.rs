@@ -1022,12 +1022,14 @@ fn the_admin_port_serves_metrics_that_match_what_the_relay_received() {
     let db_dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/g.db", db_dir.path().display());
     let section = digest_section("daily", "").replace("0 7 * * *", "*/3 * * * * *");
-    let ws = Workspace::new(
+    // Two emails a second: the send lasts long enough to be watched.
+    let ws = Workspace::with_delivery(
         &db,
         Some(smtp.port),
+        "rate_per_second = 2",
         &format!("{section}\n[admin]\nbind = \"127.0.0.1:0\"\n"),
     );
-    ws.import_readers(4);
+    ws.import_readers(6);
     ws.add_article("Measured news");
     let mut daemon = Daemon::start(&ws);
     let admin = listening(
@@ -1040,6 +1042,35 @@ fn the_admin_port_serves_metrics_that_match_what_the_relay_received() {
             .log()
             .wait_for("the web server", |l| l.contains("web server listening")),
     );
+    let value_in = |answer: &str, series: &str| -> Option<f64> {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    };
+    let sent_series = "gazette_messages_total{digest=\"daily\",outcome=\"sent\"}";
+    let pending_series = "gazette_open_deliveries{status=\"pending\"}";
+
+    // During the send: some sent, never more than the relay has, and the
+    // rest still open.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let during = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scrape during the send"
+        );
+        let answer = http_get_all(&admin, "/metrics");
+        let received = smtp.received().len() as f64;
+        let sent = value_in(&answer, sent_series).unwrap_or(0.0);
+        assert!(sent <= received, "{sent} sent > {received} received");
+        let open = value_in(&answer, pending_series).unwrap_or(0.0)
+            + value_in(&answer, "gazette_open_deliveries{status=\"sending\"}").unwrap_or(0.0);
+        if sent >= 1.0 && open >= 1.0 {
+            break (sent, open);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(during.0 + during.1 <= 6.0, "{during:?}");
+
     daemon
         .log()
         .wait_for("the run to finish", |l| l.contains("run finished"));
@@ -1048,13 +1079,10 @@ fn the_admin_port_serves_metrics_that_match_what_the_relay_received() {
     let answer = http_get_all(&admin, "/metrics");
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     let value = |series: &str| -> f64 {
-        answer
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in {answer}"))
+        value_in(&answer, series).unwrap_or_else(|| panic!("no {series} in {answer}"))
     };
     let received = smtp.received().len() as f64;
-    assert_eq!(received, 3.0);
+    assert_eq!(received, 5.0);
     assert_eq!(
         value("gazette_messages_total{digest=\"daily\",outcome=\"sent\"}"),
         received
@@ -1063,10 +1091,10 @@ fn the_admin_port_serves_metrics_that_match_what_the_relay_received() {
         value("gazette_messages_total{digest=\"daily\",outcome=\"failed\"}"),
         1.0
     );
-    assert_eq!(value("gazette_subscribers{status=\"confirmed\"}"), 4.0);
-    assert_eq!(value("gazette_open_deliveries{status=\"pending\"}"), 0.0);
+    assert_eq!(value("gazette_subscribers{status=\"confirmed\"}"), 6.0);
+    assert_eq!(value(pending_series), 0.0);
     assert_eq!(value("gazette_run_duration_seconds_count"), 1.0);
-    assert_eq!(value("gazette_send_duration_seconds_count"), 4.0);
+    assert_eq!(value("gazette_send_duration_seconds_count"), 6.0);
     assert_eq!(value("gazette_relay_breaker_open"), 0.0);
     assert_eq!(
         value("gazette_web_requests_total{route=\"/healthz\",status=\"200\"}"),
