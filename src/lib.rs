@@ -34,6 +34,7 @@ pub mod app;
 pub mod config;
 pub mod delivery;
 pub mod domain;
+pub mod errors;
 pub mod import;
 pub mod mail;
 pub mod metrics;

@@ -247,7 +247,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", gazette::errors::chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Digest;
 use crate::delivery::{self, Engine};
+use crate::errors::chain;
 use crate::store::{PlanOutcome, Store, Timestamp};
 
 /// The latest slot of `digest` at or before `now`.
@@ -93,7 +94,10 @@ pub async fn reconcile(
         Err(e) => {
             // (Nothing is planned without knowing what is paused.)
             for digest in digests {
-                results.push((digest.name.to_string(), Err(anyhow::anyhow!("{e:#}"))));
+                results.push((
+                    digest.name.to_string(),
+                    Err(anyhow::anyhow!("{}", chain(&e))),
+                ));
             }
             return results;
         }
@@ -243,12 +247,12 @@ pub async fn first_start(
 pub async fn tick(engine: &Engine, shutdown: &tokio::sync::watch::Receiver<bool>) {
     for (digest, result) in reconcile(&engine.store, &engine.settings.digests, Utc::now()).await {
         if let Err(e) = result {
-            error!(digest, "cannot plan: {e:#}");
+            error!(digest, "cannot plan: {}", chain(&e));
         }
     }
     if let Err(e) =
         delivery::deliver_unfinished(engine, None, delivery::Drain::DueNow, shutdown).await
     {
-        error!("delivery stopped: {e:#}");
+        error!("delivery stopped: {}", chain(&e));
     }
 }

@@ -10,6 +10,7 @@ use tracing::{error, info};
 
 use super::process::{bind, refuse_a_misconfigured_relay, shutdown_signal};
 use crate::delivery::Engine;
+use crate::errors::chain;
 use crate::schedule;
 
 /// Without a tick for this long, the tick source is taken to be dead.
@@ -54,14 +55,14 @@ pub async fn run(engine: &Engine) -> Result<()> {
     };
     let first = first_result(first, other);
     if let Err(e) = &first {
-        error!("{e:#}: stopping");
+        error!("{}: stopping", chain(e));
     }
     let _ = stop_tx.send(true);
     let rest = rest.await.context("a daemon task stopped unexpectedly")?;
     if let Some(admin) = admin
         && let Err(e) = first_result("the admin server", admin.await)
     {
-        error!("{e:#}");
+        error!("{}", chain(&e));
     }
     first.and(rest)
 }
@@ -100,7 +101,11 @@ async fn tick(engine: Engine, mut shutdown: watch::Receiver<bool>) -> Result<()>
                 "scheduled: {}",
                 outlook.describe(digest)
             ),
-            Err(e) => error!(digest = name, "cannot read the digest's runs: {e:#}"),
+            Err(e) => error!(
+                digest = name,
+                "cannot read the digest's runs: {}",
+                chain(&e)
+            ),
         }
     }
     supervise(&mut shutdown, |shutdown| ticking(&engine, shutdown)).await;
@@ -126,7 +131,8 @@ where
             pause = Duration::from_secs(1);
         }
         error!(
-            "the scheduler failed: {e:#}; restarting it in {}s",
+            "the scheduler failed: {}; restarting it in {}s",
+            chain(&e),
             pause.as_secs()
         );
         tokio::select! {

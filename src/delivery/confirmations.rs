@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::engine::Engine;
 use super::policy::backoff;
+use crate::errors::chain;
 use crate::mail::{self, BodyEncoder, MessageMeta, Rendered, SendError, Sender};
 use crate::store::{ConfirmationEmail, Timestamp};
 
@@ -42,7 +43,7 @@ pub async fn mail_confirmations(engine: Engine, mut shutdown: watch::Receiver<bo
             }
             Err(e) => {
                 if !std::mem::replace(&mut failing, true) {
-                    warn!("cannot send confirmation emails, retrying: {e:#}");
+                    warn!("cannot send confirmation emails, retrying: {}", chain(&e));
                 }
                 Duration::from_secs(5)
             }
@@ -83,7 +84,8 @@ async fn send_one(engine: &Engine, sender: &mut Sender, email: &ConfirmationEmai
             sender.send(&message, &stem).await
         }
         Err(e) => Err(SendError::Permanent(format!(
-            "cannot build the email: {e:#}"
+            "cannot build the email: {}",
+            chain(&e)
         ))),
     };
     let attempts = email.attempts + 1;

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::engine::Engine;
 use crate::domain::SubscriberStatus;
+use crate::errors::chain;
 use crate::mail::{self, BodyEncoder, MessageMeta, SendError, Sender};
 use crate::render::{Recipient, RunContext};
 use crate::store::Claimed;
@@ -130,7 +131,12 @@ pub(super) fn prepare(
         Utc::now(),
         encoder,
     )
-    .map_err(|e| Outcome::failed(c, format!("cannot render or build the message: {e:#}")))
+    .map_err(|e| {
+        Outcome::failed(
+            c,
+            format!("cannot render or build the message: {}", chain(&e)),
+        )
+    })
 }
 
 pub(super) async fn send_one(

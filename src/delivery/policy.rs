@@ -10,6 +10,7 @@ use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
 
 use crate::config::Settings;
+use crate::errors::chain;
 
 /// A token bucket shared by the workers of a process.
 pub(super) struct RateLimiter {
@@ -114,7 +115,7 @@ where
             }
             Err(e) => {
                 if failures == 0 {
-                    warn!("cannot {what}, retrying with backoff: {e:#}");
+                    warn!("cannot {what}, retrying with backoff: {}", chain(&e));
                 }
                 failures += 1;
                 if *shutdown.borrow() {

@@ -7,6 +7,7 @@ use lettre::address::Envelope;
 use super::outbox::write_eml;
 use super::smtp::{SendError, SmtpSender};
 use crate::config::{Settings, TransportKind};
+use crate::errors::chain;
 
 /// One worker's way out: each worker owns one, so SMTP connections are
 /// never shared and stay open between messages.
@@ -45,7 +46,7 @@ impl Sender {
             Sender::Outbox(dir) => write_eml(dir, file_stem, &message.formatted())
                 .await
                 .map(|_| ())
-                .map_err(|e| SendError::Transient(format!("{e:#}"))),
+                .map_err(|e| SendError::Transient(format!("{}", chain(&e)))),
             Sender::Smtp(smtp) => smtp.send(message, next).await,
         }
     }

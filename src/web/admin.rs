@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::delivery::Engine;
+use crate::errors::chain;
 use crate::metrics::StatusLabels;
 
 /// Serves the admin port until `shutdown` turns true.
@@ -65,7 +66,7 @@ async fn metrics(State(engine): State<Engine>) -> Response {
             }
         }
         Err(e) => {
-            warn!("cannot read the store for the metrics: {e:#}");
+            warn!("cannot read the store for the metrics: {}", chain(&e));
             return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response();
         }
     }

@@ -40,6 +40,7 @@ use tracing::{debug, info, warn};
 use self::pages::WebState;
 pub use self::subscribe::token_hash;
 use crate::delivery::Engine;
+use crate::errors::chain;
 
 /// What a slow or greedy client may hold of the server.
 #[derive(Debug, Clone, Copy)]
@@ -240,7 +241,7 @@ async fn readyz(State(state): State<Arc<WebState>>) -> Response {
     match state.engine.store.ping().await {
         Ok(()) => "ready".into_response(),
         Err(e) => {
-            warn!("database unreachable: {e:#}");
+            warn!("database unreachable: {}", chain(&e));
             (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
         }
     }

@@ -20,6 +20,7 @@ use tracing::{error, info};
 use super::limiter::Limiter;
 use crate::delivery::Engine;
 use crate::domain::DigestName;
+use crate::errors::chain;
 use crate::store::Reader;
 
 /// Larger request bodies are refused (413).
@@ -43,7 +44,7 @@ pub fn page(state: &WebState, status: StatusCode, template: &str, ctx: Value) ->
     match state.engine.renderer.render_template(template, &ctx) {
         Ok(html) => (status, Html(html)).into_response(),
         Err(e) => {
-            error!("cannot render page {template}: {e:#}");
+            error!("cannot render page {template}: {}", chain(&e));
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }
     }
@@ -133,7 +134,7 @@ pub async fn reader_or_404(state: &WebState, token: &str) -> Result<Reader, Resp
 }
 
 pub fn server_error(state: &WebState, e: anyhow::Error) -> Response {
-    error!("request failed: {e:#}");
+    error!("request failed: {}", chain(&e));
     message(
         state,
         StatusCode::SERVICE_UNAVAILABLE,
