@@ -8,6 +8,7 @@
 //! once-per-shape fast path is in [`fast`].
 
 mod context;
+mod errors;
 mod fast;
 
 use std::borrow::Cow;
@@ -30,6 +31,7 @@ use crate::store::RunArticle;
 
 pub struct Renderer {
     env: Environment<'static>,
+    templates_dir: std::path::PathBuf,
     base_url: String,
     markers: Markers,
     /// The digests whose emails are rendered from a skeleton per run.
@@ -61,6 +63,7 @@ impl Renderer {
         }
         let mut renderer = Self {
             env,
+            templates_dir: settings.templates_dir.clone(),
             base_url: settings.web.base_url.clone(),
             markers,
             skeleton_digests: HashSet::new(),
@@ -90,9 +93,9 @@ impl Renderer {
 
     fn check_digest(&self, digest: &Digest, dir: &Path) -> Result<()> {
         for name in &template_names(digest)[1..] {
-            self.env
-                .get_template(name)
-                .map_err(|e| anyhow::anyhow!("{}: {}", dir.join(name).display(), describe(&e)))?;
+            self.env.get_template(name).map_err(|e| {
+                anyhow::anyhow!("{}: {}", dir.join(name).display(), self.describe(&e))
+            })?;
         }
         let sample = RunArticle {
             article_id: 0,
@@ -131,9 +134,14 @@ impl Renderer {
         for name in Self::WEB_TEMPLATES {
             self.env
                 .get_template(name)
-                .map_err(|e| anyhow::anyhow!("{name}: {}", describe(&e)))?;
+                .map_err(|e| anyhow::anyhow!("{name}: {}", self.describe(&e)))?;
         }
         Ok(())
+    }
+
+    /// A template error said for an editor (see [`errors::describe`]).
+    fn describe(&self, e: &minijinja::Error) -> String {
+        errors::describe(&self.env, &self.templates_dir, e)
     }
 
     pub fn unsubscribe_url(&self, token: &str) -> String {
@@ -158,10 +166,10 @@ impl Renderer {
         let template = self
             .env
             .get_template(name)
-            .map_err(|e| anyhow::anyhow!("{name}: {}", describe(&e)))?;
+            .map_err(|e| anyhow::anyhow!("{name}: {}", self.describe(&e)))?;
         template
             .render(ctx)
-            .map_err(|e| anyhow::anyhow!("{name}: {}", describe(&e)))
+            .map_err(|e| anyhow::anyhow!("{name}: {}", self.describe(&e)))
     }
 
     /// Whether the emails of `digest` are rendered from a skeleton per run
@@ -285,10 +293,10 @@ impl Renderer {
             let template = self
                 .env
                 .get_template(name)
-                .map_err(|e| anyhow::anyhow!("{name}: {}", describe(&e)))?;
+                .map_err(|e| anyhow::anyhow!("{name}: {}", self.describe(&e)))?;
             template
                 .render(&ctx)
-                .map_err(|e| anyhow::anyhow!("{name}: {}", describe(&e)))
+                .map_err(|e| anyhow::anyhow!("{name}: {}", self.describe(&e)))
         };
         let subject = one_line(&render(&run.subject_template)?);
         let html = render(&run.html_template)?;
@@ -299,23 +307,4 @@ impl Renderer {
             text,
         })
     }
-}
-
-/// A minijinja error with its template, line and cause chain.
-fn describe(e: &minijinja::Error) -> String {
-    let mut out = match (e.name(), e.line()) {
-        (Some(name), Some(line)) => format!("{} (template {name}, line {line})", e.kind()),
-        _ => e.kind().to_string(),
-    };
-    if let Some(detail) = e.detail() {
-        out.push_str(": ");
-        out.push_str(detail);
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(inner) = source {
-        out.push_str(": ");
-        out.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    out
 }

@@ -129,10 +129,9 @@ fn a_misspelt_template_variable_is_an_error_not_an_empty_string() {
     let (code, err) = run_with_templates(&dir);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("digest.html.j2") && err.contains("line 3"),
+        err.contains("undefined value `subscriber.nmae` (template digest.html.j2, line 3)"),
         "{err}"
     );
-    assert!(err.contains("undefined"), "{err}");
 }
 
 #[test]
@@ -520,4 +519,47 @@ fn relative_paths_in_a_config_file_are_from_that_files_directory() {
     );
     copy_templates(&elsewhere.join("tpl"));
     gazette(&["check"], &env);
+}
+
+#[test]
+fn an_unclosed_block_is_named_with_the_line_it_opened_on() {
+    let dir = broken_templates(
+        "<p>ok</p>\n{% for a in articles %}\n{% if a.title %}\n{{ a.title }}\n{% endfor %}\n",
+    );
+    let (code, err) = run_with_templates(&dir);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("(template digest.html.j2, line 5)")
+            && err.contains("the `{% if %}` opened on line 3 is not closed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_undefined_attribute_is_named_and_so_is_the_including_template() {
+    let dir = broken_templates("<p>ok</p>\n<p>{{ articles[0].image_url }}</p>\n");
+    let (code, err) = run_with_templates(&dir);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("undefined value `articles[0].image_url` (template digest.html.j2, line 2)"),
+        "{err}"
+    );
+
+    // In an included template: where the include is, and the mistake.
+    let dir = broken_templates("<p>ok</p>\n\n{% include 'parts/lead.html.j2' %}\n");
+    std::fs::create_dir(dir.path().join("parts")).unwrap();
+    std::fs::write(
+        dir.path().join("parts/lead.html.j2"),
+        "<p>lead</p>\n{{ digest.subtitle }}\n",
+    )
+    .unwrap();
+    let (code, err) = run_with_templates(&dir);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("could not render include (template digest.html.j2, line 3)")
+            && err.contains(
+                "undefined value `digest.subtitle` (template parts/lead.html.j2, line 2)"
+            ),
+        "{err}"
+    );
 }
