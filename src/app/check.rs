@@ -16,12 +16,18 @@ pub async fn check(settings: Settings) -> Result<()> {
     println!("configuration: ok ({sources})");
     let renderer = Renderer::new(&settings)?;
     renderer.check_web()?;
-    drop(renderer);
     println!(
         "templates: ok ({} digests, {})",
         settings.digests.len(),
         settings.templates_dir.display()
     );
+    for (digest, at) in renderer.full_renders() {
+        println!(
+            "  {digest}: each email is rendered in full for every reader (slower): {at} does \
+             more with a reader's value than print or test it"
+        );
+    }
+    drop(renderer);
     let (store, _) = open_store(&settings).await?;
     println!(
         "database: ok ({}, {})",

@@ -21,6 +21,7 @@ const TICK_WATCHDOG: Duration = Duration::from_secs(150);
 /// stopped, and the daemon exits non-zero for its supervisor to restart.
 pub async fn run(engine: &Engine) -> Result<()> {
     engine.renderer.check_web()?;
+    engine.renderer.log_full_renders(None);
     refuse_a_misconfigured_relay(engine).await?;
     let (stop_tx, stop) = watch::channel(false);
     let mut signal = shutdown_signal();

@@ -334,28 +334,66 @@ impl Markers {
 /// This reads minijinja's compiled instructions, which are not a stable
 /// interface: a minijinja update that changes them makes digests fall back
 /// to full rendering (the renderer tests say so), never render wrongly.
+///
+/// `Err` says where the first use that is not printing or testing is:
+/// template, line and expression.
 pub(super) fn reader_values_only_printed(
     env: &Environment<'_>,
     name: &str,
     seen: &mut HashSet<String>,
-) -> bool {
+) -> Result<(), String> {
     if !seen.insert(name.to_string()) {
-        return true;
+        return Ok(());
     }
-    let Ok(template) = env.get_template(name) else {
-        return false;
-    };
+    let template = env
+        .get_template(name)
+        .map_err(|_| format!("{name}: the template does not load"))?;
     let compiled = machinery::get_compiled_template(&template);
     std::iter::once(&compiled.instructions)
         .chain(compiled.blocks.values())
-        .all(|code| instructions_only_print(env, code, seen))
+        .try_for_each(|code| instructions_only_print(env, code, seen))
+}
+
+/// Where instruction `i` of `code` is: template, line and its expression.
+fn whereabouts(code: &machinery::Instructions<'_>, i: usize) -> String {
+    let i = u32::try_from(i).unwrap_or(u32::MAX);
+    let mut out = code.name().to_string();
+    if let Some(line) = code.get_line(i) {
+        out.push_str(&format!(", line {line}"));
+    }
+    // (The whole tag the instruction is in: `{{ subscriber.name|upper }}`.)
+    let source = code.source();
+    let text = code.get_span(i).and_then(|span| {
+        let (start, end) = (span.start_offset as usize, span.end_offset as usize);
+        let before = source.get(..start)?;
+        let open = before.rfind("{{").max(before.rfind("{%"))?;
+        let after = source.get(end..)?;
+        let close = [after.find("}}"), after.find("%}")]
+            .into_iter()
+            .flatten()
+            .min()?;
+        source.get(open..end + close + 2)
+    });
+    if let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) {
+        out.push_str(&format!(": `{}`", one_line_of(text)));
+    }
+    out
+}
+
+/// `text` on one line, shortened to 80 characters.
+fn one_line_of(text: &str) -> String {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(80) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
 }
 
 fn instructions_only_print(
     env: &Environment<'_>,
     code: &machinery::Instructions<'_>,
     seen: &mut HashSet<String>,
-) -> bool {
+) -> Result<(), String> {
     use machinery::Instruction as I;
     let at = |i: usize| u32::try_from(i).ok().and_then(|i| code.get(i));
     for i in 0..code.len() {
@@ -377,9 +415,13 @@ fn instructions_only_print(
             Some(I::CallFunction(f, _)) => !matches!(*f, "super" | "loop" | "caller" | "self"),
             // Other templates, when their name is a constant: checked too.
             Some(I::Include(_) | I::LoadBlocks) => match i.checked_sub(1).and_then(at) {
-                Some(I::LoadConst(included)) => included
-                    .as_str()
-                    .is_some_and(|included| reader_values_only_printed(env, included, seen)),
+                Some(I::LoadConst(included)) => match included.as_str() {
+                    Some(included) => {
+                        reader_values_only_printed(env, included, seen)?;
+                        true
+                    }
+                    None => false,
+                },
                 _ => false,
             },
             // The instructions known to neither capture output nor pass a
@@ -446,10 +488,10 @@ fn instructions_only_print(
             _ => false,
         };
         if !ok {
-            return false;
+            return Err(whereabouts(code, i));
         }
     }
-    true
+    Ok(())
 }
 
 impl Markers {

@@ -36,6 +36,8 @@ pub struct Renderer {
     markers: Markers,
     /// The digests whose emails are rendered from a skeleton per run.
     skeleton_digests: HashSet<String>,
+    /// See [`Renderer::full_renders`].
+    full_renders: Vec<(String, String)>,
 }
 
 impl Renderer {
@@ -67,6 +69,7 @@ impl Renderer {
             base_url: settings.web.base_url.clone(),
             markers,
             skeleton_digests: HashSet::new(),
+            full_renders: Vec::new(),
         };
         for digest in &settings.digests {
             renderer
@@ -75,20 +78,43 @@ impl Renderer {
         }
         for digest in &settings.digests {
             let mut seen = HashSet::new();
-            let only_printed = template_names(digest)
-                .iter()
-                .all(|name| fast::reader_values_only_printed(&renderer.env, name, &mut seen));
-            if only_printed {
-                renderer.skeleton_digests.insert(digest.name.to_string());
-            } else {
-                tracing::info!(
-                    digest = %digest.name,
-                    "the templates do more with reader values than print or test them: \
-                     each email is rendered in full"
-                );
+            let only_printed = template_names(digest).iter().try_for_each(|name| {
+                fast::reader_values_only_printed(&renderer.env, name, &mut seen)
+            });
+            match only_printed {
+                Ok(()) => {
+                    renderer.skeleton_digests.insert(digest.name.to_string());
+                }
+                Err(at) => {
+                    renderer.full_renders.push((digest.name.to_string(), at));
+                }
             }
         }
         Ok(renderer)
+    }
+
+    /// The digests whose emails are rendered in full for every reader (a
+    /// reader's value is used for more than printing or testing it), each
+    /// with the template, line and expression that cause it: said by
+    /// `gazette check` and when `run` or `send` start.
+    pub fn full_renders(&self) -> &[(String, String)] {
+        &self.full_renders
+    }
+
+    /// Logs [`Renderer::full_renders`] (of digest `only`, if given), one
+    /// line a digest.
+    pub fn log_full_renders(&self, only: Option<&str>) {
+        let shown = self
+            .full_renders
+            .iter()
+            .filter(|(digest, _)| only.is_none_or(|only| only == digest));
+        for (digest, at) in shown {
+            tracing::info!(
+                digest = %digest,
+                "each email is rendered in full for every reader (slower): {at} does more \
+                 with a reader's value than print or test it"
+            );
+        }
     }
 
     fn check_digest(&self, digest: &Digest, dir: &Path) -> Result<()> {

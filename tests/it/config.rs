@@ -563,3 +563,43 @@ fn an_undefined_attribute_is_named_and_so_is_the_including_template() {
         "{err}"
     );
 }
+
+#[test]
+fn a_template_rendered_in_full_is_said_once_by_check_and_send_naming_the_expression() {
+    let dir = broken_templates(
+        "<p>ok</p>\n{% for a in articles %}{{ a.title }}{% endfor %}\n<p>{{ subscriber.name|upper }}</p>\n",
+    );
+    let ws = workspace_with(&digest_section("daily", ""));
+    let gazette = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+            .args(args)
+            .current_dir(ws.dir.path())
+            .env("GAZETTE_CONFIG", &ws.config)
+            .env("GAZETTE__TEMPLATES__DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    };
+    let said =
+        "digest.html.j2, line 3: `{{ subscriber.name|upper }}` does more with a reader's value";
+    let check = crate::helpers::stdout(&gazette(&["check"]));
+    assert_eq!(check.matches(said).count(), 1, "{check}");
+    assert!(
+        check.contains("daily: each email is rendered in full for every reader"),
+        "{check}"
+    );
+
+    // Not by commands that render nothing.
+    let list = gazette(&["articles", "list"]);
+    assert!(
+        !stderr(&list).contains("rendered in full"),
+        "{}",
+        stderr(&list)
+    );
+
+    ws.import_readers(2);
+    ws.add_article("News");
+    let send = stderr(&gazette(&["send", "daily"]));
+    assert_eq!(send.matches(said).count(), 1, "{send}");
+}
