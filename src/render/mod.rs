@@ -10,6 +10,7 @@
 mod context;
 mod errors;
 mod fast;
+mod filters;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -51,6 +52,7 @@ impl Renderer {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_loader(minijinja::path_loader(&settings.templates_dir));
+        filters::add_to(&mut env);
         let markers = Markers::new();
         let formatter = markers.clone();
         env.set_formatter(move |out, state, value| formatter.format(out, state, value));

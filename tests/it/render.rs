@@ -18,6 +18,9 @@ const SKELETON_OK: &[(&str, &str)] = &[
         "{% extends \"layout.html.j2\" %}{% block content %}\
          <p>Hi {{ subscriber.name if subscriber.name else \"reader\" }} &lt;{{ subscriber.email }}&gt;</p>\
          {% for a in articles %}<h2>{{ a.title }}</h2>{% endfor %}\
+         {% for a in articles %}{{ a.title|truncate(12) }} {{ a.title|wordcount }} words, \
+         {{ a.published_at_iso|datetimeformat(format=\"[day] [month repr:short]\") }}\
+         {{ (a.body or \"\")|markdown }}{% endfor %}\
          {% autoescape false %}<!-- {{ subscriber.name }} -->{% endautoescape %}\
          {% include \"partials/footer.html.j2\" %}{% endblock %}",
     ),
