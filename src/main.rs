@@ -154,6 +154,9 @@ enum ArticlesCommand {
         /// RFC 3339 time (default: now).
         #[arg(long, value_name = "TIME")]
         published_at: Option<String>,
+        /// An image shown with the article (http:// or https://).
+        #[arg(long, value_name = "URL")]
+        image_url: Option<String>,
     },
     /// List the newest articles.
     List {
@@ -316,6 +319,7 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
                 author,
                 tags,
                 published_at,
+                image_url,
             } => {
                 let input = gazette::import::ArticleInput {
                     url,
@@ -325,6 +329,7 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
                     author,
                     tags,
                     published_at,
+                    image_url,
                 };
                 app::articles_add(&engine, input).await
             }
