@@ -429,3 +429,33 @@ fn a_missing_default_file_is_said_not_skipped_silently() {
         crate::helpers::stdout(&out)
     );
 }
+
+#[test]
+fn bad_feeds_are_named_by_index_and_key() {
+    let ws = workspace_with(
+        "[[feeds]]\nurl = \"https://blog.example.org/feed.xml\"\n\
+         [[feeds]]\nurl = \"https://blog.example.org/other.xml\"\ninterval = \"often\"\n\
+         [[feeds]]\nname = \"ftp\"\nurl = \"ftp://files.example.org/feed\"\n\
+         [[feeds]]\nname = \"fine\"\nurl = \"https://fine.example.org/\"\ntimeout = \"0s\"\nmax_bytes = 0\n",
+    );
+    let err = check_fails(&ws);
+    for expected in [
+        "key `feeds[1].name`: `blog.example.org` (taken from the URL's host: set a `name`) is also the name of feeds[0]",
+        "key `feeds[1].interval`: `often` is not a duration",
+        "key `feeds[2].url`: `ftp://files.example.org/feed` is not an http:// or https:// address",
+        "key `feeds[3].timeout`: must be longer than zero",
+        "key `feeds[3].max_bytes`: must be at least 1",
+    ] {
+        assert!(err.contains(expected), "no `{expected}` in:\n{err}");
+    }
+    assert!(err.contains("gazette.toml"), "{err}");
+}
+
+#[test]
+fn a_short_api_token_is_refused_without_being_printed() {
+    let ws = workspace_with("[api]\ntoken = \"hunter2-secret\"\n");
+    let err = check_fails(&ws);
+    assert!(err.contains("key `api.token`"), "{err}");
+    assert!(err.contains("use at least 24"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
