@@ -64,6 +64,9 @@ enum Command {
     /// Manage subscribers.
     #[command(subcommand)]
     Subscribers(SubscribersCommand),
+    /// The RSS and Atom feeds of `[[feeds]]`: fetch them now, list their state.
+    #[command(subcommand)]
+    Feeds(FeedsCommand),
     /// List recent runs with their delivery counts, or one run's failed deliveries.
     Status {
         /// A run id: show its failed deliveries with the SMTP reply.
@@ -97,6 +100,7 @@ impl Command {
                 | Command::Articles(ArticlesCommand::List { .. })
                 | Command::Subscribers(SubscribersCommand::List { .. })
                 | Command::Subscribers(SubscribersCommand::Export { .. })
+                | Command::Feeds(FeedsCommand::List { .. })
         )
     }
 }
@@ -168,6 +172,22 @@ enum ArticlesCommand {
     },
     /// Remove the article at URL (runs keep their copy).
     Remove { url: String },
+}
+
+#[derive(Subcommand)]
+enum FeedsCommand {
+    /// Fetch every feed (or the one named) now, and print what was added,
+    /// updated or skipped.
+    Fetch {
+        /// A feed's name, as in the configuration.
+        name: Option<String>,
+    },
+    /// Each feed's last fetch, status, next fetch and article count.
+    List {
+        /// One JSON object a line instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -335,6 +355,10 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
             }
             ArticlesCommand::List { limit, json } => app::articles_list(&engine, limit, json).await,
             ArticlesCommand::Remove { url } => app::articles_remove(&engine, &url).await,
+        },
+        Command::Feeds(cmd) => match cmd {
+            FeedsCommand::Fetch { name } => app::feeds_fetch(&engine, name.as_deref()).await,
+            FeedsCommand::List { json } => app::feeds_list(&engine, json).await,
         },
         Command::Subscribers(cmd) => match cmd {
             SubscribersCommand::Add {
