@@ -157,8 +157,12 @@ fn article(
 }
 
 /// The entry's image: a `media:content` or enclosure of an image type, a
-/// `media:thumbnail`, or else the first image of its body or summary.
+/// `media:thumbnail`, or else the first image of its body or summary;
+/// never one said to be a pixel wide or high (a tracker).
 fn image(entry: &Entry, base: &Url, html: [Option<&str>; 2]) -> Option<String> {
+    let visible = |width: Option<u32>, height: Option<u32>| {
+        width.is_none_or(|w| w > 1) && height.is_none_or(|h| h > 1)
+    };
     let media = entry.media.iter();
     let content = media
         .clone()
@@ -167,12 +171,14 @@ fn image(entry: &Entry, base: &Url, html: [Option<&str>; 2]) -> Option<String> {
             c.content_type
                 .as_ref()
                 .is_some_and(|t| t.ty().as_str().eq_ignore_ascii_case("image"))
+                && visible(c.width, c.height)
         })
         .find_map(|c| c.url.as_ref().and_then(|u| web_address(u.as_str(), base)));
     let thumbnail = || {
         media
             .clone()
             .flat_map(|m| m.thumbnails.iter())
+            .filter(|t| visible(t.image.width, t.image.height))
             .find_map(|t| web_address(&t.image.uri, base))
     };
     content
