@@ -1070,3 +1070,59 @@ fn the_admin_port_serves_metrics_that_match_what_the_relay_received() {
     let (status, log) = daemon.terminate();
     assert!(status.success(), "{log}");
 }
+
+#[test]
+fn an_article_image_is_imported_added_and_listed_and_a_bad_one_is_named() {
+    let (_dir, ws) = workspace();
+    let articles = ws.dir.path().join("articles.json");
+    std::fs::write(
+        &articles,
+        r#"[{"url": "https://example.org/a", "title": "A", "image_url": "https://example.org/a.png"},
+            {"url": "https://example.org/b", "title": "B", "image_url": "data:image/png;base64,AAAA"}]"#,
+    )
+    .unwrap();
+    let out = ws.run(&["articles", "import", articles.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("record 2 of the array: `image_url`: `data:image/png;base64,AAAA` is not an http:// or https:// address"),
+        "{err}"
+    );
+    assert!(stdout(&ws.run(&["articles", "list"])).starts_with("no articles yet"));
+
+    std::fs::write(
+        &articles,
+        r#"[{"url": "https://example.org/a", "title": "A", "image_url": "https://example.org/a.png"}]"#,
+    )
+    .unwrap();
+    let out = ws.run(&["articles", "import", articles.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ws.run(&[
+        "articles",
+        "add",
+        "--url",
+        "https://example.org/b",
+        "--title",
+        "B",
+        "--image-url",
+        "https://example.org/b.jpg",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Vec<serde_json::Value> = stdout(&ws.run(&["articles", "list", "--json"]))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let image = |url: &str| {
+        listed.iter().find(|a| a["url"] == url).unwrap()["image_url"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(
+        image("https://example.org/a").as_deref(),
+        Some("https://example.org/a.png")
+    );
+    assert_eq!(
+        image("https://example.org/b").as_deref(),
+        Some("https://example.org/b.jpg")
+    );
+}
