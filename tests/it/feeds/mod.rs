@@ -602,3 +602,57 @@ async fn the_daemon_polls_its_feeds_and_a_failing_one_stops_nothing() {
     daemon.kill().unwrap();
     daemon.wait().unwrap();
 }
+
+/// A feed sent gzipped is read; one that unpacks to more than `max_bytes`
+/// (a gzip bomb) is stopped there, though what arrives is small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzipped_feed_is_read_and_one_that_unpacks_beyond_max_bytes_fails() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = FeedServer::start();
+    server.route("/small.xml", Route::Gzip(server::fixture("atom.xml")));
+    let padding = format!("<!-- {} -->", " ".repeat(2_000_000));
+    let bomb = server::fixture("atom.xml").replace("<entry>", &format!("{padding}<entry>"));
+    server.route("/bomb.xml", Route::Gzip(bomb));
+    let sections = [
+        feed_section("small", &server.url("/small.xml"), ""),
+        feed_section("bomb", &server.url("/bomb.xml"), "max_bytes = 1000000"),
+    ]
+    .concat();
+    let ws = Workspace::new(&db.url, None, &sections);
+    let out = ws.run(&["feeds", "fetch"]);
+    let printed = stdout(&out);
+    assert!(printed.contains("small: 2 added"), "{printed}");
+    assert!(
+        printed.contains("bomb: error: the feed is larger than max_bytes (1000000 bytes)"),
+        "{printed}"
+    );
+    let asked = &server.requests("/small.xml")[0].headers["accept-encoding"];
+    assert!(asked.contains("gzip"), "{asked}");
+}
+
+/// Without an ETag, the Last-Modified date of the previous answer is
+/// sent back, and a 304 changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_modified_date_is_sent_back_and_a_304_changes_nothing() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = FeedServer::start();
+    let date = "Mon, 30 Nov 2026 08:00:00 GMT";
+    server.route(
+        "/feed.xml",
+        Route::Dated {
+            body: server::fixture("rss1.xml"),
+            last_modified: date.into(),
+        },
+    );
+    let ws = Workspace::new(
+        &db.url,
+        None,
+        &feed_section("meadow", &server.url("/feed.xml"), ""),
+    );
+    assert!(stdout(&ws.run(&["feeds", "fetch"])).contains("meadow: 1 added"));
+    let out = ws.run(&["feeds", "fetch"]);
+    assert_eq!(stdout(&out).trim(), "meadow: not modified");
+    let requests = server.requests("/feed.xml");
+    assert_eq!(requests[0].headers.get("if-modified-since"), None);
+    assert_eq!(requests[1].headers["if-modified-since"], date);
+}

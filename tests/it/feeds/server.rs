@@ -20,6 +20,15 @@ pub enum Route {
         etag: Option<String>,
         delay: Duration,
     },
+    /// A feed with a Last-Modified date: 304 when `If-Modified-Since`
+    /// is that date.
+    Dated {
+        body: String,
+        last_modified: String,
+    },
+    /// A feed sent gzipped (`Content-Encoding: gzip`) whatever the client
+    /// asked: what arrives is smaller than what it holds.
+    Gzip(String),
     Status(u16),
     /// 302 to another path (or address).
     Redirect(String),
@@ -173,6 +182,35 @@ async fn answer(stream: TcpStream, state: Arc<State>) {
                 ),
                 None => respond("200 OK", "Content-Type: application/xml\r\n", &body),
             }
+        }
+        Some(Route::Dated {
+            body,
+            last_modified,
+        }) => {
+            if headers.get("if-modified-since") == Some(&last_modified) {
+                respond("304 Not Modified", "", "")
+            } else {
+                respond(
+                    "200 OK",
+                    &format!("Content-Type: application/xml\r\nLast-Modified: {last_modified}\r\n"),
+                    &body,
+                )
+            }
+        }
+        Some(Route::Gzip(body)) => {
+            use std::io::Write as _;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            gz.write_all(body.as_bytes()).unwrap();
+            let compressed = gz.finish().unwrap();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Encoding: gzip\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                compressed.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(&compressed).await;
+            let _ = stream.shutdown().await;
+            return;
         }
         Some(Route::Status(code)) => respond(&format!("{code} Trouble"), "", "it broke"),
         Some(Route::Redirect(to)) => respond("302 Found", &format!("Location: {to}\r\n"), ""),
