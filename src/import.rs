@@ -42,32 +42,131 @@ pub struct ArticleInput {
     /// RFC 3339; absent: now.
     #[serde(default)]
     pub published_at: Option<String>,
+    /// An image shown with the article: an http:// or https:// address.
+    #[serde(default)]
+    pub image_url: Option<String>,
 }
 
+/// What is wrong with one article record, and in which field (`None`: the
+/// record as a whole, such as a line that is not a JSON object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl RecordError {
+    fn field(field: &str, message: String) -> Self {
+        Self {
+            field: Some(field.to_string()),
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Whether `text` is an http:// or https:// address without spaces.
+fn is_web_address(text: &str) -> bool {
+    (text.starts_with("http://") || text.starts_with("https://"))
+        && !text.contains(char::is_whitespace)
+}
+
+/// The fields of an article record, with the JSON type each takes.
+const ARTICLE_FIELDS: [(&str, &str); 8] = [
+    ("url", "string"),
+    ("title", "string"),
+    ("summary", "string or null"),
+    ("body", "string or null"),
+    ("author", "string or null"),
+    ("tags", "array of strings"),
+    ("published_at", "string or null"),
+    ("image_url", "string or null"),
+];
+
 impl ArticleInput {
+    /// Reads one record of an import file or of the API, naming the field
+    /// at fault: unknown, missing, or of the wrong JSON type.
+    pub fn from_json(value: serde_json::Value) -> Result<Self, RecordError> {
+        use serde_json::Value;
+        let Value::Object(map) = &value else {
+            return Err(RecordError {
+                field: None,
+                message: "expected a JSON object with `url` and `title`".into(),
+            });
+        };
+        for (key, value) in map {
+            let Some((_, kind)) = ARTICLE_FIELDS.iter().find(|(name, _)| name == key) else {
+                let known: Vec<&str> = ARTICLE_FIELDS.iter().map(|(n, _)| *n).collect();
+                return Err(RecordError::field(
+                    key,
+                    format!("unknown field `{key}` (known: {})", known.join(", ")),
+                ));
+            };
+            let fits = match *kind {
+                "string" => value.is_string(),
+                "string or null" => value.is_string() || value.is_null(),
+                _ => value
+                    .as_array()
+                    .is_some_and(|items| items.iter().all(Value::is_string)),
+            };
+            if !fits {
+                return Err(RecordError::field(key, format!("`{key}` must be a {kind}")));
+            }
+        }
+        for required in ["url", "title"] {
+            if !map.contains_key(required) {
+                return Err(RecordError::field(
+                    required,
+                    format!("missing field `{required}`"),
+                ));
+            }
+        }
+        serde_json::from_value(value).map_err(|e| RecordError {
+            field: None,
+            message: e.to_string(),
+        })
+    }
+
     /// Checks the fields; the error names the field at fault.
-    pub fn validate(self, now: DateTime<Utc>) -> Result<NewArticle, String> {
+    pub fn validate(self, now: DateTime<Utc>) -> Result<NewArticle, RecordError> {
         let url = self.url.trim();
-        if !(url.starts_with("http://") || url.starts_with("https://"))
-            || url.contains(char::is_whitespace)
-        {
-            return Err(format!(
-                "`url`: `{url}` is not an http:// or https:// address"
+        if !is_web_address(url) {
+            return Err(RecordError::field(
+                "url",
+                format!("`url`: `{url}` is not an http:// or https:// address"),
             ));
         }
         let title = self.title.trim();
         if title.is_empty() {
-            return Err("`title` must not be empty".into());
+            return Err(RecordError::field(
+                "title",
+                "`title` must not be empty".into(),
+            ));
         }
         let published_at = match self.published_at.as_deref() {
             None => now,
             Some(text) => DateTime::parse_from_rfc3339(text.trim())
                 .map_err(|e| {
-                    format!(
+                    RecordError::field("published_at", format!(
                         "`published_at`: `{text}` is not an RFC 3339 time such as 2026-11-29T07:00:00Z ({e})"
-                    )
+                    ))
                 })?
                 .with_timezone(&Utc),
+        };
+        let image_url = match self.image_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(image) if is_web_address(image) => Some(image.to_string()),
+            Some(image) => {
+                return Err(RecordError::field(
+                    "image_url",
+                    format!("`image_url`: `{image}` is not an http:// or https:// address"),
+                ));
+            }
         };
         let tags: BTreeSet<String> = self
             .tags
@@ -84,6 +183,9 @@ impl ArticleInput {
             author: clean(self.author),
             tags: tags.into_iter().collect(),
             published_at: Timestamp::from(published_at),
+            image_url,
+            summary_text: None,
+            html: false,
         })
     }
 }
@@ -108,7 +210,7 @@ fn problems_error(problems: &[String]) -> anyhow::Error {
 pub fn parse_articles(text: &str, now: DateTime<Utc>) -> Result<Vec<NewArticle>> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    let mut take = |place: String, record: Result<ArticleInput, String>| match record
+    let mut take = |place: String, record: Result<ArticleInput, RecordError>| match record
         .and_then(|r| r.validate(now))
     {
         Ok(article) => out.push(article),
@@ -118,15 +220,22 @@ pub fn parse_articles(text: &str, now: DateTime<Utc>) -> Result<Vec<NewArticle>>
         let values: Vec<serde_json::Value> =
             serde_json::from_str(text).context("the file is not a valid JSON array")?;
         for (i, value) in values.into_iter().enumerate() {
-            let record = serde_json::from_value(value).map_err(|e| e.to_string());
-            take(format!("record {} of the array", i + 1), record);
+            take(
+                format!("record {} of the array", i + 1),
+                ArticleInput::from_json(value),
+            );
         }
     } else {
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let record = serde_json::from_str(line).map_err(|e| e.to_string());
+            let record = serde_json::from_str(line)
+                .map_err(|e| RecordError {
+                    field: None,
+                    message: e.to_string(),
+                })
+                .and_then(ArticleInput::from_json);
             take(format!("line {}", i + 1), record);
         }
     }

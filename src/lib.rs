@@ -11,9 +11,11 @@
 //!   deliveries.
 //! - [`store`]: the one `Store` API over SQLite (embedded) and Postgres,
 //!   one file per aggregate: articles, subscribers, runs, the ledger, the
-//!   readers' links, confirmation emails, the process lock.
+//!   readers' links, confirmation emails, feeds, the process lock.
 //! - [`import`]: article (JSON/NDJSON) and subscriber (CSV) files, checked
 //!   whole before anything is stored.
+//! - [`feeds`]: RSS and Atom feeds polled for articles: the conditional
+//!   GET with its limits, parsing, sanitizing their HTML, the backoff.
 //! - [`schedule`]: each digest's cron slots in its own time zone, and what
 //!   one tick of the daemon does.
 //! - [`delivery`]: planning a run, the loop that drains it, the workers,
@@ -26,7 +28,8 @@
 //! - [`metrics`]: what `/metrics` on the admin port shows, kept by the
 //!   code that knows it.
 //! - [`web`]: the readers' pages (subscribe, confirm, unsubscribe,
-//!   preferences, web view, archive) and their security layers.
+//!   preferences, web view, archive) and their security layers; the
+//!   ingest API for a CMS.
 //! - [`app`]: the commands, one file per command family, as `main.rs`
 //!   calls them.
 
@@ -35,6 +38,7 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod errors;
+pub mod feeds;
 pub mod import;
 pub mod mail;
 pub mod metrics;

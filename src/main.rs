@@ -64,6 +64,9 @@ enum Command {
     /// Manage subscribers.
     #[command(subcommand)]
     Subscribers(SubscribersCommand),
+    /// The RSS and Atom feeds of `[[feeds]]`: fetch them now, list their state.
+    #[command(subcommand)]
+    Feeds(FeedsCommand),
     /// List recent runs with their delivery counts, or one run's failed deliveries.
     Status {
         /// A run id: show its failed deliveries with the SMTP reply.
@@ -97,6 +100,7 @@ impl Command {
                 | Command::Articles(ArticlesCommand::List { .. })
                 | Command::Subscribers(SubscribersCommand::List { .. })
                 | Command::Subscribers(SubscribersCommand::Export { .. })
+                | Command::Feeds(FeedsCommand::List { .. })
         )
     }
 }
@@ -154,6 +158,9 @@ enum ArticlesCommand {
         /// RFC 3339 time (default: now).
         #[arg(long, value_name = "TIME")]
         published_at: Option<String>,
+        /// An image shown with the article (http:// or https://).
+        #[arg(long, value_name = "URL")]
+        image_url: Option<String>,
     },
     /// List the newest articles.
     List {
@@ -165,6 +172,22 @@ enum ArticlesCommand {
     },
     /// Remove the article at URL (runs keep their copy).
     Remove { url: String },
+}
+
+#[derive(Subcommand)]
+enum FeedsCommand {
+    /// Fetch every feed (or the one named) now, and print what was added,
+    /// updated or skipped.
+    Fetch {
+        /// A feed's name, as in the configuration.
+        name: Option<String>,
+    },
+    /// Each feed's last fetch, status, next fetch and article count.
+    List {
+        /// One JSON object a line instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -316,6 +339,7 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
                 author,
                 tags,
                 published_at,
+                image_url,
             } => {
                 let input = gazette::import::ArticleInput {
                     url,
@@ -325,11 +349,16 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
                     author,
                     tags,
                     published_at,
+                    image_url,
                 };
                 app::articles_add(&engine, input).await
             }
             ArticlesCommand::List { limit, json } => app::articles_list(&engine, limit, json).await,
             ArticlesCommand::Remove { url } => app::articles_remove(&engine, &url).await,
+        },
+        Command::Feeds(cmd) => match cmd {
+            FeedsCommand::Fetch { name } => app::feeds_fetch(&engine, name.as_deref()).await,
+            FeedsCommand::List { json } => app::feeds_list(&engine, json).await,
         },
         Command::Subscribers(cmd) => match cmd {
             SubscribersCommand::Add {

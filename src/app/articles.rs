@@ -70,6 +70,7 @@ pub async fn articles_list(engine: &Engine, limit: i64, json: bool) -> Result<()
                 "author": a.author,
                 "tags": tags,
                 "published_at": a.published_at.0.to_rfc3339(),
+                "image_url": a.image_url,
             });
             println!("{line}");
             continue;

@@ -1,5 +1,5 @@
-//! `gazette run` (the daemon: a tick every minute, and the web pages) and
-//! `gazette serve` (the web pages alone).
+//! `gazette run` (the daemon: a tick every minute, the feeds, and the web
+//! pages) and `gazette serve` (the web pages alone).
 
 use std::time::Duration;
 
@@ -50,16 +50,23 @@ pub async fn run(engine: &Engine) -> Result<()> {
     };
     let mut web = tokio::spawn(crate::web::serve(engine.clone(), listener, stop.clone()));
     let mut ticks = tokio::spawn(tick(engine.clone(), stop.clone()));
+    let mut feeds = tokio::spawn(poll_feeds(engine.clone(), stop.clone()));
     let (first, other, rest) = tokio::select! {
-        r = &mut web => ("the web server", r, ticks),
-        r = &mut ticks => ("the scheduler", r, web),
+        r = &mut web => ("the web server", r, [ticks, feeds]),
+        r = &mut ticks => ("the scheduler", r, [web, feeds]),
+        r = &mut feeds => ("the feed poller", r, [web, ticks]),
     };
     let first = first_result(first, other);
     if let Err(e) = &first {
         error!("{}: stopping", chain(e));
     }
     let _ = stop_tx.send(true);
-    let rest = rest.await.context("a daemon task stopped unexpectedly")?;
+    let mut rest_result = Ok(());
+    for task in rest {
+        let result = task.await.context("a daemon task stopped unexpectedly")?;
+        rest_result = rest_result.and(result);
+    }
+    let rest = rest_result;
     if let Some(admin) = admin
         && let Err(e) = first_result("the admin server", admin.await)
     {
@@ -109,15 +116,36 @@ async fn tick(engine: Engine, mut shutdown: watch::Receiver<bool>) -> Result<()>
             ),
         }
     }
-    supervise(&mut shutdown, |shutdown| ticking(&engine, shutdown)).await;
+    supervise("the scheduler", &mut shutdown, |shutdown| {
+        ticking(&engine, shutdown)
+    })
+    .await;
     info!("stopped");
+    Ok(())
+}
+
+/// The feeds of `[[feeds]]`, each fetched when due, until `shutdown`
+/// turns true. A feed that fails is recorded and retried later; when the
+/// store fails, the poller restarts (as the scheduler does) while the
+/// digests and the web pages go on.
+async fn poll_feeds(engine: Engine, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    if !engine.settings.feeds.is_empty() {
+        info!(
+            feeds = engine.settings.feeds.len(),
+            "polling the configured feeds"
+        );
+    }
+    supervise("the feed poller", &mut shutdown, |shutdown| {
+        crate::feeds::keep_polling(&engine.store, &engine.settings, shutdown)
+    })
+    .await;
     Ok(())
 }
 
 /// Runs `life` until it returns `Ok` (on shutdown); each time it fails,
 /// logs why at once and starts it again after a pause that doubles from
 /// 1 s up to 60 s (back to 1 s after a life of over ten minutes).
-async fn supervise<F, Fut>(shutdown: &mut watch::Receiver<bool>, mut life: F)
+async fn supervise<F, Fut>(what: &str, shutdown: &mut watch::Receiver<bool>, mut life: F)
 where
     F: FnMut(watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = Result<()>>,
@@ -132,7 +160,7 @@ where
             pause = Duration::from_secs(1);
         }
         error!(
-            "the scheduler failed: {}; restarting it in {}s",
+            "{what} failed: {}; restarting it in {}s",
             chain(&e),
             pause.as_secs()
         );
@@ -226,7 +254,7 @@ mod tests {
         let starts = Arc::new(Mutex::new(Vec::new()));
         let begin = Instant::now();
         let seen = starts.clone();
-        supervise(&mut shutdown, |shutdown| {
+        supervise("the scheduler", &mut shutdown, |shutdown| {
             let seen = seen.clone();
             let stop = stop.clone();
             let mut shutdown = shutdown;
@@ -268,7 +296,7 @@ mod tests {
             stop.send(true).unwrap();
             stop
         });
-        supervise(&mut shutdown, |_| {
+        supervise("the scheduler", &mut shutdown, |_| {
             lives += 1;
             async { anyhow::bail!("tick source failed") }
         })

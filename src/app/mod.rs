@@ -6,6 +6,7 @@ mod articles;
 mod check;
 mod daemon;
 mod demo;
+mod feeds;
 mod preview;
 mod process;
 mod progress;
@@ -16,6 +17,7 @@ pub use self::articles::{articles_add, articles_import, articles_list, articles_
 pub use self::check::check;
 pub use self::daemon::{run, serve};
 pub use self::demo::demo;
+pub use self::feeds::{feeds_fetch, feeds_list};
 pub use self::preview::{PreviewFiles, preview, print_preview};
 pub use self::process::{counted, open, runtime_threads, shutdown_signal};
 pub use self::progress::{LogWriter, Progress};

@@ -100,6 +100,15 @@ impl<'a> Problems<'a> {
     }
 }
 
+impl Problems<'_> {
+    /// A problem with `field` of the feed at `index`.
+    pub(super) fn feed(&mut self, index: usize, field: &str, message: impl fmt::Display) {
+        let origin = self.sources.origin("feeds");
+        self.list
+            .push(format!("{origin}: key `feeds[{index}].{field}`: {message}"));
+    }
+}
+
 /// `24h`, `90m`, `7d`, `1h 30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())

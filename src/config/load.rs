@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::admin::{self, RawAdmin};
+use super::api::{self, RawApi};
 use super::check::{ConfigError, Problems, Sources};
 use super::database::{self, RawDatabase, is_secret_key};
 use super::delivery::{self, RawDelivery};
 use super::digests::{self, RawDigest};
+use super::feeds::{self, RawFeed};
 use super::log::{self, RawLog};
 use super::mail::{self, RawMail};
 use super::settings::Settings;
@@ -36,6 +38,8 @@ struct RawSettings {
     log: RawLog,
     admin: RawAdmin,
     digests: Vec<RawDigest>,
+    feeds: Vec<RawFeed>,
+    api: RawApi,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +212,8 @@ fn validate(
     let delivery = delivery::validate(&raw.delivery, raw.smtp.pool_size, &mut problems);
     let log = log::validate(&raw.log, &mut problems);
     let admin = admin::validate(&raw.admin, &mut problems);
+    let api = api::validate(&raw.api, &mut problems);
+    let feeds = feeds::validate(&raw.feeds, &mut problems);
     if !raw.templates.dir.is_dir() {
         problems.key(
             "templates.dir",
@@ -215,7 +221,7 @@ fn validate(
         );
     }
     let digests = digests::validate(&raw.digests, &raw.templates.dir, &mut problems);
-    match (database, mail, smtp, web, delivery, log, admin) {
+    match (database, mail, smtp, web, delivery, log, admin, api) {
         (
             Some(database),
             Some(mail),
@@ -224,6 +230,7 @@ fn validate(
             Some(delivery),
             Some(log),
             Some(admin),
+            Some(api),
         ) if problems.list.is_empty() => Ok(Settings {
             database,
             mail,
@@ -234,6 +241,8 @@ fn validate(
             log,
             admin,
             digests,
+            feeds,
+            api,
             sources: shown,
         }),
         _ => Err(ConfigError(problems.list)),

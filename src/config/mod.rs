@@ -6,14 +6,16 @@
 //! [`load`] reads the sources (the environment is passed in); each section
 //! has a file of its own with its keys as written, its typed settings and
 //! its validator ([`database`], [`mail`], [`smtp`], [`web`], [`delivery`],
-//! [`digests`], [`log`]); [`check`] is what the validators share: where a key came
+//! [`digests`], [`feeds`], [`api`], [`log`]); [`check`] is what the validators share: where a key came
 //! from, and the error listing every problem.
 
 mod admin;
+mod api;
 mod check;
 mod database;
 mod delivery;
 mod digests;
+mod feeds;
 mod load;
 mod log;
 mod mail;
@@ -22,10 +24,12 @@ mod smtp;
 mod web;
 
 pub use self::admin::AdminSettings;
+pub use self::api::ApiSettings;
 pub use self::check::{ConfigError, parse_duration};
 pub use self::database::{DatabaseSettings, redact_url};
 pub use self::delivery::DeliverySettings;
 pub use self::digests::{Digest, Schedule};
+pub use self::feeds::Feed;
 pub use self::load::{DEFAULT_FILE, ENV_PREFIX, load, load_from};
 pub use self::log::{LogFormat, LogSettings};
 pub use self::mail::{MailSettings, TransportKind};

@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 
 use super::admin::AdminSettings;
+use super::api::ApiSettings;
 use super::database::DatabaseSettings;
 use super::delivery::DeliverySettings;
 use super::digests::Digest;
+use super::feeds::Feed;
 use super::log::LogSettings;
 use super::mail::MailSettings;
 use super::smtp::SmtpSettings;
@@ -22,11 +24,19 @@ pub struct Settings {
     pub log: LogSettings,
     pub admin: AdminSettings,
     pub digests: Vec<Digest>,
+    /// The feeds `gazette run` polls.
+    pub feeds: Vec<Feed>,
+    /// The ingest API.
+    pub api: ApiSettings,
     /// The sources that were read, in order, for messages.
     pub sources: Vec<String>,
 }
 
 impl Settings {
+    pub fn feed(&self, name: &str) -> Option<&Feed> {
+        self.feeds.iter().find(|f| f.name == name)
+    }
+
     pub fn digest(&self, name: &str) -> Option<&Digest> {
         self.digests.iter().find(|d| d.name.as_str() == name)
     }

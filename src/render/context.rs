@@ -31,19 +31,6 @@ struct DigestValue<'a> {
     timezone: &'a str,
 }
 
-#[derive(Serialize)]
-struct ArticleValue<'a> {
-    title: &'a str,
-    url: &'a str,
-    summary: Option<&'a str>,
-    body: Option<&'a str>,
-    author: Option<&'a str>,
-    tags: &'a [String],
-    /// In the digest's time zone, e.g. "29 Nov 2026, 08:15".
-    published_at: String,
-    published_at_iso: String,
-}
-
 /// The per-run part of the template context, built once per run.
 pub struct RunContext {
     /// The run's emails rendered once with markers in place of the
@@ -83,22 +70,7 @@ impl RunContext {
             date_iso: local.format("%Y-%m-%d").to_string(),
             timezone: tz.name(),
         };
-        let articles: Vec<ArticleValue> = articles
-            .iter()
-            .map(|a| {
-                let at = a.published_at.with_timezone(&tz);
-                ArticleValue {
-                    title: &a.title,
-                    url: &a.url,
-                    summary: a.summary.as_deref(),
-                    body: a.body.as_deref(),
-                    author: a.author.as_deref(),
-                    tags: &a.tags,
-                    published_at: at.format("%-d %b %Y, %H:%M").to_string(),
-                    published_at_iso: at.to_rfc3339(),
-                }
-            })
-            .collect();
+        let articles: Vec<Value> = articles.iter().map(|a| article_value(a, tz)).collect();
         Self {
             skeletons: Mutex::default(),
             full_only: AtomicBool::new(false),
@@ -107,7 +79,7 @@ impl RunContext {
             title: digest.title.clone(),
             digest: Value::from_serialize(&digest_value),
             date: Value::from(date),
-            articles: Value::from_serialize(&articles),
+            articles: Value::from(articles),
             run_id,
             html_template,
             text_template,
@@ -181,6 +153,40 @@ impl RunContext {
             },
         }
     }
+}
+
+/// An article as templates see it. `summary` and `body` print as they
+/// are when they are sanitized HTML (from a feed) and are escaped when
+/// they are plain text; `summary_text` is the summary as plain text
+/// either way, for the text part.
+fn article_value(a: &RunArticle, tz: chrono_tz::Tz) -> Value {
+    let at = a.published_at.with_timezone(&tz);
+    let markup = |text: &Option<String>| match text {
+        Some(text) if a.html => Value::from_safe_string(text.clone()),
+        Some(text) => Value::from(text.as_str()),
+        None => Value::from(()),
+    };
+    let summary_text = if a.html {
+        a.summary_text.as_deref()
+    } else {
+        a.summary.as_deref()
+    };
+    Value::from_iter([
+        ("title", Value::from(a.title.as_str())),
+        ("url", Value::from(a.url.as_str())),
+        ("summary", markup(&a.summary)),
+        ("summary_text", Value::from(summary_text)),
+        ("body", markup(&a.body)),
+        ("author", Value::from(a.author.as_deref())),
+        ("tags", Value::from_serialize(&a.tags)),
+        ("image_url", Value::from(a.image_url.as_deref())),
+        // In the digest's time zone, e.g. "29 Nov 2026, 08:15".
+        (
+            "published_at",
+            Value::from(at.format("%-d %b %Y, %H:%M").to_string()),
+        ),
+        ("published_at_iso", Value::from(at.to_rfc3339())),
+    ])
 }
 
 pub(super) fn subject_template_name(digest: &Digest) -> String {

@@ -134,6 +134,9 @@ impl Renderer {
             author: Some("A. Author".into()),
             tags: vec!["sample".into()],
             published_at: Utc::now(),
+            image_url: Some("https://example.org/sample.png".into()),
+            summary_text: None,
+            html: false,
         };
         let ctx = RunContext::new(digest, Utc::now(), &[sample], Some(0));
         let recipient = Recipient {

@@ -17,6 +17,13 @@ pub struct NewArticle {
     pub author: Option<String>,
     pub tags: Vec<String>,
     pub published_at: Timestamp,
+    /// An image to show with the article (http:// or https://).
+    pub image_url: Option<String>,
+    /// The summary as plain text, when `summary` is HTML.
+    pub summary_text: Option<String>,
+    /// Whether `summary` and `body` are sanitized HTML (from a feed)
+    /// rather than plain text (imported, added, or pushed to the API).
+    pub html: bool,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -27,11 +34,12 @@ pub struct Article {
     pub summary: Option<String>,
     pub author: Option<String>,
     pub published_at: Timestamp,
+    pub image_url: Option<String>,
 }
 
 /// An article as it went into a run: a snapshot, so the run renders the
 /// same email later even if the article is edited.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunArticle {
     pub article_id: i64,
     pub url: String,
@@ -41,6 +49,14 @@ pub struct RunArticle {
     pub author: Option<String>,
     pub tags: Vec<String>,
     pub published_at: chrono::DateTime<chrono::Utc>,
+    #[serde(default)]
+    pub image_url: Option<String>,
+    /// The summary as plain text, when `summary` is HTML.
+    #[serde(default)]
+    pub summary_text: Option<String>,
+    /// Whether `summary` and `body` are sanitized HTML (from a feed).
+    #[serde(default)]
+    pub html: bool,
 }
 
 #[derive(Debug, FromRow)]
@@ -53,6 +69,9 @@ pub(super) struct RunArticleRow {
     author: Option<String>,
     tags: String,
     published_at: Timestamp,
+    image_url: Option<String>,
+    summary_text: Option<String>,
+    html: bool,
 }
 
 impl From<RunArticleRow> for RunArticle {
@@ -66,6 +85,9 @@ impl From<RunArticleRow> for RunArticle {
             author: r.author,
             tags: serde_json::from_str(&r.tags).unwrap_or_default(),
             published_at: r.published_at.0,
+            image_url: r.image_url,
+            summary_text: r.summary_text,
+            html: r.html,
         }
     }
 }
@@ -103,10 +125,12 @@ impl Store {
                     Some((id,)) => {
                         sqlx::query(
                             "update articles set title = $2, summary = $3, body = $4, author = $5, \
-                             published_at = $6, updated_at = $7 where id = $1",
+                             published_at = $6, updated_at = $7, image_url = $8, summary_text = $9, \
+                             html = $10 where id = $1",
                         )
                         .bind(id).bind(&a.title).bind(&a.summary).bind(&a.body).bind(&a.author)
-                        .bind(a.published_at).bind(now)
+                        .bind(a.published_at).bind(now).bind(&a.image_url).bind(&a.summary_text)
+                        .bind(a.html)
                         .execute(&mut *tx)
                         .await?;
                         sqlx::query("delete from article_tags where article_id = $1")
@@ -118,11 +142,13 @@ impl Store {
                     }
                     None => {
                         let (id,): (i64,) = sqlx::query_as(
-                            "insert into articles (url, title, summary, body, author, published_at, created_at, updated_at) \
-                             values ($1, $2, $3, $4, $5, $6, $7, $7) returning id",
+                            "insert into articles (url, title, summary, body, author, published_at, created_at, \
+                             updated_at, image_url, summary_text, html) \
+                             values ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10) returning id",
                         )
                         .bind(&a.url).bind(&a.title).bind(&a.summary).bind(&a.body).bind(&a.author)
-                        .bind(a.published_at).bind(now)
+                        .bind(a.published_at).bind(now).bind(&a.image_url).bind(&a.summary_text)
+                        .bind(a.html)
                         .fetch_one(&mut *tx)
                         .await?;
                         inserted += 1;
@@ -154,7 +180,7 @@ impl Store {
 
     /// The newest `limit` articles.
     pub async fn list_articles(&self, limit: i64) -> Result<Vec<Article>> {
-        let sql = "select id, url, title, summary, author, published_at from articles \
+        let sql = "select id, url, title, summary, author, published_at, image_url from articles \
                    order by published_at desc, id desc limit $1";
         on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(limit).fetch_all(pool).await?))
     }
@@ -179,7 +205,8 @@ impl Store {
         let rows: Vec<RunArticleRow> = on_pool!(self, pool => {
             let mut q = QueryBuilder::new(
                 "select a.id as article_id, a.url, a.title, a.summary, a.body, a.author, \
-                 '[]' as tags, a.published_at from articles a where a.published_at > ",
+                 '[]' as tags, a.published_at, a.image_url, a.summary_text, a.html \
+                 from articles a where a.published_at > ",
             );
             q.push_bind(after).push(" and a.published_at <= ").push_bind(until);
             if !tags.is_empty() {

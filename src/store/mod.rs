@@ -2,7 +2,8 @@
 //! or Postgres (production, shared by replicas), one file per aggregate:
 //! [`articles`], [`subscribers`], [`runs`] (planning), [`ledger`] (claims,
 //! outcomes, the held connection), [`readers`] (the readers' links and
-//! confirmations) and [`lock`] (one delivering process per SQLite file).
+//! confirmations), [`feeds`] (their state between fetches, the lease, their
+//! entries) and [`lock`] (one delivering process per SQLite file).
 //!
 //! Most statements are the same text on both backends (`$1` placeholders
 //! work on both); `on_pool!` expands one body per backend so each is
@@ -15,6 +16,7 @@ mod backend;
 
 mod articles;
 mod confirmations;
+mod feeds;
 mod ledger;
 mod lock;
 mod readers;
@@ -26,6 +28,7 @@ mod time;
 pub use self::articles::{Article, NewArticle, RunArticle};
 pub use self::backend::Store;
 pub use self::confirmations::ConfirmationEmail;
+pub use self::feeds::{EntryChange, FeedArticle, FeedClaim, FeedStatus, FetchRecord};
 pub use self::ledger::{Claimed, DeliveryCounts, FailedDelivery, LedgerConnection, OpenDelivery};
 pub use self::lock::ProcessLock;
 pub use self::readers::{Reader, SubscribeOutcome, SubscriptionRequest};

@@ -163,12 +163,14 @@ impl Store {
             }
             for (position, a) in plan.articles.iter().enumerate() {
                 sqlx::query(
-                    "insert into run_articles (run_id, position, article_id, url, title, summary, body, author, tags, published_at) \
-                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    "insert into run_articles (run_id, position, article_id, url, title, summary, body, author, tags, \
+                     published_at, image_url, summary_text, html) \
+                     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 )
                 .bind(run_id).bind(position as i32).bind(a.article_id).bind(&a.url).bind(&a.title)
                 .bind(&a.summary).bind(&a.body).bind(&a.author)
                 .bind(serde_json::to_string(&a.tags)?).bind(Timestamp::from(a.published_at))
+                .bind(&a.image_url).bind(&a.summary_text).bind(a.html)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -233,8 +235,8 @@ impl Store {
     }
 
     pub async fn run_articles(&self, run_id: i64) -> Result<Vec<RunArticle>> {
-        let sql = "select article_id, url, title, summary, body, author, tags, published_at \
-                   from run_articles where run_id = $1 order by position";
+        let sql = "select article_id, url, title, summary, body, author, tags, published_at, \
+                   image_url, summary_text, html from run_articles where run_id = $1 order by position";
         on_pool!(self, pool => {
             let rows: Vec<RunArticleRow> = sqlx::query_as(sql).bind(run_id).fetch_all(pool).await?;
             Ok(rows.into_iter().map(RunArticle::from).collect())

@@ -9,9 +9,11 @@
 //! This file holds the router, the headers every answer carries, and the
 //! server with its limits on slow clients; each group of pages has its
 //! file (`subscribe`, `links`, `reading`), sharing `pages`; `limiter`
-//! counts subscribe requests per client.
+//! counts subscribe requests per client; `api` is the ingest API for a
+//! CMS, on only with `[api] token`.
 
 pub mod admin;
+mod api;
 mod limiter;
 mod links;
 mod pages;
@@ -92,6 +94,11 @@ fn app(engine: Engine, limits: Limits) -> Router {
         )
         .route("/digests/{run}/{token}", get(reading::web_view))
         .layer(map_response(no_store));
+    // Without a token there is no API: its routes are the plain 404.
+    let api = match state.engine.settings.api.token {
+        Some(_) => api::routes().layer(map_response(no_store)),
+        None => Router::new(),
+    };
     Router::new()
         .route("/", get(subscribe::subscribe_page))
         .route(
@@ -102,6 +109,7 @@ fn app(engine: Engine, limits: Limits) -> Router {
         .route("/archive", get(reading::archive))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .merge(api)
         .fallback(pages::not_found)
         .layer(map_response(security_headers))
         .layer(from_fn_with_state(state.clone(), log_request))

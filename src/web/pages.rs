@@ -265,25 +265,11 @@ async fn read_whole(request: Request, state: &WebState) -> Result<Bytes, Respons
     if declared.is_some_and(|n| n > BODY_LIMIT) {
         return Err(too_large());
     }
-    let mut chunks = request.into_body().into_data_stream();
-    let read = async {
-        let mut body = Vec::new();
-        while let Some(chunk) = chunks.next().await {
-            let Ok(chunk) = chunk else {
-                return BodyRead::Broken;
-            };
-            if body.len() + chunk.len() > BODY_LIMIT {
-                return BodyRead::TooLarge;
-            }
-            body.extend_from_slice(&chunk);
-        }
-        BodyRead::Whole(body)
-    };
-    match tokio::time::timeout(state.body_read_timeout, read).await {
-        Ok(BodyRead::Whole(body)) => Ok(Bytes::from(body)),
-        Ok(BodyRead::TooLarge) => Err(too_large()),
-        Ok(BodyRead::Broken) => Err(bad_request(state, json)),
-        Err(_) => {
+    match read_limited(request, BODY_LIMIT, state.body_read_timeout).await {
+        BodyRead::Whole(body) => Ok(Bytes::from(body)),
+        BodyRead::TooLarge => Err(too_large()),
+        BodyRead::Broken => Err(bad_request(state, json)),
+        BodyRead::TooSlow => {
             info!("a request body took too long to arrive");
             Err(reply(
                 state,
@@ -296,11 +282,33 @@ async fn read_whole(request: Request, state: &WebState) -> Result<Bytes, Respons
     }
 }
 
+/// Reads a request's body, up to `limit` bytes, within `timeout`.
+pub async fn read_limited(request: Request, limit: usize, timeout: Duration) -> BodyRead {
+    let mut chunks = request.into_body().into_data_stream();
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            let Ok(chunk) = chunk else {
+                return BodyRead::Broken;
+            };
+            if body.len() + chunk.len() > limit {
+                return BodyRead::TooLarge;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        BodyRead::Whole(body)
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(BodyRead::TooSlow)
+}
+
 /// How reading a body ended.
-enum BodyRead {
+pub enum BodyRead {
     Whole(Vec<u8>),
     TooLarge,
     Broken,
+    TooSlow,
 }
 
 /// The answer to input that does not parse: it names nothing of the input.

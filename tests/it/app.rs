@@ -1171,3 +1171,106 @@ fn an_import_on_a_terminal_shows_a_progress_bar() {
         "{screen}"
     );
 }
+
+#[test]
+fn an_article_image_is_imported_added_and_listed_and_a_bad_one_is_named() {
+    let (_dir, ws) = workspace();
+    let articles = ws.dir.path().join("articles.json");
+    std::fs::write(
+        &articles,
+        r#"[{"url": "https://example.org/a", "title": "A", "image_url": "https://example.org/a.png"},
+            {"url": "https://example.org/b", "title": "B", "image_url": "data:image/png;base64,AAAA"}]"#,
+    )
+    .unwrap();
+    let out = ws.run(&["articles", "import", articles.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("record 2 of the array: `image_url`: `data:image/png;base64,AAAA` is not an http:// or https:// address"),
+        "{err}"
+    );
+    assert!(stdout(&ws.run(&["articles", "list"])).starts_with("no articles yet"));
+
+    std::fs::write(
+        &articles,
+        r#"[{"url": "https://example.org/a", "title": "A", "image_url": "https://example.org/a.png"}]"#,
+    )
+    .unwrap();
+    let out = ws.run(&["articles", "import", articles.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ws.run(&[
+        "articles",
+        "add",
+        "--url",
+        "https://example.org/b",
+        "--title",
+        "B",
+        "--image-url",
+        "https://example.org/b.jpg",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Vec<serde_json::Value> = stdout(&ws.run(&["articles", "list", "--json"]))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let image = |url: &str| {
+        listed.iter().find(|a| a["url"] == url).unwrap()["image_url"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(
+        image("https://example.org/a").as_deref(),
+        Some("https://example.org/a.png")
+    );
+    assert_eq!(
+        image("https://example.org/b").as_deref(),
+        Some("https://example.org/b.jpg")
+    );
+}
+
+#[test]
+fn the_api_token_appears_in_no_log_line_even_at_debug() {
+    let (_dir, ws) = workspace();
+    let token = "api-token-never-logged-0123456789";
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    std::fs::write(
+        &ws.config,
+        format!("{config}\n[api]\ntoken = \"{token}\"\n[log]\nlevel = \"debug\"\n"),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&ws);
+    let addr = listening(
+        &daemon
+            .log()
+            .wait_for("the web server", |l| l.contains("web server listening")),
+    );
+    let post = |bearer: &str| {
+        use std::io::{Read, Write};
+        let body = r#"{"url": "https://example.org/pushed", "title": "Pushed"}"#;
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "POST /api/articles HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {bearer}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer.lines().next().unwrap_or_default().to_string()
+    };
+    assert_eq!(post(token), "HTTP/1.1 200 OK");
+    assert_eq!(post(&token[1..]), "HTTP/1.1 401 Unauthorized");
+    daemon.log().wait_for("the second request", |l| {
+        l.contains("request") && l.contains("status=401")
+    });
+    let (status, log) = daemon.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("route=\"/api/articles\" status=200"), "{log}");
+    assert!(!log.contains(&token[1..]), "{log}");
+    let listed = stdout(&ws.run(&["articles", "list"]));
+    assert!(
+        listed.contains("Pushed  https://example.org/pushed"),
+        "{listed}"
+    );
+}

@@ -537,11 +537,11 @@ fn an_unclosed_block_is_named_with_the_line_it_opened_on() {
 
 #[test]
 fn an_undefined_attribute_is_named_and_so_is_the_including_template() {
-    let dir = broken_templates("<p>ok</p>\n<p>{{ articles[0].image_url }}</p>\n");
+    let dir = broken_templates("<p>ok</p>\n<p>{{ articles[0].thumbnail }}</p>\n");
     let (code, err) = run_with_templates(&dir);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("undefined value `articles[0].image_url` (template digest.html.j2, line 2)"),
+        err.contains("undefined value `articles[0].thumbnail` (template digest.html.j2, line 2)"),
         "{err}"
     );
 
@@ -602,4 +602,34 @@ fn a_template_rendered_in_full_is_said_once_by_check_and_send_naming_the_express
     ws.add_article("News");
     let send = stderr(&gazette(&["send", "daily"]));
     assert_eq!(send.matches(said).count(), 1, "{send}");
+}
+
+#[test]
+fn bad_feeds_are_named_by_index_and_key() {
+    let ws = workspace_with(
+        "[[feeds]]\nurl = \"https://blog.example.org/feed.xml\"\n\
+         [[feeds]]\nurl = \"https://blog.example.org/other.xml\"\ninterval = \"often\"\n\
+         [[feeds]]\nname = \"ftp\"\nurl = \"ftp://files.example.org/feed\"\n\
+         [[feeds]]\nname = \"fine\"\nurl = \"https://fine.example.org/\"\ntimeout = \"0s\"\nmax_bytes = 0\n",
+    );
+    let err = check_fails(&ws);
+    for expected in [
+        "key `feeds[1].name`: `blog.example.org` (taken from the URL's host: set a `name`) is also the name of feeds[0]",
+        "key `feeds[1].interval`: `often` is not a duration",
+        "key `feeds[2].url`: `ftp://files.example.org/feed` is not an http:// or https:// address",
+        "key `feeds[3].timeout`: must be longer than zero",
+        "key `feeds[3].max_bytes`: must be at least 1",
+    ] {
+        assert!(err.contains(expected), "no `{expected}` in:\n{err}");
+    }
+    assert!(err.contains("gazette.toml"), "{err}");
+}
+
+#[test]
+fn a_short_api_token_is_refused_without_being_printed() {
+    let ws = workspace_with("[api]\ntoken = \"hunter2-secret\"\n");
+    let err = check_fails(&ws);
+    assert!(err.contains("key `api.token`"), "{err}");
+    assert!(err.contains("use at least 24"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
 }

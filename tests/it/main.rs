@@ -9,6 +9,7 @@ mod smtp;
 mod app;
 mod config;
 mod delivery;
+mod feeds;
 mod mail;
 mod render;
 mod schedule;

@@ -98,8 +98,73 @@ fn articles() -> Vec<RunArticle> {
             author: (i == 2).then(|| "An Author".to_string()),
             tags: vec![format!("tag{i}")],
             published_at: Utc.with_ymd_and_hms(2026, 11, 28, 8, i as u32, 0).unwrap(),
+            image_url: (i == 2).then(|| "https://example.org/img/2.png?a=1&b=\"2\"".to_string()),
+            summary_text: None,
+            html: false,
         })
+        .chain(std::iter::once(feed_article()))
         .collect()
+}
+
+/// An article from a feed: sanitized HTML, its plain text, an image.
+fn feed_article() -> RunArticle {
+    RunArticle {
+        article_id: 3,
+        url: "https://feed.example.org/post".into(),
+        title: "From a feed".into(),
+        summary: Some("<p>Feed <b>markup</b> &amp; more</p>".into()),
+        summary_text: Some("Feed markup & more".into()),
+        body: Some("<p>The body</p>".into()),
+        image_url: Some("https://feed.example.org/img.png".into()),
+        html: true,
+        published_at: Utc.with_ymd_and_hms(2026, 11, 28, 9, 0, 0).unwrap(),
+        ..Default::default()
+    }
+}
+
+/// The shipped templates show a feed's sanitized markup as markup and a
+/// text summary escaped, the image (with its size and alt text) only
+/// where there is one, and plain text in the text part.
+#[test]
+fn feed_markup_images_and_plain_text_summaries_render_on_both_paths() {
+    let ws = workspace();
+    let settings = ws.settings();
+    let renderer = gazette::render::Renderer::new(&settings).expect("templates load");
+    let digest = settings.digest("daily").unwrap();
+    let slot = Utc.with_ymd_and_hms(2026, 11, 29, 6, 0, 0).unwrap();
+    let run = RunContext::new(digest, slot, &articles(), Some(1));
+    let reader = Recipient {
+        name: Some("Ann"),
+        email: "ann@example.org",
+        unsubscribe_token: "tok",
+    };
+    let fast = renderer.render(&run, &reader).unwrap();
+    let full = renderer.render_full(&run, &reader).unwrap();
+    assert_eq!(fast, full);
+    let html = &full.html;
+    assert!(
+        html.contains("<p>Feed <b>markup</b> &amp; more</p>"),
+        "{html}"
+    );
+    assert!(html.contains("Summary 0"), "{html}");
+    assert!(
+        html.contains(
+            r#"<img src="https:&#x2f;&#x2f;feed.example.org&#x2f;img.png" alt="From a feed" width="552""#
+        ),
+        "{html}"
+    );
+    assert!(
+        html.contains(
+            r#"<img src="https:&#x2f;&#x2f;example.org&#x2f;img&#x2f;2.png?a=1&amp;b=&quot;2&quot;" alt="Article 2 &lt;b&gt;&amp; &quot;quoted&quot;&lt;&#x2f;b&gt;" width="552""#
+        ),
+        "{html}"
+    );
+    assert_eq!(html.matches("<img ").count(), 2, "{html}");
+    let text = &full.text;
+    assert!(text.contains("   Feed markup & more\n"), "{text}");
+    assert!(text.contains("   Summary 0\n"), "{text}");
+    assert!(!text.contains("<b>markup"), "{text}");
+    assert!(!text.contains("<p>"), "{text}");
 }
 
 /// A workspace whose templates directory holds the bundled templates and

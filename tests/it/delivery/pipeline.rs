@@ -282,6 +282,7 @@ async fn a_second_send_without_new_articles_sends_nothing(backend: Backend) {
             author: None,
             tags: vec![],
             published_at: Some(at(3).to_rfc3339()),
+            image_url: None,
         },
     )
     .await

@@ -2,6 +2,7 @@
 //! database and the recording SMTP server: double opt-in, one-click
 //! unsubscribe, preferences, the web view, and bad input.
 
+mod api;
 mod browser;
 mod pages;
 mod security;
@@ -28,11 +29,22 @@ impl WebApp {
 
     /// [`WebApp::start`] with `smtp` as the relay.
     pub async fn start_with(backend: Backend, web: &str, smtp: SmtpServer) -> Self {
+        Self::start_with_sections(backend, web, "", smtp).await
+    }
+
+    /// [`WebApp::start_with`] with `sections` (TOML tables) added to the
+    /// configuration.
+    pub async fn start_with_sections(
+        backend: Backend,
+        web: &str,
+        sections: &str,
+        smtp: SmtpServer,
+    ) -> Self {
         let db = TestDb::new(backend).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
         let sections = format!(
-            "{}{}",
+            "{}{}{sections}",
             digest_section("daily", ""),
             digest_section("weekly", "").replace("The weekly Digest", "The Weekly Roundup")
         );

@@ -1,0 +1,217 @@
+//! The ingest API, for a CMS that pushes its articles: `POST
+//! /api/articles` (a JSON object, or an array of them, with the fields of
+//! `gazette articles import`; upsert by url, all or nothing) and `DELETE
+//! /api/articles?url=…`. Served only when `[api] token` is set; each
+//! request carries it as `Authorization: Bearer …`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chrono::Utc;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tracing::{error, info, warn};
+
+use super::pages::{BodyRead, WebState, read_limited};
+use crate::errors::chain;
+use crate::import::ArticleInput;
+use crate::store::Timestamp;
+
+/// Larger request bodies are refused (413).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// The API's routes.
+pub fn routes() -> Router<Arc<WebState>> {
+    Router::new().route("/api/articles", post(post_articles).delete(delete_article))
+}
+
+fn answer(status: StatusCode, body: Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    answer(status, json!({ "error": message }))
+}
+
+/// Whether the request carries the token. Both sides are hashed first, so
+/// the comparison takes the same time whatever the given token's length,
+/// and the hashes are compared without stopping at the first difference.
+fn authorized(state: &WebState, headers: &HeaderMap) -> bool {
+    let expected = state.engine.settings.api.token.as_ref();
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    if let (Some(expected), Some(given)) = (expected, given) {
+        let (a, b) = (
+            Sha256::digest(given.as_bytes()),
+            Sha256::digest(expected.expose().as_bytes()),
+        );
+        let difference = a.iter().zip(b.iter()).fold(0u8, |d, (x, y)| d | (x ^ y));
+        return std::hint::black_box(difference) == 0;
+    }
+    false
+}
+
+/// 401, saying how to authenticate (and nothing of what was sent).
+fn unauthorized() -> Response {
+    let mut refusal = error(
+        StatusCode::UNAUTHORIZED,
+        "this API needs `Authorization: Bearer TOKEN` with the token of `[api] token`",
+    );
+    refusal.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"gazette\""),
+    );
+    refusal
+}
+
+/// `POST /api/articles`: every record is checked before anything is
+/// stored; the first bad one is named by its index (from 0) and field,
+/// with the others after it, in a 422. Then all are stored in one
+/// transaction: 200 with how many were inserted and updated.
+async fn post_articles(State(state): State<Arc<WebState>>, request: Request) -> Response {
+    if !authorized(&state, request.headers()) {
+        return unauthorized();
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        let mut refusal = error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is larger than {BODY_LIMIT} bytes: send fewer articles a request"),
+        );
+        refusal
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        refusal
+    };
+    if declared.is_some_and(|n| n > BODY_LIMIT) {
+        return too_large();
+    }
+    let body = match read_limited(request, BODY_LIMIT, state.body_read_timeout).await {
+        BodyRead::Whole(body) => body,
+        BodyRead::TooLarge => return too_large(),
+        BodyRead::Broken => return error(StatusCode::BAD_REQUEST, "the body did not arrive whole"),
+        BodyRead::TooSlow => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body took too long to arrive",
+            );
+        }
+    };
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body is not JSON: {e}"),
+            );
+        }
+    };
+    let records = match value {
+        Value::Array(records) => records,
+        record @ Value::Object(_) => vec![record],
+        _ => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "expected a JSON object with `url` and `title`, or an array of them",
+            );
+        }
+    };
+    if records.is_empty() {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the array holds no article",
+        );
+    }
+    let now = Utc::now();
+    let mut articles = Vec::with_capacity(records.len());
+    let mut problems = Vec::new();
+    for (index, record) in records.into_iter().enumerate() {
+        match ArticleInput::from_json(record).and_then(|input| input.validate(now)) {
+            Ok(article) => articles.push(article),
+            Err(e) => problems.push(json!({
+                "index": index,
+                "field": e.field,
+                "error": e.message,
+            })),
+        }
+    }
+    if let Some(first) = problems.first() {
+        let mut body = first.clone();
+        body["errors"] = Value::from(problems.clone());
+        info!(
+            bad = problems.len(),
+            "api: articles refused, nothing stored"
+        );
+        return answer(StatusCode::UNPROCESSABLE_ENTITY, body);
+    }
+    match state
+        .engine
+        .store
+        .upsert_articles(&articles, Timestamp::now())
+        .await
+    {
+        Ok((inserted, updated)) => {
+            info!(inserted, updated, "api: articles stored");
+            answer(
+                StatusCode::OK,
+                json!({ "inserted": inserted, "updated": updated }),
+            )
+        }
+        Err(e) => {
+            error!("api: cannot store articles: {}", chain(&e));
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the articles could not be stored; nothing was stored",
+            )
+        }
+    }
+}
+
+/// `DELETE /api/articles?url=URL`: 204, or 404 when there is no article
+/// at that address. Runs that took it keep their copy.
+async fn delete_article(
+    State(state): State<Arc<WebState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let url = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(key, _)| key == "url")
+        .map(|(_, value)| value.trim().to_string())
+        .filter(|url| !url.is_empty());
+    let Some(url) = url else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name the article with `?url=` and its address",
+        );
+    };
+    match state.engine.store.remove_article(&url).await {
+        Ok(true) => {
+            info!("api: article removed");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, &format!("no article at {url}")),
+        Err(e) => {
+            warn!("api: cannot remove an article: {}", chain(&e));
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the article could not be removed",
+            )
+        }
+    }
+}
