@@ -31,8 +31,12 @@ pub fn parse(body: &[u8], feed: &Feed, base: &Url, now: DateTime<Utc>) -> Result
         .parse(body)
         .map_err(|e| format!("not an RSS or Atom feed: {e}"))?;
     let mut entries = Entries::default();
+    let mut thumbnails = bare_thumbnails(body);
+    if thumbnails.len() != parsed.entries.len() {
+        thumbnails = vec![None; parsed.entries.len()];
+    }
     for (i, entry) in parsed.entries.iter().enumerate() {
-        match article(entry, feed, base, now) {
+        match article(entry, feed, base, now, thumbnails[i].as_deref()) {
             Ok(a) => entries.articles.push(a),
             Err(why) => {
                 entries
@@ -78,6 +82,7 @@ fn article(
     feed: &Feed,
     base: &Url,
     now: DateTime<Utc>,
+    bare_thumbnail: Option<&str>,
 ) -> Result<FeedArticle, String> {
     let link = entry
         .links
@@ -143,7 +148,12 @@ fn article(
         article: NewArticle {
             url,
             title,
-            image_url: image(entry, base, [body.as_deref(), summary.as_deref()]),
+            image_url: image(
+                entry,
+                base,
+                bare_thumbnail,
+                [body.as_deref(), summary.as_deref()],
+            ),
             summary,
             body,
             author,
@@ -157,9 +167,15 @@ fn article(
 }
 
 /// The entry's image: a `media:content` or enclosure of an image type, a
-/// `media:thumbnail`, or else the first image of its body or summary;
+/// `media:thumbnail` (in a `media:content`, or the entry's own,
+/// `bare_thumbnail`), or else the first image of its body or summary;
 /// never one said to be a pixel wide or high (a tracker).
-fn image(entry: &Entry, base: &Url, html: [Option<&str>; 2]) -> Option<String> {
+fn image(
+    entry: &Entry,
+    base: &Url,
+    bare_thumbnail: Option<&str>,
+    html: [Option<&str>; 2],
+) -> Option<String> {
     let visible = |width: Option<u32>, height: Option<u32>| {
         width.is_none_or(|w| w > 1) && height.is_none_or(|h| h > 1)
     };
@@ -183,5 +199,70 @@ fn image(entry: &Entry, base: &Url, html: [Option<&str>; 2]) -> Option<String> {
     };
     content
         .or_else(thumbnail)
+        .or_else(|| bare_thumbnail.and_then(|t| web_address(t, base)))
         .or_else(|| html.into_iter().flatten().find_map(first_image))
+}
+
+/// For each entry (`item` or `entry` element, in order), the address of
+/// the first Media RSS `thumbnail` in it that is not a pixel wide or high:
+/// feed-rs keeps a thumbnail only inside a `media:content`, and many feeds
+/// put it on the item alone. Empty if the body does not read as XML.
+fn bare_thumbnails(body: &[u8]) -> Vec<Option<String>> {
+    use quick_xml::events::{BytesStart, Event};
+    use quick_xml::name::{Namespace, ResolveResult};
+    const MEDIA_RSS: Namespace<'_> = Namespace("http://search.yahoo.com/mrss/");
+
+    let attribute = |e: &BytesStart<'_>, name: &str| {
+        e.try_get_attribute(name).ok().flatten().and_then(|a| {
+            a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                .ok()
+                .map(|v| v.into_owned())
+        })
+    };
+    let mut reader = quick_xml::NsReader::from_reader(body);
+    let mut buf = Vec::new();
+    let mut found: Vec<Option<String>> = Vec::new();
+    let (mut depth, mut entry_depth) = (0usize, None);
+    loop {
+        let (ns, e, empty) = match reader.read_resolved_event_into(&mut buf) {
+            Ok((ns, Event::Start(e))) => (ns, e.into_owned(), false),
+            Ok((ns, Event::Empty(e))) => (ns, e.into_owned(), true),
+            Ok((_, Event::End(_))) => {
+                if entry_depth == Some(depth) {
+                    entry_depth = None;
+                }
+                depth = depth.saturating_sub(1);
+                buf.clear();
+                continue;
+            }
+            Ok((_, Event::Eof)) => break,
+            Err(_) => return Vec::new(),
+            Ok(_) => {
+                buf.clear();
+                continue;
+            }
+        };
+        buf.clear();
+        let level = depth + 1;
+        let local = e.local_name();
+        if entry_depth.is_none() && matches!(local.as_ref(), "item" | "entry") {
+            found.push(None);
+            if !empty {
+                entry_depth = Some(level);
+            }
+        } else if entry_depth.is_some()
+            && ns == ResolveResult::Bound(MEDIA_RSS)
+            && local.as_ref() == "thumbnail"
+            && let Some(slot) = found.last_mut().filter(|slot| slot.is_none())
+        {
+            let one_pixel = |name: &str| attribute(&e, name).is_some_and(|v| v.trim() == "1");
+            if !one_pixel("width") && !one_pixel("height") {
+                *slot = attribute(&e, "url");
+            }
+        }
+        if !empty {
+            depth = level;
+        }
+    }
+    found
 }

@@ -656,3 +656,31 @@ async fn the_last_modified_date_is_sent_back_and_a_304_changes_nothing() {
     assert_eq!(requests[0].headers.get("if-modified-since"), None);
     assert_eq!(requests[1].headers["if-modified-since"], date);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thumbnail_on_the_item_alone_is_its_image_unless_it_is_a_pixel() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = FeedServer::start();
+    server.fixture("/thumbnails.xml", "thumbnails.xml", None);
+    let section = feed_section("gallery", &server.url("/thumbnails.xml"), "");
+    let ws = Workspace::new(&db.url, None, &section);
+    let out = ws.run(&["feeds", "fetch"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let stored = articles(&ws.engine().await.store).await;
+    let image = |url: &str| find(&stored, url).image_url.clone();
+    // Resolved against the feed's address.
+    assert_eq!(
+        image("https://gallery.example.org/bare"),
+        Some(server.url("/thumbs/bare.jpg"))
+    );
+    // A one-pixel thumbnail is a tracker: the image in the text instead.
+    assert_eq!(
+        image("https://gallery.example.org/tracker").as_deref(),
+        Some("https://gallery.example.org/body.jpg")
+    );
+    assert_eq!(
+        image("https://gallery.example.org/grouped").as_deref(),
+        Some("https://gallery.example.org/thumbs/grouped.jpg")
+    );
+}
