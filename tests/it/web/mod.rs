@@ -3,6 +3,7 @@
 //! unsubscribe, preferences, the web view, and bad input.
 
 mod browser;
+pub mod chrome;
 mod pages;
 mod security;
 
