@@ -46,6 +46,10 @@ enum Command {
         slot: Option<DateTime<Utc>>,
     },
     /// Write DIGEST.html, DIGEST.txt and DIGEST.eml: the email `send` would deliver now.
+    ///
+    /// With nothing new since the last digest, the preview shows the latest
+    /// `max_articles` articles instead, and says so. A preview that fails
+    /// leaves no earlier DIGEST.* files in DIR behind.
     Preview {
         digest: String,
         /// Render for this subscriber (default: the digest's first subscriber, or a sample).
@@ -254,8 +258,19 @@ fn main() -> ExitCode {
 }
 
 async fn execute(command: Command, settings: config::Settings) -> anyhow::Result<()> {
-    if let Command::Check = command {
-        return app::check(settings).await;
+    match command {
+        Command::Check => return app::check(settings).await,
+        // It opens the engine itself: a preview's earlier files are removed
+        // before the templates are checked.
+        Command::Preview {
+            digest,
+            subscriber,
+            out,
+            run,
+        } => {
+            return app::preview_command(settings, &digest, subscriber.as_deref(), &out, run).await;
+        }
+        _ => {}
     }
     let engine = app::open(settings).await?;
     let _lock = match command {
@@ -270,7 +285,6 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
         _ => None,
     };
     let result = match command {
-        Command::Check => unreachable!("handled above"),
         Command::Migrate => {
             println!("database is up to date ({})", engine.store.backend());
             Ok(())
@@ -296,16 +310,7 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
             dry_run,
             slot,
         } => app::send(&engine, &digest, slot, dry_run).await.map(|_| ()),
-        Command::Preview {
-            digest,
-            subscriber,
-            out,
-            run,
-        } => {
-            let files = app::preview(&engine, &digest, subscriber.as_deref(), &out, run).await?;
-            app::print_preview(engine.settings.require_digest(&digest)?, &files);
-            Ok(())
-        }
+        Command::Check | Command::Preview { .. } => unreachable!("handled above"),
         Command::Articles(cmd) => match cmd {
             ArticlesCommand::Import { file } => app::articles_import(&engine, &file).await,
             ArticlesCommand::Add {

@@ -16,7 +16,9 @@ pub use self::articles::{articles_add, articles_import, articles_list, articles_
 pub use self::check::check;
 pub use self::daemon::{run, serve};
 pub use self::demo::demo;
-pub use self::preview::{PreviewFiles, preview, print_preview};
+pub use self::preview::{
+    Preview, PreviewFiles, ReaderChoice, preview, preview_command, print_preview, render_preview,
+};
 pub use self::process::{counted, open, runtime_threads, shutdown_signal};
 pub use self::progress::{LogWriter, Progress};
 pub use self::send::{pause, resume, retry, run_status, send, status};

@@ -10,6 +10,7 @@ mod app;
 mod config;
 mod delivery;
 mod mail;
+mod preview;
 mod render;
 mod schedule;
 mod store;
