@@ -7,6 +7,7 @@ mod check;
 mod daemon;
 mod demo;
 mod preview;
+mod preview_server;
 mod process;
 mod progress;
 mod send;
@@ -19,6 +20,7 @@ pub use self::demo::demo;
 pub use self::preview::{
     Preview, PreviewFiles, ReaderChoice, preview, preview_command, print_preview, render_preview,
 };
+pub use self::preview_server::{DEFAULT_BIND as PREVIEW_BIND, ServeOptions, preview_serve};
 pub use self::process::{counted, open, runtime_threads, shutdown_signal};
 pub use self::progress::{LogWriter, Progress};
 pub use self::send::{pause, resume, retry, run_status, send, status};

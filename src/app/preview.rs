@@ -1,5 +1,7 @@
 //! `gazette preview`: the email `send` would deliver, as files an editor
-//! opens, rendered with [`delivery::compose`], the function `send` uses.
+//! opens (here), or as a local page that follows the templates as they are
+//! edited ([`super::preview_server`]). Both render it with
+//! [`delivery::compose`], the function `send` uses.
 
 use std::path::{Path, PathBuf};
 

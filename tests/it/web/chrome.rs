@@ -233,6 +233,52 @@ impl Session<'_> {
         }
     }
 
+    /// Runs `script` (a function body: `return …`) in the page and
+    /// returns its value.
+    pub async fn execute(&self, script: &str) -> Value {
+        self.command(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// Waits (`timeout` at most) until `script` returns a string that
+    /// `done` accepts, and returns it; the page is never reloaded here.
+    pub async fn wait_for_value(
+        &self,
+        what: &str,
+        script: &str,
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // (A page that is reloading may fail a script: try again.)
+            let path = format!("/session/{}/execute/sync", self.id);
+            let body = json!({"script": script, "args": []});
+            let value = self
+                .driver
+                .call(reqwest::Method::POST, &path, Some(body))
+                .await
+                .map(|answer| answer["value"].as_str().unwrap_or_default().to_string());
+            if let Ok(value) = &value
+                && done(value)
+            {
+                return value.clone();
+            }
+            if Instant::now() >= deadline {
+                let source = self.command(reqwest::Method::GET, "/source", None).await;
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; last value {value:?}; the page:\n{}",
+                    source.as_str().unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn screenshot(&self) -> Vec<u8> {
         let value = self
             .command(reqwest::Method::GET, "/screenshot", None)
