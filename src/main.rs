@@ -45,18 +45,42 @@ enum Command {
         #[arg(long, value_name = "TIME")]
         slot: Option<DateTime<Utc>>,
     },
-    /// Write DIGEST.html, DIGEST.txt and DIGEST.eml: the email `send` would deliver now.
+    /// Write DIGEST.html, DIGEST.txt and DIGEST.eml, or serve them on a page that
+    /// follows template edits (--serve): the email `send` would deliver now.
+    ///
+    /// With nothing new since the last digest, the preview shows the latest
+    /// `max_articles` articles instead, and says so. A preview that fails
+    /// leaves no earlier DIGEST.* files in DIR behind.
     Preview {
         digest: String,
         /// Render for this subscriber (default: the digest's first subscriber, or a sample).
         #[arg(long, value_name = "EMAIL")]
         subscriber: Option<String>,
         /// Where to write the files.
-        #[arg(long, default_value = "preview", value_name = "DIR")]
+        #[arg(
+            long,
+            default_value = "preview",
+            value_name = "DIR",
+            conflicts_with = "serve"
+        )]
         out: PathBuf,
         /// Render an earlier run (its stored articles) instead of what is new now.
         #[arg(long, value_name = "RUN")]
         run: Option<i64>,
+        /// Serve a page instead: the email at desktop and phone widths, its
+        /// text part, headers and size, with a digest and reader picker; it
+        /// reloads itself when a template or the configuration changes. For
+        /// local use: the page shows subscribers' names and addresses.
+        #[arg(long)]
+        serve: bool,
+        /// Where --serve listens (loopback unless you choose otherwise).
+        #[arg(
+            long,
+            value_name = "ADDR",
+            default_value = app::PREVIEW_BIND,
+            requires = "serve"
+        )]
+        bind: std::net::SocketAddr,
     },
     /// Manage articles.
     #[command(subcommand)]
@@ -265,7 +289,7 @@ fn main() -> ExitCode {
     // message to a worker and takes back its outcome, and waking the main
     // thread for each costs a futex call on both sides.
     let result = runtime
-        .block_on(runtime.spawn(execute(cli.command, settings)))
+        .block_on(runtime.spawn(execute(cli.command, settings, cli.config)))
         .unwrap_or_else(|e| Err(anyhow::anyhow!("gazette stopped unexpectedly: {e}")));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -276,9 +300,44 @@ fn main() -> ExitCode {
     }
 }
 
-async fn execute(command: Command, settings: config::Settings) -> anyhow::Result<()> {
-    if let Command::Check = command {
-        return app::check(settings).await;
+async fn execute(
+    command: Command,
+    settings: config::Settings,
+    config_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    match command {
+        Command::Check => return app::check(settings).await,
+        // Each opens what it needs itself: a preview's earlier files are
+        // removed before the templates are checked, and the served preview
+        // shows broken templates instead of stopping.
+        Command::Preview {
+            digest,
+            subscriber,
+            out,
+            run,
+            serve: false,
+            ..
+        } => {
+            return app::preview_command(settings, &digest, subscriber.as_deref(), &out, run).await;
+        }
+        Command::Preview {
+            digest,
+            subscriber,
+            run,
+            serve: true,
+            bind,
+            ..
+        } => {
+            let options = app::ServeOptions {
+                digest,
+                subscriber,
+                run,
+                bind,
+                config_file,
+            };
+            return app::preview_serve(settings, options).await;
+        }
+        _ => {}
     }
     let engine = app::open(settings).await?;
     let _lock = match command {
@@ -293,7 +352,6 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
         _ => None,
     };
     let result = match command {
-        Command::Check => unreachable!("handled above"),
         Command::Migrate => {
             println!("database is up to date ({})", engine.store.backend());
             Ok(())
@@ -319,16 +377,7 @@ async fn execute(command: Command, settings: config::Settings) -> anyhow::Result
             dry_run,
             slot,
         } => app::send(&engine, &digest, slot, dry_run).await.map(|_| ()),
-        Command::Preview {
-            digest,
-            subscriber,
-            out,
-            run,
-        } => {
-            let files = app::preview(&engine, &digest, subscriber.as_deref(), &out, run).await?;
-            app::print_preview(engine.settings.require_digest(&digest)?, &files);
-            Ok(())
-        }
+        Command::Check | Command::Preview { .. } => unreachable!("handled above"),
         Command::Articles(cmd) => match cmd {
             ArticlesCommand::Import { file } => app::articles_import(&engine, &file).await,
             ArticlesCommand::Add {

@@ -8,6 +8,7 @@ mod daemon;
 mod demo;
 mod feeds;
 mod preview;
+mod preview_server;
 mod process;
 mod progress;
 mod send;
@@ -18,7 +19,10 @@ pub use self::check::check;
 pub use self::daemon::{run, serve};
 pub use self::demo::demo;
 pub use self::feeds::{feeds_fetch, feeds_list};
-pub use self::preview::{PreviewFiles, preview, print_preview};
+pub use self::preview::{
+    Preview, PreviewFiles, ReaderChoice, preview, preview_command, print_preview, render_preview,
+};
+pub use self::preview_server::{DEFAULT_BIND as PREVIEW_BIND, ServeOptions, preview_serve};
 pub use self::process::{counted, open, runtime_threads, shutdown_signal};
 pub use self::progress::{LogWriter, Progress};
 pub use self::send::{pause, resume, retry, run_status, send, status};

@@ -11,6 +11,7 @@ mod config;
 mod delivery;
 mod feeds;
 mod mail;
+mod preview;
 mod render;
 mod schedule;
 mod store;

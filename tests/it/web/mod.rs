@@ -4,6 +4,7 @@
 
 mod api;
 mod browser;
+pub mod chrome;
 mod pages;
 mod security;
 
