@@ -44,6 +44,10 @@ enum Command {
         /// The slot to plan (RFC 3339) instead of now; a slot is sent once.
         #[arg(long, value_name = "TIME")]
         slot: Option<DateTime<Utc>>,
+        /// Send what `preview` shows to these addresses instead, marked
+        /// [TEST] in the subject; records nothing and touches no run.
+        #[arg(long = "test", value_name = "ADDRESS", num_args = 1.., conflicts_with_all = ["dry_run", "slot"])]
+        test: Vec<String>,
     },
     /// Write DIGEST.html, DIGEST.txt and DIGEST.eml, or serve them on a page that
     /// follows template edits (--serve): the email `send` would deliver now.
@@ -344,11 +348,15 @@ async fn execute(
         Command::Run
         | Command::Demo
         | Command::Retry { .. }
-        | Command::Send { dry_run: false, .. } => Some(
-            engine
-                .store
-                .lock_for_delivery(&engine.settings.database.url)?,
-        ),
+        | Command::Send { dry_run: false, .. }
+            if !matches!(&command, Command::Send { test, .. } if !test.is_empty()) =>
+        {
+            Some(
+                engine
+                    .store
+                    .lock_for_delivery(&engine.settings.database.url)?,
+            )
+        }
         _ => None,
     };
     let result = match command {
@@ -372,10 +380,14 @@ async fn execute(
         Command::Resume { digest } => app::resume(&engine, &digest).await,
         Command::Run => app::run(&engine).await,
         Command::Serve => app::serve(&engine).await,
+        Command::Send { digest, test, .. } if !test.is_empty() => {
+            app::send_test(&engine, &digest, &test).await
+        }
         Command::Send {
             digest,
             dry_run,
             slot,
+            ..
         } => app::send(&engine, &digest, slot, dry_run).await.map(|_| ()),
         Command::Check | Command::Preview { .. } => unreachable!("handled above"),
         Command::Articles(cmd) => match cmd {

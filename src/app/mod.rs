@@ -25,7 +25,7 @@ pub use self::preview::{
 pub use self::preview_server::{DEFAULT_BIND as PREVIEW_BIND, ServeOptions, preview_serve};
 pub use self::process::{counted, open, runtime_threads, shutdown_signal};
 pub use self::progress::{LogWriter, Progress};
-pub use self::send::{pause, resume, retry, run_status, send, status};
+pub use self::send::{pause, resume, retry, run_status, send, send_test, status};
 pub use self::subscribers::{
     ListFormat, subscribers_add, subscribers_export, subscribers_import, subscribers_list,
     subscribers_remove, subscribers_set,

@@ -163,7 +163,7 @@ pub async fn render_preview(
 
 /// The articles a run now would take; if there are none, the latest
 /// `max_articles` of the digest (its tags), with a note saying so.
-async fn articles_now(
+pub(super) async fn articles_now(
     engine: &Engine,
     digest: &Digest,
     now: DateTime<Utc>,

@@ -7,11 +7,12 @@ use futures_util::TryStreamExt;
 
 use std::collections::HashMap;
 
+use super::preview::articles_now;
 use super::process::{counted, refuse_a_misconfigured_relay, shutdown_signal};
 use super::progress::Progress;
 use crate::config::{Digest, TransportKind};
 use crate::delivery::{self, Drain, Engine};
-use crate::domain::DigestName;
+use crate::domain::{DigestName, EmailAddress};
 use crate::mail::BodyEncoder;
 use crate::render::{Recipient, RunContext};
 use crate::store::{DeliveryCounts, PlanOutcome, Run, Timestamp};
@@ -119,6 +120,64 @@ async fn deliver_with_progress(
     watch.abort();
     let _ = watch.await;
     counts
+}
+
+/// `gazette send DIGEST --test ADDRESS…`: what `preview` shows now, to
+/// each address through the configured transport, with `[TEST] ` before
+/// its subject; nothing is recorded and no run is touched.
+pub async fn send_test(engine: &Engine, digest: &str, addresses: &[String]) -> Result<()> {
+    let digest = engine.settings.require_digest(digest)?;
+    let addresses = addresses
+        .iter()
+        .map(|a| EmailAddress::parse(a).with_context(|| format!("--test {a}")))
+        .collect::<Result<Vec<_>>>()?;
+    let now = Utc::now().trunc_subsecs(3);
+    let (articles, note) = articles_now(engine, digest, now).await?;
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
+    let ctx = RunContext::new(digest, now, &articles, None);
+    let mut sender = crate::mail::Sender::new(&engine.settings);
+    let mut failed = 0;
+    for address in &addresses {
+        // A subscriber gets their own name and links; anyone else, none
+        // that work (the links name no reader).
+        let subscriber = engine.store.find_subscriber(address).await?;
+        let (id, name, token) = match &subscriber {
+            Some(s) => (s.id, s.name.clone(), engine.tokens.for_reader(s.id)),
+            None => (0, None, "test".to_string()),
+        };
+        let reader = Recipient {
+            name: name.as_deref(),
+            email: address.as_str(),
+            unsubscribe_token: &token,
+        };
+        let mut message =
+            delivery::compose(engine, &ctx, &reader, id, now, &mut BodyEncoder::default())?;
+        let subject = message
+            .headers()
+            .get::<lettre::message::header::Subject>()
+            .map(|s| s.as_ref().to_string())
+            .unwrap_or_default();
+        message
+            .headers_mut()
+            .set(lettre::message::header::Subject::from(format!(
+                "[TEST] {subject}"
+            )));
+        let stem = format!("{}-test-{}", digest.name, now.timestamp_millis());
+        match sender.send(&message, &stem).await {
+            Ok(()) => println!("{}: test sent to {address}", digest.name),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}: test to {address} not sent: {e}", digest.name);
+            }
+        }
+    }
+    sender.close().await;
+    if failed > 0 {
+        bail!("{} not sent", counted(failed, "test email", "test emails"));
+    }
+    Ok(())
 }
 
 async fn dry_run_send(engine: &Engine, digest: &Digest, slot: DateTime<Utc>) -> Result<()> {

@@ -1274,3 +1274,74 @@ fn the_api_token_appears_in_no_log_line_even_at_debug() {
         "{listed}"
     );
 }
+
+#[test]
+fn a_test_send_mails_what_preview_shows_and_records_nothing() {
+    let smtp = crate::helpers::SmtpServer::start();
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/g.db", db_dir.path().display());
+    let ws = Workspace::new(&db, Some(smtp.port), &digest_section("daily", ""));
+    ws.import_readers(2);
+    ws.add_article("Tested news");
+
+    let out = ws.run(&[
+        "send",
+        "daily",
+        "--test",
+        "editor@example.org",
+        "reader1@example.org",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("daily: test sent to editor@example.org"),
+        "{}",
+        stdout(&out)
+    );
+    let received = smtp.received();
+    assert_eq!(received.len(), 2);
+    for (mail, to, greeting) in [
+        (&received[0], "editor@example.org", None),
+        (&received[1], "reader1@example.org", Some("Reader 1")),
+    ] {
+        assert_eq!(mail.to, [to]);
+        let parsed = mail.parsed();
+        let subject = parsed.subject().unwrap_or_default();
+        assert!(
+            subject.starts_with("[TEST] The daily Digest — "),
+            "{subject}"
+        );
+        let text = parsed.body_text(0).unwrap();
+        assert!(text.contains("Tested news"), "{text}");
+        if let Some(name) = greeting {
+            assert!(text.contains(name), "{text}");
+        }
+    }
+
+    // Nothing recorded: no run, and the real send still mails everyone.
+    let runs = ws.run(&["status", "--json"]);
+    assert!(stdout(&runs).is_empty(), "{}", stdout(&runs));
+    let sent = ws.run(&["send", "daily"]);
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    assert!(
+        stdout(&sent).contains("2 sent, 0 failed"),
+        "{}",
+        stdout(&sent)
+    );
+    // The test carried the subject the readers get, marked.
+    let real = smtp.received_by("reader1@example.org");
+    assert_eq!(real.len(), 2);
+    assert_eq!(
+        real[0].parsed().subject().map(|s| s.to_string()),
+        real[1].parsed().subject().map(|s| format!("[TEST] {s}"))
+    );
+
+    // A bad address is named, and nothing is sent.
+    let bad = ws.run(&["send", "daily", "--test", "not-an-address"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("--test not-an-address"),
+        "{}",
+        stderr(&bad)
+    );
+    assert_eq!(smtp.received().len(), 4);
+}
