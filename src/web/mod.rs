@@ -150,11 +150,17 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self' 'uns
 
 /// On every answer, errors included. `no-referrer` keeps the tokens in
 /// page addresses from reaching the sites that articles link to.
-async fn security_headers(mut response: Response) -> Response {
+async fn security_headers(response: Response) -> Response {
+    with_security_headers(response, CONTENT_SECURITY_POLICY)
+}
+
+/// `response` with the content security policy `policy`, no referrer, no
+/// sniffing and no framing.
+pub fn with_security_headers(mut response: Response, policy: &'static str) -> Response {
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        HeaderValue::from_static(policy),
     );
     headers.insert(
         header::REFERRER_POLICY,
