@@ -357,6 +357,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut from = String::new();
     let mut to: Vec<String> = Vec::new();
     let mut line = Vec::new();
+    // (Strict, as Python's smtpd is: one greeting per session; STARTTLS
+    // starts a new session, which greets again.)
+    let mut greeted = false;
     loop {
         line.clear();
         // (Without its LF, the line was cut short by the client hanging up.)
@@ -367,7 +370,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let upper = text.to_ascii_uppercase();
         let must_encrypt = behaviour.tls == Tls::Starttls && !encrypted;
-        let reply: Vec<u8> = if upper.starts_with("EHLO") {
+        let reply: Vec<u8> = if (upper.starts_with("EHLO") || upper.starts_with("HELO"))
+            && std::mem::replace(&mut greeted, true)
+        {
+            state.fail(format!("a second greeting in one session: {text}"));
+            b"503 Duplicate HELO/EHLO\r\n".to_vec()
+        } else if upper.starts_with("EHLO") {
             let mut ehlo = vec!["smtp.test"];
             if behaviour.pipelining {
                 ehlo.push("PIPELINING");

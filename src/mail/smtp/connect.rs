@@ -7,7 +7,6 @@ use std::task::{Context as TaskContext, Poll};
 
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
-use lettre::transport::smtp::commands::Ehlo;
 use lettre::transport::smtp::extension::ClientId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -38,6 +37,36 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Wire for T {}
 pub(super) struct SharedStream {
     wire: Arc<std::sync::Mutex<Box<dyn Wire>>>,
     peer: std::net::SocketAddr,
+    /// What the relay says while this is set: the greeting and the EHLO
+    /// reply, read for its extensions (lettre keeps only those it uses).
+    heard: Arc<Heard>,
+}
+
+#[derive(Default)]
+struct Heard {
+    listening: std::sync::atomic::AtomicBool,
+    bytes: std::sync::Mutex<Vec<u8>>,
+}
+
+impl Heard {
+    fn record(&self, bytes: &[u8]) {
+        if self.listening.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut heard = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+            heard.extend_from_slice(bytes);
+        }
+    }
+
+    /// Stops recording; whether what was heard offers PIPELINING.
+    fn offers_pipelining(&self) -> bool {
+        self.listening
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let heard = std::mem::take(&mut *self.bytes.lock().unwrap_or_else(|e| e.into_inner()));
+        String::from_utf8_lossy(&heard).lines().any(|line| {
+            line.strip_prefix("250")
+                .and_then(|rest| rest.strip_prefix(['-', ' ']))
+                .is_some_and(|keyword| keyword.trim().eq_ignore_ascii_case("PIPELINING"))
+        })
+    }
 }
 
 impl std::fmt::Debug for SharedStream {
@@ -59,7 +88,12 @@ impl AsyncRead for SharedStream {
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        self.with(|s| s.poll_read(cx, buf))
+        let before = buf.filled().len();
+        let read = self.with(|s| s.poll_read(cx, buf));
+        if matches!(read, Poll::Ready(Ok(()))) {
+            self.heard.record(&buf.filled()[before..]);
+        }
+        read
     }
 }
 
@@ -178,9 +212,15 @@ pub(super) async fn connect(
             Box::new(tls)
         }
     };
+    let heard = Arc::new(Heard::default());
+    heard.listening.store(
+        s.tls != TlsMode::Starttls,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let stream = SharedStream {
         wire: Arc::new(std::sync::Mutex::new(stream)),
         peer,
+        heard: heard.clone(),
     };
     // After STARTTLS lettre encrypts inside its session: only a session
     // that is plain text, or TLS from the start, can be written to
@@ -192,21 +232,10 @@ pub(super) async fn connect(
     )
     .await
     .map_err(|e| transient("SMTP greeting failed at", &e))?;
-    // lettre keeps only the extensions it uses: ask again, before AUTH
-    // (EHLO resets the session), whether the relay pipelines.
-    let pipelined = match shared {
-        Some(stream) => {
-            let reply = with_timeout(s.timeout, conn.command(Ehlo::new(hello.clone())))
-                .await
-                .map_err(|e| transient("SMTP EHLO failed at", &e))?;
-            reply
-                .message()
-                .skip(1)
-                .any(|line| line.trim().eq_ignore_ascii_case("PIPELINING"))
-                .then_some(stream)
-        }
-        None => None,
-    };
+    // lettre keeps only the extensions it uses: whether the relay
+    // pipelines is read from its EHLO reply as it came (a second EHLO
+    // would be refused by strict servers: "503 Duplicate HELO/EHLO").
+    let pipelined = shared.filter(|_| heard.offers_pipelining());
     if s.tls == TlsMode::Starttls {
         if !conn.can_starttls() {
             return Err(SendError::Setup(format!(
