@@ -436,18 +436,7 @@ fn a_missing_default_file_is_said_not_skipped_silently() {
 
 /// Copies the shipped templates into `dir`.
 fn copy_templates(dir: &std::path::Path) {
-    fn copy(from: &std::path::Path, to: &std::path::Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_dir() {
-                copy(&entry.path(), &to.join(entry.file_name()));
-            } else {
-                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-            }
-        }
-    }
-    copy(&templates_dir(), dir);
+    crate::helpers::copy_dir(&templates_dir(), dir);
 }
 
 #[test]

@@ -115,6 +115,52 @@ pub fn templates_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("templates")
 }
 
+/// Copies the directory `from`, with its subdirectories, to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Accepts connections on 127.0.0.1:`port` (0: any free port) on a thread
+/// and runtime of its own, so that a test may block (running the
+/// `gazette` binary) while it serves; `answer` serves each connection.
+/// Returns the address it listens on.
+pub fn serve_on_own_thread<F, Fut>(port: u16, answer: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            loop {
+                let Ok((stream, peer)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(answer(stream, peer));
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
 /// A working directory with a configuration file; `extra` is appended to
 /// the generated TOML (for example `[[digests]]` sections).
 pub struct Workspace {

@@ -25,20 +25,8 @@ const FOLLOWS_WITHIN: Duration = Duration::from_secs(20);
 /// A copy of the templates directory in the workspace, which the
 /// configuration then names: the tests edit it.
 fn copy_templates(ws: &Workspace) -> PathBuf {
-    fn copy_dir(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy_dir(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), &target).unwrap();
-            }
-        }
-    }
     let copy = ws.dir.path().join("templates");
-    copy_dir(&templates_dir(), &copy);
+    crate::helpers::copy_dir(&templates_dir(), &copy);
     let config = std::fs::read_to_string(&ws.config).unwrap();
     let original = format!("dir = \"{}\"", templates_dir().display());
     assert!(config.contains(&original), "{config}");

@@ -7,7 +7,7 @@ use gazette::mail::BodyEncoder;
 use gazette::render::{Recipient, RunContext};
 use gazette::store::RunArticle;
 
-use crate::helpers::{Workspace, digest_section, templates_dir};
+use crate::helpers::{Workspace, copy_dir, digest_section, templates_dir};
 
 /// Digest templates that use reader values in ways a skeleton can stand
 /// for: printed in HTML and text, in an inline `if`, under
@@ -207,19 +207,6 @@ fn workspace() -> Workspace {
     );
     std::fs::write(&ws.config, config).unwrap();
     ws
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -21,7 +21,7 @@ use base64::Engine as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A loopback port with nothing listening on it (connections are refused).
 pub fn closed_port() -> u16 {
@@ -186,35 +186,19 @@ impl SmtpServer {
             failures: Mutex::new(Vec::new()),
             behaviour,
         });
-        let (tx, rx) = std::sync::mpsc::channel();
         let server_state = state.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                loop {
-                    let Ok((stream, peer)) = listener.accept().await else {
-                        continue;
-                    };
-                    let state = server_state.clone();
-                    tokio::spawn(async move {
-                        let served = tokio::spawn(session(stream, peer, state.clone())).await;
-                        match served {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) if hung_up(&e) => {}
-                            Ok(Err(e)) => state.fail(format!("session with {peer}: {e}")),
-                            Err(e) => state.fail(format!("session with {peer} panicked: {e}")),
-                        }
-                    });
+        let addr = crate::helpers::serve_on_own_thread(port, move |stream, peer| {
+            let state = server_state.clone();
+            async move {
+                let served = tokio::spawn(session(stream, peer, state.clone())).await;
+                match served {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) if hung_up(&e) => {}
+                    Ok(Err(e)) => state.fail(format!("session with {peer}: {e}")),
+                    Err(e) => state.fail(format!("session with {peer} panicked: {e}")),
                 }
-            });
+            }
         });
-        let addr: SocketAddr = rx.recv().unwrap();
         Self {
             port: addr.port(),
             state,

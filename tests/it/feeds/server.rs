@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// What a path answers.
 #[derive(Debug, Clone)]
@@ -64,26 +64,9 @@ impl FeedServer {
     /// (running the `gazette` binary) while it serves.
     pub fn start() -> Self {
         let state = Arc::new(State::default());
-        let (tx, rx) = std::sync::mpsc::channel();
         let served = state.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    tokio::spawn(answer(stream, served.clone()));
-                }
-            });
-        });
-        let addr: std::net::SocketAddr = rx.recv().unwrap();
+        let addr =
+            crate::helpers::serve_on_own_thread(0, move |stream, _| answer(stream, served.clone()));
         Self {
             base: format!("http://{addr}"),
             state,
