@@ -121,20 +121,20 @@ pub fn sha256_hex(text: &str) -> String {
     hex(&Sha256::digest(text.as_bytes()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// HMAC-SHA256 (RFC 2104) with one key, its padded key blocks hashed
 /// once: a MAC then costs two SHA-256 compressions instead of four.
 #[derive(Clone)]
-struct Hmac {
+pub(crate) struct Hmac {
     inner: Sha256,
     outer: Sha256,
 }
 
 impl Hmac {
-    fn new(key: &[u8]) -> Self {
+    pub(crate) fn new(key: &[u8]) -> Self {
         const BLOCK: usize = 64;
         let mut block = [0u8; BLOCK];
         if key.len() > BLOCK {
@@ -149,7 +149,7 @@ impl Hmac {
         }
     }
 
-    fn mac(&self, message: &[u8]) -> [u8; 32] {
+    pub(crate) fn mac(&self, message: &[u8]) -> [u8; 32] {
         let inner = self.inner.clone().chain_update(message).finalize();
         self.outer.clone().chain_update(inner).finalize().into()
     }
@@ -303,6 +303,43 @@ states!(
         Skipped => "skipped",
     }
 );
+
+states!(
+    /// What a bounce report says of a delivery.
+    BounceKind {
+        /// The address does not exist or refuses mail for good.
+        Hard => "hard",
+        /// A temporary failure (a full mailbox, a delay).
+        Soft => "soft",
+        /// The reader marked the message as spam.
+        Complaint => "complaint",
+    }
+);
+
+states!(
+    /// Where a bounce report came from.
+    BounceSource {
+        /// A delivery status notification (RFC 3464) mailed back.
+        Dsn => "dsn",
+        /// A feedback report (RFC 5965) from a mailbox provider.
+        Arf => "arf",
+        /// A relay's webhook.
+        Webhook => "webhook",
+        /// The relay's reply to RCPT during the send.
+        Smtp => "smtp",
+    }
+);
+
+/// `b…@example.org`: an address as messages and logs show it.
+pub fn abbreviate(email: &str) -> String {
+    match email.rsplit_once('@') {
+        Some((local, domain)) => {
+            let first: String = local.chars().take(1).collect();
+            format!("{first}…@{domain}")
+        }
+        None => "…".to_string(),
+    }
+}
 
 #[cfg(test)]
 mod tests {

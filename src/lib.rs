@@ -25,6 +25,8 @@
 //! - [`mail`]: quoted-printable, the MIME message, the outbox, and SMTP on
 //!   our own connections (`mail/smtp/`: connect, pipelined session, reply
 //!   classes).
+//! - [`bounces`]: the signed return path (VERP), bounce and complaint
+//!   reports by mail (DSN, ARF) and by webhook, and what they stop.
 //! - [`metrics`]: what `/metrics` on the admin port shows, kept by the
 //!   code that knows it.
 //! - [`web`]: the readers' pages (subscribe, confirm, unsubscribe,
@@ -34,6 +36,7 @@
 //!   calls them.
 
 pub mod app;
+pub mod bounces;
 pub mod config;
 pub mod delivery;
 pub mod domain;

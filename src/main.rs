@@ -92,6 +92,9 @@ enum Command {
     /// Manage subscribers.
     #[command(subcommand)]
     Subscribers(SubscribersCommand),
+    /// Bounces and complaints that come back by mail.
+    #[command(subcommand)]
+    Bounces(BouncesCommand),
     /// The RSS and Atom feeds of `[[feeds]]`: fetch them now, list their state.
     #[command(subcommand)]
     Feeds(FeedsCommand),
@@ -203,6 +206,23 @@ enum ArticlesCommand {
 }
 
 #[derive(Subcommand)]
+enum BouncesCommand {
+    /// Read one message that came back (a delivery status notification, a
+    /// feedback report, or anything else, which is ignored) and record
+    /// what it says. For the MTA: Postfix's `pipe` transport or an alias.
+    /// Exits 75 (try again later) when the message cannot be read or
+    /// recorded, so the MTA keeps it.
+    Ingest {
+        /// The message's file (`-` or none: standard input).
+        file: Option<String>,
+        /// The envelope recipient (Postfix's `${recipient}`); else the
+        /// message's Delivered-To, X-Original-To or To.
+        #[arg(long, value_name = "ADDR")]
+        recipient: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum FeedsCommand {
     /// Fetch every feed (or the one named) now, and print what was added,
     /// updated or skipped.
@@ -297,6 +317,11 @@ fn main() -> ExitCode {
         .unwrap_or_else(|e| Err(anyhow::anyhow!("gazette stopped unexpectedly: {e}")));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // EX_TEMPFAIL: the MTA keeps the message and hands it over again.
+        Err(e) if e.downcast_ref::<app::IngestFailed>().is_some() => {
+            eprintln!("error: {}", gazette::errors::chain(&e));
+            ExitCode::from(75)
+        }
         Err(e) => {
             eprintln!("error: {}", gazette::errors::chain(&e));
             ExitCode::FAILURE
@@ -343,7 +368,12 @@ async fn execute(
         }
         _ => {}
     }
-    let engine = app::open(settings).await?;
+    let engine = match app::open(settings).await {
+        Ok(engine) => engine,
+        // (A message that cannot be recorded now is kept by the MTA.)
+        Err(e) if matches!(command, Command::Bounces(_)) => return Err(app::IngestFailed(e).into()),
+        Err(e) => return Err(e),
+    };
     let _lock = match command {
         Command::Run
         | Command::Demo
@@ -417,6 +447,9 @@ async fn execute(
             ArticlesCommand::List { limit, json } => app::articles_list(&engine, limit, json).await,
             ArticlesCommand::Remove { url } => app::articles_remove(&engine, &url).await,
         },
+        Command::Bounces(BouncesCommand::Ingest { file, recipient }) => {
+            app::bounces_ingest(&engine, file.as_deref(), recipient.as_deref()).await
+        }
         Command::Feeds(cmd) => match cmd {
             FeedsCommand::Fetch { name } => app::feeds_fetch(&engine, name.as_deref()).await,
             FeedsCommand::List { json } => app::feeds_list(&engine, json).await,

@@ -29,6 +29,14 @@ pub struct StatusLabels {
     pub status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BounceLabels {
+    /// `hard`, `soft` or `complaint`.
+    pub kind: String,
+    /// `dsn`, `arf`, `webhook` or `smtp`.
+    pub source: String,
+}
+
 /// Every metric gazette keeps.
 #[derive(Debug)]
 pub struct Metrics {
@@ -40,6 +48,7 @@ pub struct Metrics {
     pub web_requests: Family<RequestLabels, Counter>,
     pub open_deliveries: Family<StatusLabels, Gauge>,
     pub subscribers: Family<StatusLabels, Gauge>,
+    pub bounces: Family<BounceLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -85,6 +94,12 @@ impl Default for Metrics {
         );
         let subscribers = Family::<StatusLabels, Gauge>::default();
         registry.register("subscribers", "Subscribers by status", subscribers.clone());
+        let bounces = Family::<BounceLabels, Counter>::default();
+        registry.register(
+            "bounces",
+            "Bounces and complaints recorded (duplicates and ignored reports not counted), by kind and source",
+            bounces.clone(),
+        );
         Self {
             registry,
             messages,
@@ -94,6 +109,7 @@ impl Default for Metrics {
             web_requests,
             open_deliveries,
             subscribers,
+            bounces,
         }
     }
 }

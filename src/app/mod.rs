@@ -3,6 +3,7 @@
 //! calls them.
 
 mod articles;
+mod bounces;
 mod check;
 mod daemon;
 mod demo;
@@ -15,6 +16,7 @@ mod send;
 mod subscribers;
 
 pub use self::articles::{articles_add, articles_import, articles_list, articles_remove};
+pub use self::bounces::{IngestFailed, bounces_ingest};
 pub use self::check::check;
 pub use self::daemon::{run, serve};
 pub use self::demo::demo;

@@ -197,6 +197,7 @@ fn load_live(
             store: store.clone(),
             renderer: Arc::new(renderer),
             tokens: tokens.clone(),
+            return_path: None,
             metrics: Arc::default(),
             confirmations_due: Arc::default(),
             panic_for_tests: None,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 
+use crate::bounces::ReturnPath;
 use crate::config::{Settings, TokenKey, TransportKind};
 use crate::delivery::Engine;
 use crate::domain::{DigestName, ReaderTokens, new_token};
@@ -19,11 +20,22 @@ use crate::store::{Store, Timestamp};
 pub async fn open(settings: Settings) -> Result<Engine> {
     let renderer = Renderer::new(&settings)?;
     let (store, tokens) = open_store(&settings).await?;
+    let return_path = match &settings.bounces.return_path {
+        Some(address) => {
+            let secret = store
+                .shared_secret(ReturnPath::SECRET, Timestamp::now())
+                .await
+                .context("cannot read the key of the return paths")?;
+            Some(ReturnPath::new(address, secret.as_bytes()))
+        }
+        None => None,
+    };
     Ok(Engine {
         settings: Arc::new(settings),
         store,
         renderer: Arc::new(renderer),
         tokens,
+        return_path,
         metrics: Arc::default(),
         confirmations_due: Arc::default(),
         panic_for_tests: None,
@@ -97,7 +109,12 @@ pub(super) async fn refuse_a_misconfigured_relay(engine: &Engine) -> Result<()> 
     }
     match mail::check_relay(&engine.settings.smtp).await {
         Err(mail::SendError::Setup(e)) => Err(anyhow::anyhow!("{e}")),
-        Ok(()) | Err(mail::SendError::Transient(_) | mail::SendError::Permanent(_)) => Ok(()),
+        Ok(())
+        | Err(
+            mail::SendError::Transient(_)
+            | mail::SendError::Permanent(_)
+            | mail::SendError::NoMailbox(_),
+        ) => Ok(()),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::delivery::{self, Drain, Engine};
 use crate::domain::{DigestName, EmailAddress};
 use crate::mail::BodyEncoder;
 use crate::render::{Recipient, RunContext};
-use crate::store::{DeliveryCounts, PlanOutcome, Run, Timestamp};
+use crate::store::{DeliveryCounts, PlanOutcome, Run, RunBounces, Timestamp};
 
 /// `gazette send`: finishes earlier unfinished runs of the digest, plans
 /// the run of `slot` (default: now) and delivers it; returns the run id
@@ -291,7 +291,7 @@ fn duration(run: &Run) -> String {
 }
 
 /// A run and its counts as JSON.
-fn run_json(run: &Run, c: &DeliveryCounts) -> serde_json::Value {
+fn run_json(run: &Run, c: &DeliveryCounts, b: &RunBounces) -> serde_json::Value {
     serde_json::json!({
         "run": run.id,
         "digest": run.digest,
@@ -304,6 +304,10 @@ fn run_json(run: &Run, c: &DeliveryCounts) -> serde_json::Value {
         "sent": c.sent,
         "failed": c.failed,
         "skipped": c.skipped,
+        "bounced": b.bounced(),
+        "hard_bounces": b.hard,
+        "soft_bounces": b.soft,
+        "complaints": b.complaints,
     })
 }
 
@@ -317,7 +321,7 @@ pub async fn status(engine: &Engine, limit: i64, json: bool) -> Result<()> {
     }
     if !json {
         println!(
-            "{:>6}  {:<12} {:<20} {:<9} {:<20} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "{:>6}  {:<12} {:<20} {:<9} {:<20} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
             "run",
             "digest",
             "slot (UTC)",
@@ -327,17 +331,19 @@ pub async fn status(engine: &Engine, limit: i64, json: bool) -> Result<()> {
             "pending",
             "sent",
             "failed",
-            "skipped"
+            "skipped",
+            "bounced"
         );
     }
     for run in runs {
         let c = engine.store.delivery_counts(run.id).await?;
+        let b = engine.store.run_bounces(run.id).await?;
         if json {
-            println!("{}", run_json(&run, &c));
+            println!("{}", run_json(&run, &c, &b));
             continue;
         }
         println!(
-            "{:>6}  {:<12} {:<20} {:<9} {:<20} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "{:>6}  {:<12} {:<20} {:<9} {:<20} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
             run.id,
             run.digest,
             run.slot.0.format("%Y-%m-%d %H:%M:%S"),
@@ -347,7 +353,8 @@ pub async fn status(engine: &Engine, limit: i64, json: bool) -> Result<()> {
             c.open(),
             c.sent,
             c.failed,
-            c.skipped
+            c.skipped,
+            b.bounced()
         );
     }
     Ok(())
@@ -365,11 +372,12 @@ pub async fn run_status(engine: &Engine, run_id: i64, json: bool) -> Result<()> 
         .await?
         .ok_or_else(|| anyhow::anyhow!("no run {run_id}"))?;
     let c = store.delivery_counts(run_id).await?;
+    let b = store.run_bounces(run_id).await?;
     let articles = store.run_articles(run_id).await?.len();
     let failed = store.failed_deliveries(run_id).await?;
     let waiting = store.tried_open_deliveries(run_id, SHOWN).await?;
     if json {
-        let mut value = run_json(&run, &c);
+        let mut value = run_json(&run, &c, &b);
         value["articles"] = articles.into();
         value["failed_deliveries"] = failed
             .iter()
@@ -417,6 +425,12 @@ pub async fn run_status(engine: &Engine, run_id: i64, json: bool) -> Result<()> 
     println!(
         "deliveries: {} pending, {} sending, {} sent, {} failed, {} skipped",
         c.pending, c.sending, c.sent, c.failed, c.skipped
+    );
+    println!(
+        "bounces: {} hard, {} soft, {}",
+        b.hard,
+        b.soft,
+        counted(b.complaints as u64, "complaint", "complaints")
     );
     if !failed.is_empty() {
         println!("failed:");

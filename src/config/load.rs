@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::admin::{self, RawAdmin};
 use super::api::{self, RawApi};
+use super::bounces::{self, RawBounces};
 use super::check::{ConfigError, Problems, Sources};
 use super::database::{self, RawDatabase, is_secret_key};
 use super::delivery::{self, RawDelivery};
@@ -40,6 +41,7 @@ struct RawSettings {
     digests: Vec<RawDigest>,
     feeds: Vec<RawFeed>,
     api: RawApi,
+    bounces: RawBounces,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -213,6 +215,7 @@ fn validate(
     let log = log::validate(&raw.log, &mut problems);
     let admin = admin::validate(&raw.admin, &mut problems);
     let api = api::validate(&raw.api, &mut problems);
+    let bounces = bounces::validate(&raw.bounces, &mut problems);
     let feeds = feeds::validate(&raw.feeds, &mut problems);
     if !raw.templates.dir.is_dir() {
         problems.key(
@@ -221,7 +224,9 @@ fn validate(
         );
     }
     let digests = digests::validate(&raw.digests, &raw.templates.dir, &mut problems);
-    match (database, mail, smtp, web, delivery, log, admin, api) {
+    match (
+        database, mail, smtp, web, delivery, log, admin, api, bounces,
+    ) {
         (
             Some(database),
             Some(mail),
@@ -231,6 +236,7 @@ fn validate(
             Some(log),
             Some(admin),
             Some(api),
+            Some(bounces),
         ) if problems.list.is_empty() => Ok(Settings {
             database,
             mail,
@@ -243,6 +249,7 @@ fn validate(
             digests,
             feeds,
             api,
+            bounces,
             sources: shown,
         }),
         _ => Err(ConfigError(problems.list)),

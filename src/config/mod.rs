@@ -6,11 +6,12 @@
 //! [`load`] reads the sources (the environment is passed in); each section
 //! has a file of its own with its keys as written, its typed settings and
 //! its validator ([`database`], [`mail`], [`smtp`], [`web`], [`delivery`],
-//! [`digests`], [`feeds`], [`api`], [`log`]); [`check`] is what the validators share: where a key came
+//! [`digests`], [`feeds`], [`api`], [`bounces`], [`log`]); [`check`] is what the validators share: where a key came
 //! from, and the error listing every problem.
 
 mod admin;
 mod api;
+mod bounces;
 mod check;
 mod database;
 mod delivery;
@@ -25,6 +26,7 @@ mod web;
 
 pub use self::admin::AdminSettings;
 pub use self::api::ApiSettings;
+pub use self::bounces::BounceSettings;
 pub use self::check::{ConfigError, parse_duration};
 pub use self::database::{DatabaseSettings, redact_url};
 pub use self::delivery::DeliverySettings;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use super::admin::AdminSettings;
 use super::api::ApiSettings;
+use super::bounces::BounceSettings;
 use super::database::DatabaseSettings;
 use super::delivery::DeliverySettings;
 use super::digests::Digest;
@@ -28,6 +29,8 @@ pub struct Settings {
     pub feeds: Vec<Feed>,
     /// The ingest API.
     pub api: ApiSettings,
+    /// Bounces and complaints.
+    pub bounces: BounceSettings,
     /// The sources that were read, in order, for messages.
     pub sources: Vec<String>,
 }

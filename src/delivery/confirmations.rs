@@ -13,6 +13,8 @@ use tracing::{debug, info, warn};
 
 use super::engine::Engine;
 use super::policy::backoff;
+use crate::bounces;
+use crate::domain::{BounceKind, BounceSource};
 use crate::errors::chain;
 use crate::mail::{self, BodyEncoder, MessageMeta, Rendered, SendError, Sender};
 use crate::store::{ConfirmationEmail, Timestamp};
@@ -100,6 +102,27 @@ async fn send_one(engine: &Engine, sender: &mut Sender, email: &ConfirmationEmai
                 .confirmation_email_failed(&email.token_hash, &error)
                 .await
         }
+        Err(SendError::NoMailbox(error)) => {
+            warn!(subscriber = email.subscriber_id, %error, "confirmation email refused: no such mailbox");
+            store
+                .confirmation_email_failed(&email.token_hash, &error)
+                .await?;
+            if !engine.settings.bounces.enabled() {
+                return Ok(());
+            }
+            let ledger = bounces::Ledger {
+                store,
+                metrics: &engine.metrics,
+                limits: bounces::limits(&engine.settings),
+            };
+            let named = bounces::Named {
+                run_id: None,
+                subscriber_id: email.subscriber_id,
+            };
+            bounces::record(ledger, named, BounceKind::Hard, BounceSource::Smtp, &error)
+                .await
+                .map(|_| ())
+        }
         Err(SendError::Transient(error) | SendError::Setup(error))
             if attempts >= engine.settings.delivery.max_attempts as i32 =>
         {
@@ -154,6 +177,10 @@ fn confirmation_message(engine: &Engine, email: &ConfirmationEmail) -> Result<le
             ),
             list: None,
             date: Utc::now(),
+            envelope_from: engine
+                .return_path
+                .as_ref()
+                .map(|rp| rp.for_delivery(None, email.subscriber_id)),
         },
         &rendered.subject,
         BodyEncoder::default().bodies(&rendered.text, &rendered.html),

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::bounces::ReturnPath;
 use crate::config::Settings;
 use crate::domain::ReaderTokens;
 use crate::metrics::Metrics;
@@ -17,6 +18,9 @@ pub struct Engine {
     pub renderer: Arc<Renderer>,
     /// Signs the tokens of readers' links.
     pub tokens: ReaderTokens,
+    /// Signs and checks the return paths of `[bounces] return_path`
+    /// (`None`: messages go out with the From address as their sender).
+    pub return_path: Option<ReturnPath>,
     /// What the admin port's `/metrics` shows.
     pub metrics: Arc<Metrics>,
     /// Woken when a subscribe request leaves a confirmation email to send.

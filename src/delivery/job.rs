@@ -7,6 +7,7 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 
 use super::engine::Engine;
+use crate::bounces::Named;
 use crate::domain::SubscriberStatus;
 use crate::errors::chain;
 use crate::mail::{self, BodyEncoder, MessageMeta, SendError, Sender};
@@ -53,6 +54,10 @@ pub fn compose(
                 unsubscribe_url: engine.renderer.unsubscribe_url(reader.unsubscribe_token),
             }),
             date,
+            envelope_from: run
+                .run_id()
+                .zip(engine.return_path.as_ref())
+                .map(|(run_id, rp)| rp.for_delivery(Some(run_id), subscriber_id)),
         },
         &subject,
         bodies,
@@ -78,6 +83,14 @@ pub(super) enum Outcome {
     },
     Failed {
         id: i64,
+        to: String,
+        error: String,
+    },
+    /// Refused at RCPT because the mailbox does not exist: failed, and a
+    /// hard bounce for the reader.
+    NoMailbox {
+        id: i64,
+        named: Named,
         to: String,
         error: String,
     },
@@ -150,6 +163,15 @@ pub(super) async fn send_one(
     match sender.send_then(message, &stem, next).await {
         Ok(()) => Outcome::Sent(c.id),
         Err(SendError::Permanent(error)) => Outcome::failed(c, error),
+        Err(SendError::NoMailbox(error)) => Outcome::NoMailbox {
+            id: c.id,
+            named: Named {
+                run_id: Some(c.run_id),
+                subscriber_id: c.subscriber_id,
+            },
+            to: c.email.clone(),
+            error,
+        },
         Err(SendError::Transient(error) | SendError::Setup(error)) => Outcome::retry(c, error),
     }
 }

@@ -9,6 +9,9 @@ use tracing::{Instrument, debug, warn};
 use super::engine::Engine;
 use super::job::Outcome;
 use super::policy::{backoff, retrying};
+use crate::bounces;
+use crate::domain::{BounceKind, BounceSource};
+use crate::errors::chain;
 use crate::store::{LedgerConnection, Timestamp};
 
 /// the messages sent but not yet recorded are sent again: those being
@@ -123,6 +126,7 @@ async fn record(
     let mut deferred = Vec::new();
     let mut failed = Vec::new();
     let mut retries = Vec::new();
+    let mut no_mailbox = Vec::new();
     for o in outcomes {
         match o {
             Outcome::Sent(id) => sent.push(id),
@@ -136,6 +140,18 @@ async fn record(
             }
             Outcome::Failed { id, to, error } => {
                 warn!(delivery = id, to, %error, "delivery failed");
+                failed.push((id, error));
+            }
+            Outcome::NoMailbox {
+                id,
+                named,
+                to,
+                error,
+            } => {
+                warn!(delivery = id, to, %error, "delivery failed: no such mailbox");
+                if engine.settings.bounces.enabled() {
+                    no_mailbox.push((named, error.clone()));
+                }
                 failed.push((id, error));
             }
             Outcome::Retry {
@@ -183,6 +199,24 @@ async fn record(
         Ok(())
     })
     .await?;
+    // The readers whose mailbox does not exist: a hard bounce each (after
+    // the ledger, which must not wait for them).
+    for (named, error) in &no_mailbox {
+        let ledger = bounces::Ledger {
+            store,
+            metrics: &engine.metrics,
+            limits: bounces::limits(&engine.settings),
+        };
+        if let Err(e) =
+            bounces::record(ledger, *named, BounceKind::Hard, BounceSource::Smtp, error).await
+        {
+            warn!(
+                subscriber = named.subscriber_id,
+                "cannot record the bounce of a refused recipient: {}",
+                chain(&e)
+            );
+        }
+    }
     let metrics = &engine.metrics;
     metrics.count_messages(digest, "sent", sent.len());
     metrics.count_messages(digest, "skipped", skipped.len());

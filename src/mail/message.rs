@@ -29,6 +29,10 @@ pub struct MessageMeta<'a> {
     /// email does not.
     pub list: Option<ListHeaders>,
     pub date: DateTime<Utc>,
+    /// The envelope sender, where bounces go: the delivery's signed
+    /// return path (`[bounces] return_path`), or `None` for the From
+    /// address.
+    pub envelope_from: Option<lettre::Address>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,7 +116,11 @@ pub fn build_message(
         .with_context(|| format!("invalid recipient address `{}`", env.to_email))?;
     // The envelope is given, so that lettre does not parse it back out of
     // the From and To headers it has just formatted.
-    let envelope = Envelope::new(Some(env.from.email.clone()), vec![address.clone()])
+    let sender = env
+        .envelope_from
+        .clone()
+        .unwrap_or_else(|| env.from.email.clone());
+    let envelope = Envelope::new(Some(sender), vec![address.clone()])
         .context("cannot build the SMTP envelope")?;
     let name = env.to_name.map(one_line).filter(|n| !n.is_empty());
     let mut builder = lettre::Message::builder()

@@ -3,7 +3,8 @@
 //! [`articles`], [`subscribers`], [`runs`] (planning), [`ledger`] (claims,
 //! outcomes, the held connection), [`readers`] (the readers' links and
 //! confirmations), [`feeds`] (their state between fetches, the lease, their
-//! entries) and [`lock`] (one delivering process per SQLite file).
+//! entries), [`bounces`] (bounces, complaints and the readers they
+//! stop) and [`lock`] (one delivering process per SQLite file).
 //!
 //! Most statements are the same text on both backends (`$1` placeholders
 //! work on both); `on_pool!` expands one body per backend so each is
@@ -15,6 +16,7 @@
 mod backend;
 
 mod articles;
+mod bounces;
 mod confirmations;
 mod feeds;
 mod ledger;
@@ -27,6 +29,7 @@ mod time;
 
 pub use self::articles::{Article, NewArticle, RunArticle};
 pub use self::backend::Store;
+pub use self::bounces::{BounceLimits, BounceOutcome, BounceRecord, BounceReport, RunBounces};
 pub use self::confirmations::ConfirmationEmail;
 pub use self::feeds::{EntryChange, FeedArticle, FeedClaim, FeedStatus, FetchRecord};
 pub use self::ledger::{Claimed, DeliveryCounts, FailedDelivery, LedgerConnection, OpenDelivery};

@@ -7,7 +7,7 @@ use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef, Postgres};
 use sqlx::sqlite::{Sqlite, SqliteArgumentValue, SqliteTypeInfo, SqliteValueRef};
 use sqlx::{Decode, Encode, Type};
 
-use crate::domain::{DeliveryStatus, RunStatus, SubscriberStatus};
+use crate::domain::{BounceKind, BounceSource, DeliveryStatus, RunStatus, SubscriberStatus};
 
 macro_rules! stored_as_text {
     ($($state:ty),+) => {$(
@@ -62,4 +62,10 @@ macro_rules! stored_as_text {
     )+};
 }
 
-stored_as_text!(SubscriberStatus, RunStatus, DeliveryStatus);
+stored_as_text!(
+    SubscriberStatus,
+    RunStatus,
+    DeliveryStatus,
+    BounceKind,
+    BounceSource
+);

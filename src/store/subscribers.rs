@@ -174,7 +174,15 @@ impl Store {
                     .await?;
             }
             if let Some(status) = change.status {
-                sqlx::query("update subscribers set status = $2, updated_at = $3 where id = $1")
+                // Confirming a reader again (after a bounce, say) starts
+                // their bounce counts afresh.
+                sqlx::query(
+                    "update subscribers set status = $2, updated_at = $3, \
+                     hard_bounces = case when $2 = 'confirmed' then 0 else hard_bounces end, \
+                     soft_bounces = case when $2 = 'confirmed' then 0 else soft_bounces end, \
+                     soft_bounce_run = case when $2 = 'confirmed' then null else soft_bounce_run end \
+                     where id = $1",
+                )
                     .bind(subscriber_id).bind(status).bind(now)
                     .execute(&mut *tx)
                     .await?;

@@ -41,7 +41,15 @@ fn error(status: StatusCode, message: &str) -> Response {
 /// the comparison takes the same time whatever the given token's length,
 /// and the hashes are compared without stopping at the first difference.
 fn authorized(state: &WebState, headers: &HeaderMap) -> bool {
-    let expected = state.engine.settings.api.token.as_ref();
+    bearer_matches(headers, state.engine.settings.api.token.as_ref())
+}
+
+/// Whether `headers` carry `Authorization: Bearer` with `expected`,
+/// compared in constant time (see [`authorized`]).
+pub(super) fn bearer_matches(
+    headers: &HeaderMap,
+    expected: Option<&crate::domain::Secret>,
+) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -10,10 +10,12 @@
 //! server with its limits on slow clients; each group of pages has its
 //! file (`subscribe`, `links`, `reading`), sharing `pages`; `limiter`
 //! counts subscribe requests per client; `api` is the ingest API for a
-//! CMS, on only with `[api] token`.
+//! CMS, on only with `[api] token`; `bounces` the relays' bounce webhook,
+//! on only with `[bounces] webhook_token`.
 
 pub mod admin;
 mod api;
+mod bounces;
 mod limiter;
 mod links;
 mod pages;
@@ -99,6 +101,10 @@ fn app(engine: Engine, limits: Limits) -> Router {
         Some(_) => api::routes().layer(map_response(no_store)),
         None => Router::new(),
     };
+    let webhooks = match state.engine.settings.bounces.webhook_token {
+        Some(_) => bounces::routes().layer(map_response(no_store)),
+        None => Router::new(),
+    };
     Router::new()
         .route("/", get(subscribe::subscribe_page))
         .route(
@@ -110,6 +116,7 @@ fn app(engine: Engine, limits: Limits) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(api)
+        .merge(webhooks)
         .fallback(pages::not_found)
         .layer(map_response(security_headers))
         .layer(from_fn_with_state(state.clone(), log_request))

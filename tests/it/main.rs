@@ -7,6 +7,7 @@ mod helpers;
 mod smtp;
 
 mod app;
+mod bounces;
 mod config;
 mod delivery;
 mod feeds;

@@ -263,7 +263,7 @@ pub(super) async fn connect(
                 };
                 // (A refusal is the credentials': nothing to retry.)
                 match classify(&format!("SMTP authentication failed{hint}"), &e) {
-                    SendError::Permanent(m) => SendError::Setup(m),
+                    SendError::Permanent(m) | SendError::NoMailbox(m) => SendError::Setup(m),
                     other => other,
                 }
             })?;

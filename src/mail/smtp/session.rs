@@ -57,19 +57,27 @@ pub(super) async fn read_envelope_replies(
     envelope: &Envelope,
 ) -> Result<(), TimeoutOr> {
     let mut first_error = None;
-    for _ in 0..envelope.to().len() + 2 {
+    let recipients = 1..=envelope.to().len();
+    for reply in 0..envelope.to().len() + 2 {
         match smtp.read_response().await {
             Ok(_) => {}
             Err(e) if e.is_transient() || e.is_permanent() => {
+                // (Which command it answers: a refused RCPT can say the
+                // mailbox does not exist.)
+                let e = if recipients.contains(&reply) {
+                    TimeoutOr::Recipient(e)
+                } else {
+                    TimeoutOr::Smtp(e)
+                };
                 first_error.get_or_insert(e);
             }
             // The connection broke (after a 421, say): the reply that
             // came before says why.
-            Err(e) => return Err(first_error.unwrap_or(e).into()),
+            Err(e) => return Err(first_error.unwrap_or(TimeoutOr::Smtp(e))),
         }
     }
     match first_error {
-        Some(e) => Err(e.into()),
+        Some(e) => Err(e),
         None => Ok(()),
     }
 }

@@ -114,6 +114,7 @@ fn formatted(input: &Input) -> Vec<u8> {
         date: chrono::DateTime::parse_from_rfc3339("2026-11-29T06:00:00Z")
             .unwrap()
             .into(),
+        envelope_from: None,
     };
     let bodies = BodyEncoder::default().bodies(
         &format!("Hello {}\n", input.name.as_deref().unwrap_or("")),
