@@ -33,7 +33,8 @@ async fn raw_count(store: &Store, sql: &str) -> i64 {
     }
 }
 
-/// `readers` confirmed subscribers of the daily digest, `reader0@…` on.
+/// `readers` confirmed subscribers of the daily digest, `reader0@…` on,
+/// who subscribed 60 days ago.
 async fn readers(store: &Store, readers: usize) {
     let subscribers: Vec<NewSubscriber> = (0..readers)
         .map(|i| NewSubscriber {
@@ -43,7 +44,10 @@ async fn readers(store: &Store, readers: usize) {
         })
         .collect();
     store
-        .upsert_subscribers(&subscribers, Timestamp::now())
+        .upsert_subscribers(
+            &subscribers,
+            Timestamp::from(Utc::now() - Duration::days(60)),
+        )
         .await
         .unwrap();
 }
@@ -267,6 +271,26 @@ async fn a_folded_run_is_never_planned_or_claimed_again(backend: Backend) {
     // Nothing failed is left to re-queue.
     assert_eq!(store.requeue_failed(run, later).await.unwrap(), 0);
     assert_eq!(store.delivery_counts(run).await.unwrap().sent, 5);
+
+    // Its web view still opens for its readers, and not for a reader
+    // who came after it.
+    let reader0 = EmailAddress::parse("reader0@example.org").unwrap();
+    let reader0 = store.find_subscriber(&reader0).await.unwrap().unwrap();
+    assert!(store.was_addressed(run, reader0.id).await.unwrap());
+    let newcomer = EmailAddress::parse("new@example.org").unwrap();
+    store
+        .upsert_subscribers(
+            &[NewSubscriber {
+                email: newcomer.clone(),
+                name: None,
+                digests: vec![daily()],
+            }],
+            Timestamp::from(now),
+        )
+        .await
+        .unwrap();
+    let newcomer = store.find_subscriber(&newcomer).await.unwrap().unwrap();
+    assert!(!store.was_addressed(run, newcomer.id).await.unwrap());
 }
 
 async fn removing_a_subscriber_takes_their_rows_from_every_run(backend: Backend) {
