@@ -29,6 +29,10 @@
 #                      then measure anyway
 #   BENCH_LOG_DIR      if set, the configuration, gazette's output and logs
 #                      and the raw measurements are copied there at the end
+#   BENCH_LEDGER_RUNS  if set (e.g. 30), that many finished runs of the N
+#                      subscribers (N ledger rows each, all sent) are put in
+#                      the ledger before the measured send, as a ledger
+#                      nobody folds holds them
 #
 # Everything it sends goes to 127.0.0.1. Exit code 0 only if every message
 # was sent.
@@ -278,6 +282,26 @@ analyze;
 EOF
 [ "$(psql_bench -Atc 'select count(*) from subscriptions')" = "$N" ] || die "seeding did not create $N subscriptions"
 
+LEDGER_RUNS=${BENCH_LEDGER_RUNS:-0}
+if [ "$LEDGER_RUNS" -gt 0 ]; then
+    say "seeding $LEDGER_RUNS finished runs of $N ledger rows each"
+    for r in $(seq "$LEDGER_RUNS"); do
+        psql_bench <<EOF
+with run as (
+    insert into digest_runs (digest, slot, status, window_start, cutoff, created_at, finished_at)
+    values ('bench', now() - interval '$r days', 'finished', now() - interval '$((r + 1)) days',
+            now() - interval '$r days', now() - interval '$r days', now() - interval '$r days')
+    returning id)
+insert into deliveries (run_id, subscriber_id, status, attempts, next_attempt_at, sent_at)
+select run.id, s.id, 'sent', 1, now() - interval '$r days', now() - interval '$r days'
+from run, subscribers s order by s.id;
+EOF
+    done
+    psql_bench -c "vacuum analyze deliveries" >/dev/null
+    [ "$(psql_bench -Atc 'select count(*) from deliveries')" = "$((LEDGER_RUNS * N))" ] ||
+        die "seeding did not create $((LEDGER_RUNS * N)) ledger rows"
+fi
+
 # The size of one real message: the email `send` would deliver to the first subscriber.
 gz preview bench --out "$WORK/preview" >/dev/null 2>"$WORK/preview.log" ||
     die "gazette preview: $(cat "$WORK/preview.log")"
@@ -400,6 +424,7 @@ DATE=$(date -u +%Y-%m-%d)
 cat <<EOF
 
 gazette send, $N subscribers, $ARTICLES articles, pool_size $POOL, message $SIZE bytes ($(nproc) CPUs, $BUILT)
+  ledger:   $LEDGER_RUNS earlier runs of $N rows each
   gazette:  $WALL s wall, $RATE messages/s, peak RSS $RSS_MB MB ($RSS_KB kB)
             CPU: gazette ${USER_S} s user + ${SYS_S} s system, smtp-sink $SINK_CPU s,
                  Postgres backends of $DB at least $PG_DB_CPU s (whole server $PG_CPU s)

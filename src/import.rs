@@ -303,79 +303,166 @@ fn csv_problem(e: &csv::Error) -> String {
     }
 }
 
-/// Reads a subscribers CSV (`email,name,digests`): validates every row,
-/// reporting bad ones by line, and returns the rows in file order.
-pub fn parse_subscribers_csv<R: Read>(input: R, known: &[DigestName]) -> Result<SubscriberRows> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .flexible(false)
-        .from_reader(input);
-    let headers = reader
-        .headers()
-        .context("cannot read the CSV header line")?
-        .clone();
-    let mut email_col = None;
-    let mut name_col = None;
-    let mut digests_col = None;
-    for (i, h) in headers.iter().enumerate() {
-        match h.to_lowercase().as_str() {
-            "email" => email_col = Some(i),
-            "name" => name_col = Some(i),
-            "digests" => digests_col = Some(i),
-            other => bail!("line 1: unknown column `{other}`; the header is `email,name,digests`"),
+/// The problems of a file: the first [`SHOWN_PROBLEMS`] in full, and how
+/// many more (so a file of a million bad rows costs no memory).
+#[derive(Debug, Default)]
+pub struct Problems {
+    shown: Vec<String>,
+    more: u64,
+}
+
+impl Problems {
+    pub fn push(&mut self, problem: String) {
+        if self.shown.len() < SHOWN_PROBLEMS {
+            self.shown.push(problem);
+        } else {
+            self.more += 1;
         }
     }
-    let Some(email_col) = email_col else {
-        bail!("line 1: no `email` column; the header is `email,name,digests`");
-    };
-    let mut problems = Vec::new();
+
+    pub fn is_empty(&self) -> bool {
+        self.shown.is_empty()
+    }
+
+    /// Every problem as one error (the first ones, then how many more).
+    pub fn into_error(self) -> anyhow::Error {
+        let mut message = self.shown.join("\n");
+        if self.more > 0 {
+            message.push_str(&format!("\n… and {} more", self.more));
+        }
+        anyhow::anyhow!("{message}")
+    }
+}
+
+/// A subscribers CSV (`email,name,digests`) read a row at a time.
+pub struct SubscriberCsv<R: Read> {
+    reader: csv::Reader<R>,
+    record: csv::StringRecord,
+    email_col: usize,
+    name_col: Option<usize>,
+    digests_col: Option<usize>,
+    known: Vec<DigestName>,
+}
+
+impl<R: Read> SubscriberCsv<R> {
+    /// Reads and checks the header line.
+    pub fn new(input: R, known: &[DigestName]) -> Result<Self> {
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .flexible(false)
+            .from_reader(input);
+        let headers = reader
+            .headers()
+            .context("cannot read the CSV header line")?
+            .clone();
+        let mut email_col = None;
+        let mut name_col = None;
+        let mut digests_col = None;
+        for (i, h) in headers.iter().enumerate() {
+            match h.to_lowercase().as_str() {
+                "email" => email_col = Some(i),
+                "name" => name_col = Some(i),
+                "digests" => digests_col = Some(i),
+                other => {
+                    bail!("line 1: unknown column `{other}`; the header is `email,name,digests`")
+                }
+            }
+        }
+        let Some(email_col) = email_col else {
+            bail!("line 1: no `email` column; the header is `email,name,digests`");
+        };
+        Ok(Self {
+            reader,
+            record: csv::StringRecord::new(),
+            email_col,
+            name_col,
+            digests_col,
+            known: known.to_vec(),
+        })
+    }
+
+    /// The next row with its line, or what is wrong with it (naming its
+    /// line); `None` at the end of the file.
+    pub fn next_row(&mut self) -> Option<Result<(u64, NewSubscriber), String>> {
+        match self.reader.read_record(&mut self.record) {
+            Ok(false) => return None,
+            Ok(true) => {}
+            Err(e) => return Some(Err(csv_problem(&e))),
+        }
+        let record = &self.record;
+        let line = record.position().map_or(0, |p| p.line());
+        let email = match EmailAddress::parse(record.get(self.email_col).unwrap_or_default()) {
+            Ok(e) => e,
+            Err(e) => return Some(Err(format!("line {line}: {e}"))),
+        };
+        let name = self
+            .name_col
+            .and_then(|c| record.get(c))
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
+        let digests = self.digests_col.and_then(|c| record.get(c)).unwrap_or("");
+        let digests = match parse_digest_list(digests, &self.known) {
+            Ok(d) => d,
+            Err(e) => return Some(Err(format!("line {line}: {e}"))),
+        };
+        Some(Ok((
+            line,
+            NewSubscriber {
+                email,
+                name,
+                digests,
+            },
+        )))
+    }
+}
+
+/// How many records a subscribers CSV has below its header, read quickly
+/// and without keeping any (a progress bar's total); unreadable ones count.
+pub fn count_csv_records<R: Read>(input: R) -> u64 {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(input);
+    let mut record = csv::ByteRecord::new();
+    let mut count = 0;
+    loop {
+        match reader.read_byte_record(&mut record) {
+            Ok(true) => count += 1,
+            Ok(false) => return count,
+            Err(e) if e.is_io_error() => return count,
+            Err(_) => count += 1,
+        }
+    }
+}
+
+/// Reads a whole subscribers CSV (`email,name,digests`) into memory:
+/// validates every row, reporting bad ones by line, and returns the rows
+/// in file order. (`subscribers import` streams instead.)
+pub fn parse_subscribers_csv<R: Read>(input: R, known: &[DigestName]) -> Result<SubscriberRows> {
+    let mut csv = SubscriberCsv::new(input, known)?;
+    let mut problems = Problems::default();
     let mut warnings = Vec::new();
     let mut out = Vec::new();
     // The line each address was first seen on.
     let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-    for record in reader.records() {
-        let record = match record {
-            Ok(r) => r,
-            Err(e) => {
-                problems.push(csv_problem(&e));
+    while let Some(row) = csv.next_row() {
+        let (line, subscriber) = match row {
+            Ok(row) => row,
+            Err(problem) => {
+                problems.push(problem);
                 continue;
             }
         };
-        let line = record.position().map_or(0, |p| p.line());
-        let email = match EmailAddress::parse(record.get(email_col).unwrap_or_default()) {
-            Ok(e) => e,
-            Err(e) => {
-                problems.push(format!("line {line}: {e}"));
-                continue;
-            }
-        };
-        let name = name_col
-            .and_then(|c| record.get(c))
-            .map(str::to_string)
-            .filter(|n| !n.is_empty());
-        let digests =
-            match parse_digest_list(digests_col.and_then(|c| record.get(c)).unwrap_or(""), known) {
-                Ok(d) => d,
-                Err(e) => {
-                    problems.push(format!("line {line}: {e}"));
-                    continue;
-                }
-            };
-        if let Some(first) = seen.get(&email.key()) {
+        let key = subscriber.email.key();
+        if let Some(first) = seen.get(&key) {
             warnings.push(format!(
-                "line {line}: {email} is also on line {first}: both lines are applied, in order"
+                "line {line}: {} is also on line {first}: both lines are applied, in order",
+                subscriber.email
             ));
         } else {
-            seen.insert(email.key(), line);
+            seen.insert(key, line);
         }
-        out.push(NewSubscriber {
-            email,
-            name,
-            digests,
-        });
+        out.push(subscriber);
     }
     if !problems.is_empty() {
-        return Err(problems_error(&problems));
+        return Err(problems.into_error());
     }
     if out.is_empty() {
         bail!("no subscribers found below the header line");

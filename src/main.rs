@@ -115,6 +115,14 @@ enum Command {
     Pause { digest: String },
     /// Resume a paused digest: it sends again from its next slot.
     Resume { digest: String },
+    /// Fold the ledger rows of runs finished longer ago than
+    /// `delivery.keep_ledger` into their runs' counts, now (`gazette run`
+    /// does it every ten minutes).
+    FoldLedger {
+        /// List the runs that would be folded, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Apply database migrations.
     Migrate,
     /// Check the configuration and templates, and reach the database and SMTP relay.
@@ -406,6 +414,7 @@ async fn execute(
             ..
         } => app::run_status(&engine, run, json).await,
         Command::Retry { run } => app::retry(&engine, run).await,
+        Command::FoldLedger { dry_run } => app::fold_ledger(&engine, dry_run).await,
         Command::Pause { digest } => app::pause(&engine, &digest).await,
         Command::Resume { digest } => app::resume(&engine, &digest).await,
         Command::Run => app::run(&engine).await,

@@ -1,5 +1,5 @@
-//! `gazette run` (the daemon: a tick every minute, the feeds, and the web
-//! pages) and `gazette serve` (the web pages alone).
+//! `gazette run` (the daemon: a tick every minute, the feeds, the ledger's
+//! fold, and the web pages) and `gazette serve` (the web pages alone).
 
 use std::time::Duration;
 
@@ -51,6 +51,12 @@ pub async fn run(engine: &Engine) -> Result<()> {
     let mut web = tokio::spawn(crate::web::serve(engine.clone(), listener, stop.clone()));
     let mut ticks = tokio::spawn(tick(engine.clone(), stop.clone()));
     let mut feeds = tokio::spawn(poll_feeds(engine.clone(), stop.clone()));
+    // The fold logs its own failures and never stops the daemon.
+    let folding = tokio::spawn(super::ledger::keep_folding(
+        engine.store.clone(),
+        engine.settings.delivery.keep_ledger,
+        stop.clone(),
+    ));
     let (first, other, rest) = tokio::select! {
         r = &mut web => ("the web server", r, [ticks, feeds]),
         r = &mut ticks => ("the scheduler", r, [web, feeds]),
@@ -67,6 +73,7 @@ pub async fn run(engine: &Engine) -> Result<()> {
         rest_result = rest_result.and(result);
     }
     let rest = rest_result;
+    let _ = folding.await;
     if let Some(admin) = admin
         && let Err(e) = first_result("the admin server", admin.await)
     {

@@ -8,6 +8,7 @@ mod check;
 mod daemon;
 mod demo;
 mod feeds;
+mod ledger;
 mod preview;
 mod preview_server;
 mod process;
@@ -21,6 +22,7 @@ pub use self::check::check;
 pub use self::daemon::{run, serve};
 pub use self::demo::demo;
 pub use self::feeds::{feeds_fetch, feeds_list};
+pub use self::ledger::fold_ledger;
 pub use self::preview::{
     Preview, PreviewFiles, ReaderChoice, preview, preview_command, print_preview, render_preview,
 };

@@ -20,7 +20,8 @@ static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
 pub struct Progress {
     what: String,
     unit: &'static str,
-    total: u64,
+    /// `None`: not known ahead.
+    total: Option<u64>,
     started: Instant,
     bar: Option<ProgressBar>,
     /// When standard error is not a terminal: when the last line was logged.
@@ -31,12 +32,24 @@ impl Progress {
     /// Starts showing the progress of `what` (`daily: sending`), counted in
     /// `unit` (`emails`).
     pub fn start(what: impl Into<String>, total: u64, unit: &'static str) -> Self {
-        let what = what.into();
+        Self::begin(what.into(), Some(total), unit)
+    }
+
+    /// Starts showing the progress of a task whose size is not known
+    /// ahead (reading standard input): a count and a rate.
+    pub fn counting(what: impl Into<String>, unit: &'static str) -> Self {
+        Self::begin(what.into(), None, unit)
+    }
+
+    fn begin(what: String, total: Option<u64>, unit: &'static str) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-            let template = format!(
-                "{{prefix}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit}, {{rate}}/s, {{eta}} left"
-            );
+            let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+            let template = match total {
+                Some(_) => format!(
+                    "{{prefix}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit}, {{rate}}/s, {{eta}} left"
+                ),
+                None => format!("{{prefix}} {{spinner}} {{human_pos}} {unit}, {{rate}}/s"),
+            };
             if let Ok(style) = ProgressStyle::with_template(&template) {
                 let rate = |state: &ProgressState, w: &mut dyn std::fmt::Write| {
                     let _ = write!(w, "{:.0}", state.per_sec());
@@ -60,31 +73,35 @@ impl Progress {
 
     /// `done` of the items are done.
     pub fn set(&self, done: u64) {
-        let done = done.min(self.total);
+        let done = self.total.map_or(done, |total| done.min(total));
         if let Some(bar) = &self.bar {
             bar.set_position(done);
             return;
         }
         let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
-        if logged.elapsed() < LOG_EVERY || done == self.total {
+        if logged.elapsed() < LOG_EVERY || Some(done) == self.total {
             return;
         }
         *logged = Instant::now();
         let secs = self.started.elapsed().as_secs_f64();
         let rate = done as f64 / secs.max(0.001);
+        let Some(total) = self.total else {
+            info!("{}: {done} {}, {rate:.1}/s", self.what, self.unit);
+            return;
+        };
         let left = if rate > 0.0 {
             format!(
                 ", about {} left",
                 humantime::format_duration(Duration::from_secs(
-                    ((self.total - done) as f64 / rate).ceil() as u64
+                    ((total - done) as f64 / rate).ceil() as u64
                 ))
             )
         } else {
             String::new()
         };
         info!(
-            "{}: {done} of {} {}, {rate:.1}/s{left}",
-            self.what, self.total, self.unit
+            "{}: {done} of {total} {}, {rate:.1}/s{left}",
+            self.what, self.unit
         );
     }
 }

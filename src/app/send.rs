@@ -376,9 +376,11 @@ pub async fn run_status(engine: &Engine, run_id: i64, json: bool) -> Result<()> 
     let articles = store.run_articles(run_id).await?.len();
     let failed = store.failed_deliveries(run_id).await?;
     let waiting = store.tried_open_deliveries(run_id, SHOWN).await?;
+    let folded_at = store.folded_at(run_id).await?;
     if json {
         let mut value = run_json(&run, &c, &b);
         value["articles"] = articles.into();
+        value["ledger_folded_at"] = folded_at.map(|t| t.0.to_rfc3339()).into();
         value["failed_deliveries"] = failed
             .iter()
             .map(|f| {
@@ -432,6 +434,12 @@ pub async fn run_status(engine: &Engine, run_id: i64, json: bool) -> Result<()> 
         b.soft,
         counted(b.complaints as u64, "complaint", "complaints")
     );
+    if let Some(folded) = folded_at {
+        println!(
+            "ledger folded {} (delivery.keep_ledger): the counts remain, the rows of each reader are gone",
+            folded.0.to_rfc3339()
+        );
+    }
     if !failed.is_empty() {
         println!("failed:");
         for f in failed {
@@ -475,6 +483,13 @@ pub async fn retry(engine: &Engine, run_id: i64) -> Result<()> {
         counted(n, "failed delivery", "failed deliveries")
     );
     if n == 0 {
+        if let Some(folded) = engine.store.folded_at(run_id).await? {
+            println!(
+                "run {run_id}: its ledger was folded {} (delivery.keep_ledger): failed deliveries \
+                 folded then can no longer be retried",
+                folded.0.to_rfc3339()
+            );
+        }
         return Ok(());
     }
     let before = engine.store.delivery_counts(run_id).await?;

@@ -291,30 +291,68 @@ pub async fn subscribers_export(engine: &Engine, path: &str) -> Result<()> {
     Ok(())
 }
 
+/// `gazette subscribers import FILE` (`-`: standard input): streamed, a
+/// row at a time, into one transaction; a bad row (with every other one
+/// found, by line) leaves nothing imported.
 pub async fn subscribers_import(engine: &Engine, path: &str) -> Result<()> {
     let shown = if path == "-" { "standard input" } else { path };
     let known = digest_names(&engine.settings);
-    let rows = if path == "-" {
-        import::parse_subscribers_csv(std::io::stdin().lock(), &known)
+    let nothing = || format!("{shown}: nothing was imported");
+    let (input, total): (Box<dyn std::io::Read + Send>, Option<u64>) = if path == "-" {
+        (Box::new(std::io::BufReader::new(std::io::stdin())), None)
     } else {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot read {path}"))?;
-        import::parse_subscribers_csv(std::io::BufReader::new(file), &known)
+        let open = || std::fs::File::open(path).with_context(|| format!("cannot read {path}"));
+        // A first quick read counts the rows, for the progress bar.
+        let total = import::count_csv_records(std::io::BufReader::new(open()?));
+        (Box::new(std::io::BufReader::new(open()?)), Some(total))
+    };
+    let mut rows = import::SubscriberCsv::new(input, &known).with_context(nothing)?;
+    let mut staging = Some(engine.store.begin_subscriber_import(&known).await?);
+    let progress = match total {
+        Some(total) => Progress::start(format!("{shown}: importing"), total, "subscribers"),
+        None => Progress::counting(format!("{shown}: importing"), "subscribers"),
+    };
+    let mut problems = import::Problems::default();
+    let mut count = 0u64;
+    while let Some(row) = rows.next_row() {
+        match row {
+            Ok((line, subscriber)) => {
+                if let Some(staging) = &mut staging {
+                    staging
+                        .push(line, &subscriber)
+                        .await
+                        .with_context(nothing)?;
+                    count += 1;
+                    progress.set(count);
+                }
+            }
+            Err(problem) => {
+                // Nothing will be imported: the rest of the file is read
+                // only to name its other bad rows.
+                staging = None;
+                problems.push(problem);
+            }
+        }
     }
-    .with_context(|| format!("{shown}: nothing was imported"))?;
-    for warning in &rows.warnings {
-        eprintln!("warning: {shown}: {warning}");
-    }
-    let total = rows.subscribers.len() as u64;
-    let progress = Progress::start(format!("{shown}: importing"), total, "subscribers");
-    let counts = engine
-        .store
-        .upsert_subscribers_reporting(&rows.subscribers, Timestamp::now(), &|n| progress.set(n))
-        .await
-        .with_context(|| format!("{shown}: nothing was imported"))?;
     drop(progress);
+    let Some(staging) = staging.filter(|_| problems.is_empty()) else {
+        return Err(problems.into_error()).with_context(nothing);
+    };
+    if count == 0 {
+        return Err(anyhow::anyhow!(
+            "no subscribers found below the header line"
+        ))
+        .with_context(nothing);
+    }
+    let counts = staging
+        .finish(Timestamp::now(), &mut |warning| {
+            eprintln!("warning: {shown}: {warning}")
+        })
+        .await
+        .with_context(nothing)?;
     println!(
         "imported {} from {shown} ({} new, {} updated, {} left unsubscribed)",
-        counted(rows.subscribers.len() as u64, "subscriber", "subscribers"),
+        counted(count, "subscriber", "subscribers"),
         counts.added,
         counts.updated,
         counts.kept_inactive

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::check::Problems;
+use super::check::{Problems, parse_duration};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -16,6 +16,7 @@ pub(super) struct RawDelivery {
     max_attempts: u32,
     retry_base_ms: u64,
     retry_max_ms: u64,
+    keep_ledger: String,
 }
 
 impl Default for RawDelivery {
@@ -28,6 +29,7 @@ impl Default for RawDelivery {
             max_attempts: 8,
             retry_base_ms: 30_000,
             retry_max_ms: 3_600_000,
+            keep_ledger: "30d".into(),
         }
     }
 }
@@ -43,6 +45,9 @@ pub struct DeliverySettings {
     pub max_attempts: u32,
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// How long the ledger keeps a finished run's rows before they are
+    /// folded into the run's counts; `None` (`forever`): never folded.
+    pub keep_ledger: Option<Duration>,
 }
 
 /// `pool_size` is `smtp.pool_size`: the connections the workers share.
@@ -76,6 +81,16 @@ pub(super) fn validate(
     if d.lease_secs == 0 {
         problems.key("delivery.lease_secs", "must be at least 1");
     }
+    let keep_ledger = match d.keep_ledger.trim() {
+        "forever" => None,
+        text => match parse_duration(text) {
+            Ok(keep) => Some(keep),
+            Err(e) => {
+                problems.key("delivery.keep_ledger", format!("{e}, or `forever`"));
+                None
+            }
+        },
+    };
     if problems.list.len() > before {
         return None;
     }
@@ -91,5 +106,6 @@ pub(super) fn validate(
         max_attempts: d.max_attempts,
         retry_base: Duration::from_millis(d.retry_base_ms),
         retry_max: Duration::from_millis(d.retry_max_ms.max(d.retry_base_ms)),
+        keep_ledger,
     })
 }

@@ -159,13 +159,18 @@ impl Store {
         })
     }
 
+    /// A run's counts: its rows in the ledger, plus those folded into its
+    /// counts (`[delivery] keep_ledger`).
     pub async fn delivery_counts(&self, run_id: i64) -> Result<DeliveryCounts> {
         let sql = "select \
             coalesce(sum(case when status = 'pending' then 1 else 0 end), 0) as pending, \
             coalesce(sum(case when status = 'sending' then 1 else 0 end), 0) as sending, \
-            coalesce(sum(case when status = 'sent' then 1 else 0 end), 0) as sent, \
-            coalesce(sum(case when status = 'failed' then 1 else 0 end), 0) as failed, \
-            coalesce(sum(case when status = 'skipped' then 1 else 0 end), 0) as skipped \
+            cast(coalesce(sum(case when status = 'sent' then 1 else 0 end), 0) \
+              + coalesce((select f.sent from run_counts f where f.run_id = $1), 0) as bigint) as sent, \
+            cast(coalesce(sum(case when status = 'failed' then 1 else 0 end), 0) \
+              + coalesce((select f.failed from run_counts f where f.run_id = $1), 0) as bigint) as failed, \
+            cast(coalesce(sum(case when status = 'skipped' then 1 else 0 end), 0) \
+              + coalesce((select f.skipped from run_counts f where f.run_id = $1), 0) as bigint) as skipped \
             from deliveries where run_id = $1";
         on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(run_id).fetch_one(pool).await?))
     }
@@ -321,11 +326,16 @@ impl LedgerConnection {
 
 impl Store {
     /// Whether `run` was addressed to this subscriber (for the web view).
+    /// Once the run's ledger is folded its rows are gone: then any reader
+    /// who subscribed before the run was planned may read it.
     pub async fn was_addressed(&self, run_id: i64, subscriber_id: i64) -> Result<bool> {
-        let sql = "select count(*) from deliveries where run_id = $1 and subscriber_id = $2";
+        let sql = "select count(*) from deliveries where run_id = $1 and subscriber_id = $2 \
+                   union all select count(*) from run_counts f \
+                   join digest_runs r on r.id = f.run_id join subscribers s on s.id = $2 \
+                   where f.run_id = $1 and s.created_at <= r.created_at";
         on_pool!(self, pool => {
-            let (n,): (i64,) = sqlx::query_as(sql).bind(run_id).bind(subscriber_id).fetch_one(pool).await?;
-            Ok(n > 0)
+            let found: Vec<(i64,)> = sqlx::query_as(sql).bind(run_id).bind(subscriber_id).fetch_all(pool).await?;
+            Ok(found.iter().any(|(n,)| *n > 0))
         })
     }
 }

@@ -1,7 +1,9 @@
 //! The `Store`: every query Gazette makes, on SQLite (the embedded default)
 //! or Postgres (production, shared by replicas), one file per aggregate:
-//! [`articles`], [`subscribers`], [`runs`] (planning), [`ledger`] (claims,
-//! outcomes, the held connection), [`readers`] (the readers' links and
+//! [`articles`], [`subscribers`] (and their streamed
+//! [`subscriber_import`]), [`runs`] (planning), [`ledger`] (claims,
+//! outcomes, the held connection), [`retention`] (old runs' ledger rows
+//! folded into counts), [`readers`] (the readers' links and
 //! confirmations), [`feeds`] (their state between fetches, the lease, their
 //! entries), [`bounces`] (bounces, complaints and the readers they
 //! stop) and [`lock`] (one delivering process per SQLite file).
@@ -22,8 +24,10 @@ mod feeds;
 mod ledger;
 mod lock;
 mod readers;
+mod retention;
 mod runs;
 mod states;
+mod subscriber_import;
 mod subscribers;
 mod time;
 
@@ -35,6 +39,8 @@ pub use self::feeds::{EntryChange, FeedArticle, FeedClaim, FeedStatus, FetchReco
 pub use self::ledger::{Claimed, DeliveryCounts, FailedDelivery, LedgerConnection, OpenDelivery};
 pub use self::lock::ProcessLock;
 pub use self::readers::{Reader, SubscribeOutcome, SubscriptionRequest};
+pub use self::retention::{FoldReport, FoldableRun};
 pub use self::runs::{PlanOutcome, Run, RunPlan};
+pub use self::subscriber_import::SubscriberImport;
 pub use self::subscribers::{ImportCounts, NewSubscriber, Subscriber, SubscriberChange};
 pub use self::time::Timestamp;

@@ -75,70 +75,44 @@ impl Store {
     }
 
     /// [`Store::upsert_subscribers`], calling `progress` with the number of
-    /// subscribers written so far (before the commit).
+    /// subscribers staged so far (before the commit). A file too large to
+    /// hold is streamed through [`Store::begin_subscriber_import`] instead.
     pub async fn upsert_subscribers_reporting(
         &self,
         subs: &[NewSubscriber],
         now: Timestamp,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<ImportCounts> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            let mut counts = ImportCounts::default();
-            for s in subs {
-                let existing: Option<(i64, SubscriberStatus)> =
-                    sqlx::query_as("select id, status from subscribers where email_key = $1")
-                        .bind(s.email.key())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let id = match existing {
-                    Some((id, status)) => {
-                        sqlx::query(
-                            "update subscribers set name = coalesce($2, name), updated_at = $3, \
-                             status = case when status = 'pending' then 'confirmed' else status end \
-                             where id = $1",
-                        )
-                        .bind(id).bind(&s.name).bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                        if matches!(status, SubscriberStatus::Unsubscribed | SubscriberStatus::Bounced) {
-                            counts.kept_inactive += 1;
-                        } else {
-                            counts.updated += 1;
-                        }
-                        id
-                    }
-                    None => {
-                        let (id,): (i64,) = sqlx::query_as(
-                            "insert into subscribers (email, email_key, name, status, legacy_token_hash, created_at, updated_at) \
-                             values ($1, $2, $3, 'confirmed', $4, $5, $5) returning id",
-                        )
-                        .bind(s.email.as_str()).bind(s.email.key()).bind(&s.name).bind(no_legacy_token()).bind(now)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        counts.added += 1;
-                        id
-                    }
-                };
-                for digest in &s.digests {
-                    sqlx::query(
-                        "insert into subscriptions (subscriber_id, digest, created_at) values ($1, $2, $3) \
-                         on conflict do nothing",
-                    )
-                    .bind(id).bind(digest.as_str()).bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                progress(counts.added + counts.updated + counts.kept_inactive);
+        let mut digests: Vec<DigestName> = Vec::new();
+        for d in subs.iter().flat_map(|s| &s.digests) {
+            if !digests.contains(d) {
+                digests.push(d.clone());
             }
-            tx.commit().await?;
-            Ok(counts)
-        })
+        }
+        let mut import = self.begin_subscriber_import(&digests).await?;
+        for (i, s) in subs.iter().enumerate() {
+            import.push(i as u64 + 1, s).await?;
+            progress(import.staged());
+        }
+        import.finish(now, &mut |_| {}).await
     }
 
     /// Deletes a subscriber with their subscriptions and ledger rows (on
-    /// Postgres the ledger has no foreign key to cascade from).
+    /// Postgres the ledger has no foreign key to cascade from). The rows
+    /// are found without reading the ledger through: on Postgres, by one
+    /// look-up per run in the (run_id, subscriber_id) index, which the
+    /// ledger has anyway (an index on subscriber_id alone would cost every
+    /// planned row one more entry); on SQLite, whose ledger keeps its
+    /// foreign key, through the index on subscriber_id that its cascade
+    /// needs.
     pub async fn remove_subscriber(&self, email: &EmailAddress) -> Result<bool> {
+        let ledger = match self {
+            Store::Postgres(_) => {
+                "delete from deliveries where subscriber_id = $1 \
+                 and run_id = any(array(select id from digest_runs))"
+            }
+            Store::Sqlite(_) => "delete from deliveries where subscriber_id = $1",
+        };
         on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let removed: Option<(i64,)> =
@@ -147,10 +121,7 @@ impl Store {
                     .fetch_optional(&mut *tx)
                     .await?;
             if let Some((id,)) = removed {
-                sqlx::query("delete from deliveries where subscriber_id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(ledger).bind(id).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(removed.is_some())

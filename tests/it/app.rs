@@ -171,13 +171,13 @@ fn preview_prints_the_paths_it_wrote() {
 }
 
 /// A `gazette run` child process and its log, killed if dropped.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Option<std::process::Child>,
     log: Option<Log>,
 }
 
 impl Daemon {
-    fn start(ws: &Workspace) -> Self {
+    pub(crate) fn start(ws: &Workspace) -> Self {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
             .arg("run")
             .current_dir(ws.dir.path())
@@ -194,12 +194,12 @@ impl Daemon {
         }
     }
 
-    fn log(&mut self) -> &mut Log {
+    pub(crate) fn log(&mut self) -> &mut Log {
         self.log.as_mut().unwrap()
     }
 
     /// Stops the daemon with SIGTERM: its exit status and its whole log.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    pub(crate) fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let mut child = self.child.take().unwrap();
         let status = std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
