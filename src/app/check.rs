@@ -21,11 +21,11 @@ pub async fn check(settings: Settings) -> Result<()> {
         settings.digests.len(),
         settings.templates_dir.display()
     );
-    for (digest, at) in renderer.full_renders() {
-        println!(
-            "  {digest}: each email is rendered in full for every reader (slower): {at} does \
-             more with a reader's value than print or test it"
-        );
+    for (digest, why) in renderer.full_renders() {
+        println!("  {digest}: each email is rendered in full for every reader (slower): {why}");
+    }
+    for (template, warning) in renderer.css_warnings() {
+        println!("  warning: {template}: {warning}");
     }
     drop(renderer);
     let (store, _) = open_store(&settings).await?;

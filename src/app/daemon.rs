@@ -22,6 +22,7 @@ const TICK_WATCHDOG: Duration = Duration::from_secs(150);
 pub async fn run(engine: &Engine) -> Result<()> {
     engine.renderer.check_web()?;
     engine.renderer.log_full_renders(None);
+    engine.renderer.log_css_warnings();
     refuse_a_misconfigured_relay(engine).await?;
     let (stop_tx, stop) = watch::channel(false);
     let mut signal = shutdown_signal();

@@ -37,6 +37,7 @@ pub async fn send(
     refuse_a_paused_digest(engine, &digest).await?;
     refuse_a_misconfigured_relay(engine).await?;
     engine.renderer.log_full_renders(Some(digest.name.as_str()));
+    engine.renderer.log_css_warnings();
     let shutdown = shutdown_signal();
     let outcome = delivery::plan(&engine.store, &digest, slot, now).await?;
     let counts = deliver_with_progress(engine, &digest.name, &shutdown).await?;

@@ -161,7 +161,7 @@ fn confirmation_message(engine: &Engine, email: &ConfirmationEmail) -> Result<le
     };
     let rendered = Rendered {
         subject: format!("Confirm your subscription to {site}"),
-        html: engine.renderer.render_template("confirm.html.j2", &ctx)?,
+        html: engine.renderer.render_email_html("confirm.html.j2", &ctx)?,
         text: engine.renderer.render_template("confirm.txt.j2", &ctx)?,
     };
     let from = &settings.mail.from;

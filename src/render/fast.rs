@@ -18,6 +18,7 @@ use std::sync::Arc;
 use minijinja::machinery;
 use minijinja::{AutoEscape, Environment, HtmlEscape, Output, State, Value};
 
+use super::inline::{self, Inliner};
 use crate::mail::{EncodedBodies, Rendered, encode_body, one_line};
 
 /// How many reader values a template sees: `subscriber.name`,
@@ -57,12 +58,37 @@ impl Pattern {
 #[derive(Debug, Clone)]
 enum Piece {
     Text(String),
-    /// A reader value, HTML-escaped or as is.
+    /// A reader value, escaped as it is where it was printed.
     Value {
         field: usize,
-        html: bool,
+        escape: Escape,
     },
 }
+
+/// How a reader value is written into a skeleton's hole.
+#[derive(Debug, Clone)]
+enum Escape {
+    /// As is (a text template, or `{% autoescape false %}`).
+    None,
+    /// As minijinja's HTML escaping writes it.
+    Html,
+    /// As the document's serializer writes it after CSS inlining, learned
+    /// from the [`PROBE`] printed in the hole: the replacement of each
+    /// probe character, every other character being written as is.
+    Learned(Arc<[String; PROBE.len()]>),
+}
+
+/// The characters that HTML escaping, an HTML parser or its serializer may
+/// write otherwise than as themselves (in text, in an attribute, in a
+/// comment): printed, HTML-escaped, with each reader marker of an HTML
+/// template, so that after CSS inlining has parsed and rewritten the
+/// document, each hole says how its reader's value is to be written
+/// there. (A parser turns CR LF into LF before anything else: values get
+/// the same before their characters are replaced.)
+const PROBE: [char; 9] = ['&', '<', '>', '"', '\'', '/', '\u{a0}', '\0', '\r'];
+
+/// Ends each probe character's replacement in a marker.
+const PROBE_END: char = '\u{E002}';
 
 /// A run's subject, HTML and text, rendered once for a [`Pattern`].
 #[derive(Debug)]
@@ -133,12 +159,25 @@ fn fill_into(pieces: &[Piece], values: &ReaderValues<'_>, out: &mut String) {
     for piece in pieces {
         match piece {
             Piece::Text(t) => out.push_str(t),
-            Piece::Value { field, html } => {
+            Piece::Value { field, escape } => {
                 let value = values[*field].as_deref().unwrap_or_default();
-                if *html {
-                    let _ = write!(out, "{}", HtmlEscape(value));
-                } else {
-                    out.push_str(value);
+                match escape {
+                    Escape::None => out.push_str(value),
+                    Escape::Html => {
+                        let _ = write!(out, "{}", HtmlEscape(value));
+                    }
+                    Escape::Learned(replacements) => {
+                        let value = match value.contains('\r') {
+                            true => Cow::Owned(value.replace("\r\n", "\n")),
+                            false => Cow::Borrowed(value),
+                        };
+                        for c in value.chars() {
+                            match PROBE.iter().position(|p| *p == c) {
+                                Some(i) => out.push_str(&replacements[i]),
+                                None => out.push(c),
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -287,38 +326,68 @@ impl Markers {
                 ));
             }
         };
-        write!(
-            out,
-            "{}{}{field}{mode}{}",
-            Self::OPEN,
-            self.nonce,
-            Self::CLOSE
-        )
-        .map_err(minijinja::Error::from)
+        write!(out, "{}{}{field}{mode}", Self::OPEN, self.nonce)?;
+        if mode == 'h' {
+            for c in PROBE {
+                write!(out, "{}{PROBE_END}", HtmlEscape(c.encode_utf8(&mut [0; 4])))?;
+            }
+        }
+        write!(out, "{}", Self::CLOSE).map_err(minijinja::Error::from)
     }
 
-    /// Splits rendered text at the printed markers; `None` if a marker
-    /// reached the output other than through the formatter.
-    fn parse(&self, text: &str) -> Option<Vec<Piece>> {
+    /// Splits rendered text at the printed markers; `Err` if a marker
+    /// reached the output other than through the formatter, or if, in
+    /// `inlined` HTML, a reader value is printed without HTML escaping
+    /// (its markup would be parsed with the document).
+    fn parse(&self, text: &str, inlined: bool) -> Result<Vec<Piece>, String> {
+        let broken = || "a reader value is printed other than with `{{ … }}`".to_string();
         let open = format!("{}{}", Self::OPEN, self.nonce);
         let mut parts = text.split(open.as_str());
-        let mut pieces = vec![Piece::Text(parts.next()?.to_string())];
+        let mut pieces = vec![Piece::Text(parts.next().ok_or_else(broken)?.to_string())];
         for part in parts {
             let mut chars = part.chars();
-            let field = chars.next()?.to_digit(10)? as usize;
-            let html = match chars.next()? {
-                'h' => true,
-                'n' => false,
-                _ => return None,
+            let field = chars
+                .next()
+                .and_then(|c| c.to_digit(10))
+                .ok_or_else(broken)? as usize;
+            let escape = match chars.next() {
+                Some('h') => {
+                    let rest = chars.as_str();
+                    let close = rest.find(Self::CLOSE).ok_or_else(broken)?;
+                    let replacements: Vec<String> =
+                        rest[..close].split(PROBE_END).map(str::to_string).collect();
+                    let replacements: [String; PROBE.len() + 1] =
+                        replacements.try_into().map_err(|_| broken())?;
+                    let [replacements @ .., _] = replacements;
+                    chars = rest[close..].chars();
+                    if inlined {
+                        Escape::Learned(Arc::new(replacements))
+                    } else {
+                        Escape::Html
+                    }
+                }
+                Some('n') if inlined => {
+                    return Err("a reader value is printed without HTML escaping \
+                                (`{% autoescape false %}`) in HTML whose CSS is inlined"
+                        .to_string());
+                }
+                Some('n') => Escape::None,
+                _ => return Err(broken()),
             };
-            if field >= FIELDS || chars.next()? != Self::CLOSE {
-                return None;
+            if field >= FIELDS || chars.next() != Some(Self::CLOSE) {
+                return Err(broken());
             }
-            pieces.push(Piece::Value { field, html });
+            pieces.push(Piece::Value { field, escape });
             pieces.push(Piece::Text(chars.as_str().to_string()));
         }
         pieces.retain(|p| !matches!(p, Piece::Text(t) if t.is_empty()));
-        Some(pieces)
+        Ok(pieces)
+    }
+
+    /// How many markers `text` holds.
+    fn count(&self, text: &str) -> usize {
+        text.matches(&format!("{}{}", Self::OPEN, self.nonce))
+            .count()
     }
 }
 
@@ -508,22 +577,48 @@ impl Markers {
 
 /// The emails of a run for every reader whose values fit one pattern,
 /// rendered from `templates` (subject, HTML, text) with `ctx`, which holds
-/// the pattern's [`Markers::stand_ins`]; `None` if a template fails (or
-/// prints a marker other than through `{{ … }}`).
+/// the pattern's [`Markers::stand_ins`], the HTML inlined once if it has a
+/// `<style>` block. `Err` says why no skeleton can stand for the emails:
+/// a template fails (rendering in full says how), prints a marker other
+/// than through `{{ … }}`, or, in HTML whose CSS is inlined, prints a
+/// reader value unescaped or inside `<style>`.
 pub(super) fn build(
     env: &Environment<'_>,
     markers: &Markers,
+    inliner: &Inliner,
     templates: [&str; 3],
     ctx: &Value,
-) -> Option<Skeleton> {
-    let render = |name: &str| -> Option<Vec<Piece>> {
-        let text = env.get_template(name).ok()?.render(ctx).ok()?;
-        markers.parse(&text)
+) -> Result<Skeleton, String> {
+    let render = |name: &str| -> Result<String, String> {
+        env.get_template(name)
+            .and_then(|t| t.render(ctx))
+            .map_err(|e| format!("{name}: {e}"))
     };
     let [subject, html, text] = templates;
-    Some(Skeleton::new(
-        render(subject)?,
-        render(html)?,
-        render(text)?,
+    let html_text = render(html)?;
+    let inlined = inline::has_style(&html_text);
+    let html_text = if inlined {
+        if inline::style_blocks(&html_text).any(|block| markers.count(&html_text[block]) > 0) {
+            return Err(format!(
+                "{html}: a reader value is printed inside a `<style>` block"
+            ));
+        }
+        let out = inliner.inline(&html_text)?;
+        // (Each hole is in the rewritten document once, as in the template.)
+        if markers.count(&out) != markers.count(&html_text) {
+            return Err(format!(
+                "{html}: CSS inlining moved or dropped a reader value"
+            ));
+        }
+        out
+    } else {
+        html_text
+    };
+    Ok(Skeleton::new(
+        markers.parse(&render(subject)?, false)?,
+        markers
+            .parse(&html_text, inlined)
+            .map_err(|e| format!("{html}: {e}"))?,
+        markers.parse(&render(text)?, false)?,
     ))
 }

@@ -11,6 +11,7 @@ mod context;
 mod errors;
 mod fast;
 mod filters;
+mod inline;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -25,6 +26,7 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 pub use self::context::{Recipient, RunContext};
 use self::context::{subject_template_name, template_names};
 use self::fast::{Markers, Pattern, ReaderValues, Skeleton};
+use self::inline::Inliner;
 use crate::config::{Digest, Settings};
 pub use crate::mail::Rendered;
 use crate::mail::{BodyEncoder, EncodedBodies, one_line};
@@ -39,6 +41,9 @@ pub struct Renderer {
     skeleton_digests: HashSet<String>,
     /// See [`Renderer::full_renders`].
     full_renders: Vec<(String, String)>,
+    /// See [`Renderer::css_warnings`].
+    css_warnings: Vec<(String, String)>,
+    inliner: Inliner,
 }
 
 impl Renderer {
@@ -72,6 +77,8 @@ impl Renderer {
             markers,
             skeleton_digests: HashSet::new(),
             full_renders: Vec::new(),
+            css_warnings: Vec::new(),
+            inliner: Inliner::new(),
         };
         for digest in &settings.digests {
             renderer
@@ -83,24 +90,111 @@ impl Renderer {
             let only_printed = template_names(digest).iter().try_for_each(|name| {
                 fast::reader_values_only_printed(&renderer.env, name, &mut seen)
             });
-            match only_printed {
-                Ok(()) => {
+            let why = match only_printed {
+                Ok(()) => renderer.skeleton_unusable(digest).err(),
+                Err(at) => Some(format!(
+                    "{at} does more with a reader's value than print or test it"
+                )),
+            };
+            match why {
+                None => {
                     renderer.skeleton_digests.insert(digest.name.to_string());
                 }
-                Err(at) => {
-                    renderer.full_renders.push((digest.name.to_string(), at));
+                Some(why) => {
+                    let html = renderer.sample_html(digest)?;
+                    let why = match inline::has_style(&html) {
+                        true => format!("{why} (and its CSS is inlined for every email)"),
+                        false => why,
+                    };
+                    renderer.full_renders.push((digest.name.to_string(), why));
                 }
             }
         }
+        renderer.css_warnings = renderer.check_css(settings)?;
         Ok(renderer)
     }
 
-    /// The digests whose emails are rendered in full for every reader (a
-    /// reader's value is used for more than printing or testing it), each
-    /// with the template, line and expression that cause it: said by
-    /// `gazette check` and when `run` or `send` start.
+    /// The digests whose emails are rendered in full for every reader,
+    /// each with why: the template, line and expression that use a
+    /// reader's value for more than printing or testing it, or what keeps
+    /// HTML whose CSS is inlined from being filled in. Said by `gazette
+    /// check` and when `run` or `send` start.
     pub fn full_renders(&self) -> &[(String, String)] {
         &self.full_renders
+    }
+
+    /// What an editor should know of the `<style>` blocks of each email
+    /// template (digests, and `confirm` for the confirmation email): rules
+    /// that are not inlined, and CSS that does not parse. Said by `gazette
+    /// check` and when `run` or `send` start.
+    pub fn css_warnings(&self) -> &[(String, String)] {
+        &self.css_warnings
+    }
+
+    /// How many HTML documents have had their CSS inlined: once per run
+    /// and reader shape for a digest rendered from a skeleton, and once
+    /// more for the first reader of each shape, whose full rendering
+    /// checks the skeleton; once per email otherwise.
+    pub fn inlined(&self) -> usize {
+        self.inliner.count()
+    }
+
+    /// `Err` says why a skeleton cannot stand for `digest`'s emails
+    /// although its templates only print and test reader values (a reader
+    /// value printed unescaped in HTML whose CSS is inlined).
+    fn skeleton_unusable(&self, digest: &Digest) -> Result<(), String> {
+        let run = sample_run(digest);
+        let values = self.reader_values(&run, &SAMPLE_READER);
+        let ctx = run.context(
+            self.markers
+                .stand_ins(Pattern::of(&values))
+                .each_ref()
+                .map(|v| v.as_deref()),
+        );
+        fast::build(
+            &self.env,
+            &self.markers,
+            &self.inliner,
+            run.template_names(),
+            &ctx,
+        )
+        .map(drop)
+    }
+
+    /// The HTML of `digest` rendered with sample data, before inlining.
+    fn sample_html(&self, digest: &Digest) -> Result<String> {
+        let run = sample_run(digest);
+        let values = self.reader_values(&run, &SAMPLE_READER);
+        let ctx = run.context(values.each_ref().map(|v| v.as_deref()));
+        self.render_one(&run.html_template, &ctx)
+    }
+
+    /// [`Renderer::css_warnings`], from the templates rendered with
+    /// sample data.
+    fn check_css(&self, settings: &Settings) -> Result<Vec<(String, String)>> {
+        let mut warnings = Vec::new();
+        for digest in &settings.digests {
+            let html = self.sample_html(digest)?;
+            for warning in inline::css_warnings(&html) {
+                warnings.push((format!("{}.html.j2", digest.template), warning));
+            }
+        }
+        let confirm = self.env.get_template("confirm.html.j2");
+        if let Ok(html) = confirm.and_then(|t| t.render(confirm_sample())) {
+            for warning in inline::css_warnings(&html) {
+                warnings.push(("confirm.html.j2".to_string(), warning));
+            }
+        }
+        warnings.sort();
+        warnings.dedup();
+        Ok(warnings)
+    }
+
+    /// Logs [`Renderer::css_warnings`], one line a warning.
+    pub fn log_css_warnings(&self) {
+        for (template, warning) in &self.css_warnings {
+            tracing::warn!("{template}: {warning}");
+        }
     }
 
     /// Logs [`Renderer::full_renders`] (of digest `only`, if given), one
@@ -110,11 +204,10 @@ impl Renderer {
             .full_renders
             .iter()
             .filter(|(digest, _)| only.is_none_or(|only| only == digest));
-        for (digest, at) in shown {
+        for (digest, why) in shown {
             tracing::info!(
                 digest = %digest,
-                "each email is rendered in full for every reader (slower): {at} does more \
-                 with a reader's value than print or test it"
+                "each email is rendered in full for every reader (slower): {why}"
             );
         }
     }
@@ -125,26 +218,7 @@ impl Renderer {
                 anyhow::anyhow!("{}: {}", dir.join(name).display(), self.describe(&e))
             })?;
         }
-        let sample = RunArticle {
-            article_id: 0,
-            url: "https://example.org/sample".into(),
-            title: "Sample article".into(),
-            summary: Some("A summary.".into()),
-            body: Some("A body.".into()),
-            author: Some("A. Author".into()),
-            tags: vec!["sample".into()],
-            published_at: Utc::now(),
-            image_url: Some("https://example.org/sample.png".into()),
-            summary_text: None,
-            html: false,
-        };
-        let ctx = RunContext::new(digest, Utc::now(), &[sample], Some(0));
-        let recipient = Recipient {
-            name: Some("Sample Reader"),
-            email: "reader@example.org",
-            unsubscribe_token: "sample",
-        };
-        self.render(&ctx, &recipient)?;
+        self.render(&sample_run(digest), &SAMPLE_READER)?;
         Ok(())
     }
 
@@ -191,8 +265,26 @@ impl Renderer {
         &self.base_url
     }
 
+    /// Renders an email's HTML template (the confirmation email) with
+    /// `ctx`, its `<style>` rules inlined if it has any.
+    pub fn render_email_html(&self, name: &str, ctx: &Value) -> Result<String> {
+        let html = self.render_template(name, ctx)?;
+        self.inlined_html(name, html)
+    }
+
+    /// `html` (rendered from template `name`) with the rules of its
+    /// `<style>` blocks inlined; as it is without one.
+    fn inlined_html(&self, name: &str, html: String) -> Result<String> {
+        if !inline::has_style(&html) {
+            return Ok(html);
+        }
+        self.inliner
+            .inline(&html)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.templates_dir.join(name).display()))
+    }
+
     /// Renders any template under the templates directory (web pages,
-    /// the confirmation email) with `ctx`.
+    /// the confirmation email's text) with `ctx`.
     pub fn render_template(&self, name: &str, ctx: &Value) -> Result<String> {
         let template = self
             .env
@@ -274,9 +366,14 @@ impl Renderer {
         }
         let stand_ins = self.markers.stand_ins(pattern);
         let ctx = run.context(stand_ins.each_ref().map(|v| v.as_deref()));
-        let [subject, html, text] = run.template_names();
-        let Some(skeleton) = fast::build(&self.env, &self.markers, [subject, html, text], &ctx)
-        else {
+        let built = fast::build(
+            &self.env,
+            &self.markers,
+            &self.inliner,
+            run.template_names(),
+            &ctx,
+        );
+        let Ok(skeleton) = built else {
             skeletons.insert(pattern, None);
             return Ok(None);
         };
@@ -320,22 +417,61 @@ impl Renderer {
 
     fn render_values(&self, run: &RunContext, values: &ReaderValues<'_>) -> Result<Rendered> {
         let ctx = run.context(values.each_ref().map(|v| v.as_deref()));
-        let render = |name: &str| -> Result<String> {
-            let template = self
-                .env
-                .get_template(name)
-                .map_err(|e| anyhow::anyhow!("{name}: {}", self.describe(&e)))?;
-            template
-                .render(&ctx)
-                .map_err(|e| anyhow::anyhow!("{name}: {}", self.describe(&e)))
-        };
-        let subject = one_line(&render(&run.subject_template)?);
-        let html = render(&run.html_template)?;
-        let text = render(&run.text_template)?;
+        let subject = one_line(&self.render_one(&run.subject_template, &ctx)?);
+        let html = self.render_one(&run.html_template, &ctx)?;
+        let html = self.inlined_html(&run.html_template, html)?;
+        let text = self.render_one(&run.text_template, &ctx)?;
         Ok(Rendered {
             subject,
             html,
             text,
         })
+    }
+
+    fn render_one(&self, name: &str, ctx: &Value) -> Result<String> {
+        let template = self
+            .env
+            .get_template(name)
+            .map_err(|e| anyhow::anyhow!("{name}: {}", self.describe(&e)))?;
+        template
+            .render(ctx)
+            .map_err(|e| anyhow::anyhow!("{name}: {}", self.describe(&e)))
+    }
+}
+
+/// The reader the templates are checked with.
+const SAMPLE_READER: Recipient<'static> = Recipient {
+    name: Some("Sample Reader"),
+    email: "reader@example.org",
+    unsubscribe_token: "sample",
+};
+
+/// A run of `digest` with one sample article, for checking its templates.
+fn sample_run(digest: &Digest) -> RunContext {
+    let sample = RunArticle {
+        article_id: 0,
+        url: "https://example.org/sample".into(),
+        title: "Sample article".into(),
+        summary: Some("A summary.".into()),
+        body: Some("A body.".into()),
+        author: Some("A. Author".into()),
+        tags: vec!["sample".into()],
+        published_at: Utc::now(),
+        image_url: Some("https://example.org/sample.png".into()),
+        summary_text: None,
+        html: false,
+    };
+    RunContext::new(digest, Utc::now(), &[sample], Some(0))
+}
+
+/// What the confirmation email's template is checked with (as
+/// `delivery::confirmations` fills it).
+fn confirm_sample() -> Value {
+    minijinja::context! {
+        site => "Gazette",
+        confirm_url => "https://example.org/confirm/sample",
+        digests => vec!["The Daily"],
+        subscriber => minijinja::context! { name => "Sample Reader", email => "reader@example.org" },
+        ttl_hours => 48,
     }
 }

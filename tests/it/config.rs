@@ -622,3 +622,34 @@ fn a_short_api_token_is_refused_without_being_printed() {
     assert!(err.contains("use at least 24"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn a_style_rule_that_cannot_be_inlined_is_a_warning_of_check_and_send_naming_the_template() {
+    let dir = broken_templates(
+        "{% extends \"layout.html.j2\" %}\n{% block style %}\n.card a:hover { color: #ff0000 }\n{% endblock %}\n\
+         {% block content %}<tr><td>{{ subscriber.email }}</td></tr>{% endblock %}\n",
+    );
+    let ws = workspace_with(&digest_section("daily", ""));
+    let gazette = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
+            .args(args)
+            .current_dir(ws.dir.path())
+            .env("GAZETTE_CONFIG", &ws.config)
+            .env("GAZETTE__TEMPLATES__DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    };
+    let said =
+        "digest.html.j2: the rule `.card a:hover` at line 10 of a `<style>` block is not inlined";
+    let check = crate::helpers::stdout(&gazette(&["check"]));
+    assert_eq!(check.matches(said).count(), 1, "{check}");
+    // The shipped templates' own rules all inline.
+    assert_eq!(check.matches("warning:").count(), 1, "{check}");
+
+    ws.import_readers(2);
+    ws.add_article("News");
+    let send = stderr(&gazette(&["send", "daily"]));
+    assert_eq!(send.matches(said).count(), 1, "{send}");
+}
