@@ -22,6 +22,12 @@
 #   BENCH_PORT         first port tried for smtp-sink (default: 2525; the
 #                      first free port from there is used)
 #   BENCH_POOL         smtp.pool_size and smtp-source sessions (default: 8)
+#   BENCH_RTT_MS       if set and not 0, a round-trip time in milliseconds
+#                      added to every exchange by bench/delay_proxy.py in
+#                      front of smtp-sink, for gazette and smtp-source
+#                      alike; the report adds the limit that one round trip
+#                      per message allows (pool / RTT) and gazette's ratio
+#                      to the lower of that limit and the ceiling
 #   BENCH_TIMEOUT      limit in seconds for each step (default: 1800)
 #   BENCH_MAX_LOAD     if set (e.g. 1.5), wait before measuring until the
 #                      1-minute load average is below it ...
@@ -49,11 +55,16 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DB=${BENCH_DB:-gazette_bench}
 PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 POOL=${BENCH_POOL:-8}
+RTT_MS=${BENCH_RTT_MS:-0}
 STEP_TIMEOUT=${BENCH_TIMEOUT:-1800}
 ARTICLES=5
 export PATH="$PATH:/usr/sbin:/sbin"
 export PGOPTIONS="-c client_min_messages=warning"
 
+if ! [[ $RTT_MS =~ ^[0-9]+$ ]]; then
+    echo "BENCH_RTT_MS must be a whole number of milliseconds" >&2
+    exit 2
+fi
 if ! [[ $DB =~ ^[a-z_][a-z0-9_]*$ ]]; then
     echo "BENCH_DB must be a plain lowercase identifier" >&2
     exit 2
@@ -154,9 +165,14 @@ fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gazette-bench.XXXXXX")
 SINK_PID=
 POLL_PID=
+PROXY_PID=
 cleanup() {
     local rc=$?
     set +e
+    if [ -n "$PROXY_PID" ]; then
+        kill "$PROXY_PID" 2>/dev/null
+        wait "$PROXY_PID" 2>/dev/null
+    fi
     if [ -n "$POLL_PID" ]; then
         kill "$POLL_PID" 2>/dev/null
         wait "$POLL_PID" 2>/dev/null
@@ -206,9 +222,30 @@ port_free "$PORT" && die "smtp-sink is not listening on 127.0.0.1:$PORT"
 # The log is a stream of "sess=S quit=Q mesg=M" lines ended by carriage returns.
 sink_messages() { tr '\r' '\n' <"$WORK/sink.log" | awk -F'mesg=' 'NF > 1 { m = $2 } END { print m + 0 }'; }
 
+# -- the delay proxy (BENCH_RTT_MS) ---------------------------------------------
+
+# Where gazette and smtp-source connect: the sink, or the proxy in front of it.
+TARGET_PORT=$PORT
+if [ "$RTT_MS" -gt 0 ]; then
+    TARGET_PORT=$((PORT + 1))
+    for _ in $(seq 100); do
+        port_free "$TARGET_PORT" && break
+        TARGET_PORT=$((TARGET_PORT + 1))
+    done
+    port_free "$TARGET_PORT" || die "no free port found for the delay proxy"
+    python3 "$REPO/bench/delay_proxy.py" "$TARGET_PORT" "$PORT" "$RTT_MS" >"$WORK/proxy.log" 2>&1 &
+    PROXY_PID=$!
+    for _ in $(seq 50); do
+        grep -q listening "$WORK/proxy.log" && break
+        sleep 0.1
+    done
+    grep -q listening "$WORK/proxy.log" || die "the delay proxy did not start: $(cat "$WORK/proxy.log")"
+fi
+
 # -- database, configuration, data ---------------------------------------------
 
 say "database $DB, smtp-sink on 127.0.0.1:$PORT, work dir $WORK"
+[ "$RTT_MS" -eq 0 ] || say "delay proxy on 127.0.0.1:$TARGET_PORT adding $RTT_MS ms per round trip"
 psql_admin -c "drop database if exists $DB with (force)" -c "create database $DB"
 
 CONFIG=$WORK/bench.toml
@@ -222,7 +259,7 @@ from = "Gazette Bench <digest@bench.example.org>"
 
 [smtp]
 host = "127.0.0.1"
-port = $PORT
+port = $TARGET_PORT
 tls = "none"
 pool_size = $POOL
 timeout_secs = 30
@@ -405,7 +442,7 @@ SINK_CEIL_CPU0=$(cpu_secs "$SINK_PID")
 S0=$(now_ns)
 timeout "$STEP_TIMEOUT" /usr/bin/time -f "%U %S" -o "$WORK/source.time" smtp-source -d -s "$POOL" -m "$N" -l "$SIZE" \
     -f bench@bench.example.org -t sink@bench.example.org -M bench-source \
-    "127.0.0.1:$PORT" >"$WORK/source.log" 2>&1 ||
+    "127.0.0.1:$TARGET_PORT" >"$WORK/source.log" 2>&1 ||
     die "smtp-source failed: $(tail -5 "$WORK/source.log")"
 S1=$(now_ns)
 SINK_CEIL_CPU=$(awk -v a="$SINK_CEIL_CPU0" -v b="$(cpu_secs "$SINK_PID")" 'BEGIN { printf "%.2f", b - a }')
@@ -417,6 +454,14 @@ SINK_AFTER=$(sink_messages)
 CEIL_WALL=$(secs "$S0" "$S1")
 CEIL_RATE=$(awk -v n="$N" -v w="$CEIL_WALL" 'BEGIN { printf "%.0f", n / w }')
 RATIO=$(awk -v a="$N" -v w="$WALL" -v c="$CEIL_WALL" 'BEGIN { printf "%.2f", (a / w) / (a / c) }')
+if [ "$RTT_MS" -gt 0 ]; then
+    PROXY_CPU=$(cpu_secs "$PROXY_PID")
+    # One round trip per message on each of POOL connections.
+    LIMIT=$(awk -v p="$POOL" -v r="$RTT_MS" 'BEGIN { printf "%.0f", p * 1000 / r }')
+    BOUND=$(awk -v l="$LIMIT" -v c="$CEIL_RATE" 'BEGIN { print (l + 0 < c + 0 ? l : c) }')
+    BOUND_RATIO=$(awk -v n="$N" -v w="$WALL" -v b="$BOUND" 'BEGIN { printf "%.2f", (n / w) / b }')
+    LIMIT_RATIO=$(awk -v n="$N" -v w="$WALL" -v l="$LIMIT" 'BEGIN { printf "%.2f", (n / w) / l }')
+fi
 
 # -- report -------------------------------------------------------------------
 
@@ -435,6 +480,17 @@ gazette send, $N subscribers, $ARTICLES articles, pool_size $POOL, message $SIZE
             CPU: smtp-source $SOURCE_CPU s, smtp-sink $SINK_CEIL_CPU s
             load average before: $LOAD_CEIL
   ratio:    $RATIO (gazette / ceiling)
+EOF
+if [ "$RTT_MS" -gt 0 ]; then
+    cat <<EOF
+  latency:  $RTT_MS ms per round trip added by bench/delay_proxy.py to both
+            (the proxy's CPU over both: $PROXY_CPU s)
+  limit:    $LIMIT messages/s (pool $POOL / RTT $RTT_MS ms: one round trip per message)
+  ratio:    $LIMIT_RATIO (gazette / limit)
+            $BOUND_RATIO (gazette / min(limit, ceiling) = gazette / $BOUND)
+EOF
+fi
+cat <<EOF
 
 | N | messages/s | ceiling messages/s | ratio | peak RSS MB | message bytes | load average | date |
 |---|---|---|---|---|---|---|---|

@@ -25,6 +25,20 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayLabels {
+    /// `host:port`.
+    pub relay: String,
+    /// `sent`, `refused` (5xx) or `failed` (4xx, timeouts, connections).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayName {
+    /// `host:port`.
+    pub relay: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     pub status: String,
 }
@@ -45,6 +59,8 @@ pub struct Metrics {
     pub run_seconds: Histogram,
     pub send_seconds: Histogram,
     pub breaker_open: Gauge,
+    pub relay_messages: Family<RelayLabels, Counter>,
+    pub relay_down: Family<RelayName, Gauge>,
     pub web_requests: Family<RequestLabels, Counter>,
     pub open_deliveries: Family<StatusLabels, Gauge>,
     pub subscribers: Family<StatusLabels, Gauge>,
@@ -80,6 +96,18 @@ impl Default for Metrics {
             "1 while deliveries pause because the relay keeps failing",
             breaker_open.clone(),
         );
+        let relay_messages = Family::<RelayLabels, Counter>::default();
+        registry.register(
+            "relay_messages",
+            "Messages handed to each SMTP relay, by outcome",
+            relay_messages.clone(),
+        );
+        let relay_down = Family::<RelayName, Gauge>::default();
+        registry.register(
+            "relay_down",
+            "1 while a relay's share goes to the other relays because it keeps failing",
+            relay_down.clone(),
+        );
         let web_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "web_requests",
@@ -106,6 +134,8 @@ impl Default for Metrics {
             run_seconds,
             send_seconds,
             breaker_open,
+            relay_messages,
+            relay_down,
             web_requests,
             open_deliveries,
             subscribers,

@@ -53,15 +53,27 @@ pub async fn check(settings: Settings) -> Result<()> {
     store.close().await;
     match settings.mail.transport {
         TransportKind::Smtp => {
-            mail::check_relay(&settings.smtp)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!(
-                "smtp: ok ({}:{}, tls = \"{}\")",
-                settings.smtp.host,
-                settings.smtp.port,
-                settings.smtp.tls.as_str()
-            );
+            // (Every relay of `[[relays]]`, each named.)
+            let several = settings.relays.len() > 1;
+            for relay in &settings.relays {
+                mail::check_relay(&relay.smtp).await.map_err(|e| {
+                    if several {
+                        anyhow::anyhow!("relay {}: {e}", relay.name)
+                    } else {
+                        anyhow::anyhow!("{e}")
+                    }
+                })?;
+                let weight = if several {
+                    format!(", weight {}", relay.weight)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "smtp: ok ({}, tls = \"{}\"{weight})",
+                    relay.name,
+                    relay.smtp.tls.as_str()
+                );
+            }
         }
         TransportKind::Outbox => println!("mail: outbox ({})", settings.mail.outbox_dir.display()),
     }

@@ -107,15 +107,12 @@ pub(super) async fn refuse_a_misconfigured_relay(engine: &Engine) -> Result<()> 
     if engine.settings.mail.transport != TransportKind::Smtp {
         return Ok(());
     }
-    match mail::check_relay(&engine.settings.smtp).await {
-        Err(mail::SendError::Setup(e)) => Err(anyhow::anyhow!("{e}")),
-        Ok(())
-        | Err(
-            mail::SendError::Transient(_)
-            | mail::SendError::Permanent(_)
-            | mail::SendError::NoMailbox(_),
-        ) => Ok(()),
+    for relay in &engine.settings.relays {
+        if let Err(mail::SendError::Setup(e)) = mail::check_relay(&relay.smtp).await {
+            return Err(anyhow::anyhow!("{e}"));
+        }
     }
+    Ok(())
 }
 
 pub(super) async fn bind(engine: &Engine) -> Result<tokio::net::TcpListener> {

@@ -48,13 +48,23 @@ impl Sources {
         found.map(|(_, var)| var.as_str())
     }
 
-    /// The index in `files` of the last file that sets `path`.
+    /// The index in `files` of the last file that sets `path` (a part of
+    /// it may name an element of an array of tables: `relays[1].host`).
     pub(super) fn file_of(&self, path: &str) -> Option<usize> {
         let parts: Vec<&str> = path.split('.').collect();
         self.files.iter().rposition(|(_, table, _)| {
             let mut node = table;
             for (i, part) in parts.iter().enumerate() {
-                match node.get(*part) {
+                let (name, index) = match part.strip_suffix(']').and_then(|p| p.split_once('[')) {
+                    Some((name, index)) => (name, index.parse::<usize>().ok()),
+                    None => (*part, None),
+                };
+                let value = match (node.get(name), index) {
+                    (Some(toml::Value::Array(items)), Some(index)) => items.get(index),
+                    (value, None) => value,
+                    _ => None,
+                };
+                match value {
                     Some(toml::Value::Table(inner)) if i + 1 < parts.len() => node = inner,
                     Some(_) => return i + 1 == parts.len(),
                     None => return false,

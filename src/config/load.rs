@@ -33,6 +33,7 @@ struct RawSettings {
     database: RawDatabase,
     mail: RawMail,
     smtp: RawSmtp,
+    relays: Vec<RawSmtp>,
     web: RawWeb,
     templates: RawTemplates,
     delivery: RawDelivery,
@@ -194,6 +195,11 @@ fn anchor_relative_paths(raw: &mut RawSettings, sources: &Sources, explicit_dir:
     let mut ca_file = PathBuf::from(raw.smtp.ca_file.trim());
     anchor("smtp.ca_file", &mut ca_file);
     raw.smtp.ca_file = ca_file.display().to_string();
+    for (i, relay) in raw.relays.iter_mut().enumerate() {
+        let mut ca_file = PathBuf::from(relay.ca_file.trim());
+        anchor(&format!("relays[{i}].ca_file"), &mut ca_file);
+        relay.ca_file = ca_file.display().to_string();
+    }
     if let Some(base) = base_of("database.url") {
         raw.database.url = database::anchor_sqlite_url(&raw.database.url, base);
     }
@@ -209,9 +215,16 @@ fn validate(
     let mut problems = Problems::new(sources);
     let database = database::validate(&raw.database, &mut problems);
     let mail = mail::validate(&raw.mail, &mut problems);
-    let smtp = smtp::validate(&raw.smtp, &mut problems);
+    if !raw.relays.is_empty() {
+        exclusive_relays(sources, &mut problems);
+    }
+    let relays = smtp::validate_relays(&raw.smtp, &raw.relays, &mut problems);
     let web = web::validate(&raw.web, &mut problems);
-    let delivery = delivery::validate(&raw.delivery, raw.smtp.pool_size, &mut problems);
+    let pool_size = match raw.relays.as_slice() {
+        [] => raw.smtp.pool_size,
+        relays => relays.iter().map(|r| r.pool_size).sum(),
+    };
+    let delivery = delivery::validate(&raw.delivery, pool_size, &mut problems);
     let log = log::validate(&raw.log, &mut problems);
     let admin = admin::validate(&raw.admin, &mut problems);
     let api = api::validate(&raw.api, &mut problems);
@@ -224,13 +237,11 @@ fn validate(
         );
     }
     let digests = digests::validate(&raw.digests, &raw.templates.dir, &mut problems);
-    match (
-        database, mail, smtp, web, delivery, log, admin, api, bounces,
-    ) {
+    match (database, mail, relays, web, delivery, log, admin, api, bounces) {
         (
             Some(database),
             Some(mail),
-            Some(smtp),
+            Some(relays),
             Some(web),
             Some(delivery),
             Some(log),
@@ -240,7 +251,8 @@ fn validate(
         ) if problems.list.is_empty() => Ok(Settings {
             database,
             mail,
-            smtp,
+            smtp: relays[0].smtp.clone(),
+            relays,
             web,
             templates_dir: raw.templates.dir.clone(),
             delivery,
@@ -253,6 +265,26 @@ fn validate(
             sources: shown,
         }),
         _ => Err(ConfigError(problems.list)),
+    }
+}
+
+/// `[smtp]` and `[[relays]]` describe the same thing: one source (a file
+/// or the environment) may not set both. (`[[relays]]` in the `--config`
+/// file replaces the `[smtp]` of `config/default.toml`.)
+fn exclusive_relays(sources: &Sources, problems: &mut Problems) {
+    for (file, table, _) in &sources.files {
+        if table.contains_key("relays") && table.contains_key("smtp") {
+            problems.list.push(format!(
+                "{file}: `[smtp]` and `[[relays]]` in one file: describe one relay in `[smtp]`, or every relay in `[[relays]]`"
+            ));
+        }
+    }
+    for (key, var) in &sources.env {
+        if key.starts_with("smtp.") {
+            problems.list.push(format!(
+                "environment variable {var}: sets `{key}`, but the relays are those of `[[relays]]`"
+            ));
+        }
     }
 }
 

@@ -36,6 +36,6 @@ pub use self::load::{DEFAULT_FILE, ENV_PREFIX, load, load_from};
 pub use self::log::{LogFormat, LogSettings};
 pub use self::mail::{MailSettings, TransportKind};
 pub use self::settings::Settings;
-pub use self::smtp::{SmtpSettings, TlsMode};
+pub use self::smtp::{Relay, SmtpSettings, TlsMode};
 pub use self::web::{ForwardedHeader, IpRange, TokenKey, WebSettings};
 pub use crate::domain::Secret;

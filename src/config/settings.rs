@@ -11,14 +11,18 @@ use super::digests::Digest;
 use super::feeds::Feed;
 use super::log::LogSettings;
 use super::mail::MailSettings;
-use super::smtp::SmtpSettings;
+use super::smtp::{Relay, SmtpSettings};
 use super::web::WebSettings;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub database: DatabaseSettings,
     pub mail: MailSettings,
+    /// The relay of `[smtp]`, or the first of `[[relays]]`.
     pub smtp: SmtpSettings,
+    /// Every relay, with its share of the deliveries: those of
+    /// `[[relays]]`, or the one of `[smtp]` (never empty).
+    pub relays: Vec<Relay>,
     pub web: WebSettings,
     pub templates_dir: PathBuf,
     pub delivery: DeliverySettings,

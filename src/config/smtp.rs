@@ -1,7 +1,9 @@
-//! `[smtp]`: the relay, its TLS, its credentials.
+//! `[smtp]`, or `[[relays]]`: the relays, their TLS, their credentials,
+//! and each one's share of the deliveries.
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
@@ -45,6 +47,8 @@ pub(super) struct RawSmtp {
     timeout_secs: u64,
     hello_name: String,
     pub(super) ca_file: String,
+    /// Only in `[[relays]]`: the relay's share of the deliveries.
+    pub(super) weight: Option<u32>,
 }
 
 impl Default for RawSmtp {
@@ -59,6 +63,7 @@ impl Default for RawSmtp {
             timeout_secs: 30,
             hello_name: String::new(),
             ca_file: String::new(),
+            weight: None,
         }
     }
 }
@@ -83,35 +88,104 @@ pub struct SmtpSettings {
     pub timeout: Duration,
     /// The name sent in EHLO; empty: this machine's host name.
     pub hello_name: Option<String>,
-    /// Certificate authorities trusted for the relay's TLS certificate
-    /// besides the public ones (`smtp.ca_file`: a private relay).
-    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// How the relay's certificate is checked, for `tls` and `starttls`:
+    /// the public certificate authorities and those of `smtp.ca_file` (a
+    /// private relay). Built once, here, and shared by every connection.
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
 }
 
-pub(super) fn validate(raw: &RawSmtp, problems: &mut Problems) -> Option<SmtpSettings> {
+/// One relay of `[[relays]]`, or the one of `[smtp]`, with its share.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    /// `host:port`: how logs, metrics and `gazette check` name it.
+    pub name: String,
+    /// Its share of the deliveries against the other relays' weights.
+    pub weight: u32,
+    pub smtp: SmtpSettings,
+}
+
+/// The relays: those of `[[relays]]` if any, else the one of `[smtp]`.
+pub(super) fn validate_relays(
+    smtp: &RawSmtp,
+    relays: &[RawSmtp],
+    problems: &mut Problems,
+) -> Option<Vec<Relay>> {
     let before = problems.list.len();
+    if relays.is_empty() {
+        if smtp.weight.is_some() {
+            problems.key("smtp.weight", "only relays of `[[relays]]` have a weight");
+        }
+        let settings = validate(smtp, "smtp", problems);
+        return settings.map(|smtp| vec![relay(smtp, 1)]);
+    }
+    let mut valid = Vec::new();
+    for (i, raw) in relays.iter().enumerate() {
+        let prefix = format!("relays[{i}]");
+        let weight = raw.weight.unwrap_or(1);
+        if weight == 0 {
+            problems.key(&format!("{prefix}.weight"), "must be at least 1");
+        }
+        if let Some(smtp) = validate(raw, &prefix, problems) {
+            valid.push(relay(smtp, weight));
+        }
+    }
+    for (i, r) in valid.iter().enumerate() {
+        if valid[..i].iter().any(|other| other.name == r.name) {
+            problems.key(
+                &format!("relays[{i}].host"),
+                format!("`{}` is listed twice", r.name),
+            );
+        }
+    }
+    (problems.list.len() == before).then_some(valid)
+}
+
+fn relay(smtp: SmtpSettings, weight: u32) -> Relay {
+    Relay {
+        name: format!("{}:{}", smtp.host, smtp.port),
+        weight,
+        smtp,
+    }
+}
+
+/// The settings of one relay, whose keys are under `prefix` (`smtp`, or
+/// `relays[1]`).
+fn validate(raw: &RawSmtp, prefix: &str, problems: &mut Problems) -> Option<SmtpSettings> {
+    let before = problems.list.len();
+    let key = |name: &str| format!("{prefix}.{name}");
     if raw.host.trim().is_empty() {
-        problems.key("smtp.host", "must not be empty");
+        problems.key(&key("host"), "must not be empty");
     }
     if raw.pool_size == 0 {
-        problems.key("smtp.pool_size", "must be at least 1");
+        problems.key(&key("pool_size"), "must be at least 1");
     }
     if raw.timeout_secs == 0 {
-        problems.key("smtp.timeout_secs", "must be at least 1");
+        problems.key(&key("timeout_secs"), "must be at least 1");
     }
     let extra_roots = match raw.ca_file.trim() {
         "" => Vec::new(),
         path => read_certificates(Path::new(path)).unwrap_or_else(|message| {
-            problems.key("smtp.ca_file", format!("`{path}`: {message}"));
+            problems.key(&key("ca_file"), format!("`{path}`: {message}"));
             Vec::new()
         }),
     };
     if raw.password.is_empty() != raw.username.is_empty() {
         problems.key(
-            "smtp.username",
-            "set both `smtp.username` and `smtp.password`, or neither",
+            &key("username"),
+            format!(
+                "set both `{}` and `{}`, or neither",
+                key("username"),
+                key("password")
+            ),
         );
     }
+    let tls_client = (raw.tls != TlsMode::None)
+        .then(|| tls_client(extra_roots))
+        .transpose()
+        .unwrap_or_else(|message| {
+            problems.key(&key("ca_file"), message);
+            None
+        });
     if problems.list.len() > before {
         return None;
     }
@@ -125,8 +199,30 @@ pub(super) fn validate(raw: &RawSmtp, problems: &mut Problems) -> Option<SmtpSet
         pool_size: raw.pool_size as usize,
         timeout: Duration::from_secs(raw.timeout_secs),
         hello_name: non_empty(raw.hello_name.trim()),
-        extra_roots,
+        tls_client,
     })
+}
+
+/// The TLS client for the relay: trusting the public certificate
+/// authorities and `extra_roots`, with ring (as the feeds' HTTP client).
+fn tls_client(
+    extra_roots: Vec<CertificateDer<'static>>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for cert in extra_roots {
+        roots
+            .add(cert)
+            .map_err(|e| format!("unusable certificate: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// The certificates of a PEM file: at least one, and nothing unreadable.

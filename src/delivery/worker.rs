@@ -13,7 +13,7 @@ use tracing::error;
 use super::engine::Engine;
 use super::job::{Job, Outcome, prepare, send_one};
 use super::policy::{Breaker, RateLimiter};
-use crate::mail::{BodyEncoder, Sender};
+use crate::mail::{BodyEncoder, Relays, Sender};
 
 /// `delivery.concurrency` workers, each owning one [`Sender`] (one SMTP connection).
 pub struct Workers {
@@ -32,6 +32,8 @@ struct Shared {
     outcomes: mpsc::Sender<Outcome>,
     limiter: Option<RateLimiter>,
     breaker: Arc<Breaker>,
+    /// The relays' shares and health, for every worker's sender.
+    relays: Arc<Relays>,
 }
 
 impl Workers {
@@ -52,6 +54,7 @@ impl Workers {
                 .rate_per_second
                 .map(RateLimiter::new),
             breaker: breaker.clone(),
+            relays: Arc::new(Relays::new(&engine.settings.relays, &engine.metrics)),
         });
         let handles = (0..size)
             .map(|_| tokio::spawn(work(shared.clone())))
@@ -84,7 +87,7 @@ type Ahead = (Job, Option<Result<lettre::Message, Outcome>>);
 /// recorded), on a fresh connection: the run goes on and finishes.
 async fn work(shared: Arc<Shared>) {
     let settings = &shared.engine.settings;
-    let mut sender = Sender::new(settings);
+    let mut sender = Sender::with_relays(settings, &shared.relays);
     let mut encoder = BodyEncoder::default();
     let mut ahead: Option<Ahead> = None;
     loop {
@@ -113,7 +116,7 @@ async fn work(shared: Arc<Shared>) {
                     "a delivery worker panicked ({reason}): the delivery is retried later"
                 );
                 // (The connection's state is unknown: it is dropped.)
-                sender = Sender::new(settings);
+                sender = Sender::with_relays(settings, &shared.relays);
                 encoder = BodyEncoder::default();
                 Outcome::retry(
                     &job.claimed,

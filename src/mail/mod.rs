@@ -7,11 +7,14 @@
 //! - [`outbox`]: `.eml` files instead of a relay;
 //! - [`smtp`]: our own SMTP connections (TCP_NODELAY, TLS, pipelining) and
 //!   how a reply is classified;
+//! - [`relays`]: which relay each connection goes to, by weight, and
+//!   around a relay that keeps failing;
 //! - [`sender`]: one worker's way out, either of the two.
 
 pub mod message;
 pub mod outbox;
 pub mod qp;
+pub mod relays;
 pub mod sender;
 pub mod smtp;
 
@@ -20,5 +23,6 @@ pub use message::{
 };
 pub use outbox::write_eml;
 pub use qp::{BodyEncoder, EncodedBodies, encode_body};
+pub use relays::Relays;
 pub use sender::Sender;
 pub use smtp::{SendError, check_relay};

@@ -1,26 +1,36 @@
 //! One worker's way out: the outbox or an SMTP connection.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use lettre::address::Envelope;
 
 use super::outbox::write_eml;
-use super::smtp::{SendError, SmtpSender};
+use super::relays::{RelaySender, Relays};
+use super::smtp::SendError;
 use crate::config::{Settings, TransportKind};
 use crate::errors::chain;
+use crate::metrics::Metrics;
 
 /// One worker's way out: each worker owns one, so SMTP connections are
 /// never shared and stay open between messages.
 pub enum Sender {
     Outbox(PathBuf),
-    Smtp(Box<SmtpSender>),
+    Smtp(Box<RelaySender>),
 }
 
 impl Sender {
+    /// A sender with relays of its own (their health and metrics unshared).
     pub fn new(settings: &Settings) -> Self {
+        let relays = Arc::new(Relays::new(&settings.relays, &Metrics::default()));
+        Self::with_relays(settings, &relays)
+    }
+
+    /// A sender among others that share `relays`: the workers of a process.
+    pub fn with_relays(settings: &Settings, relays: &Arc<Relays>) -> Self {
         match settings.mail.transport {
             TransportKind::Outbox => Sender::Outbox(settings.mail.outbox_dir.clone()),
-            TransportKind::Smtp => Sender::Smtp(Box::new(SmtpSender::new(settings.smtp.clone()))),
+            TransportKind::Smtp => Sender::Smtp(Box::new(RelaySender::new(relays.clone()))),
         }
     }
 
@@ -35,7 +45,7 @@ impl Sender {
 
     /// Sends `message`, and, over SMTP to a relay that pipelines, starts
     /// the transaction of the message that this sender sends next, whose
-    /// envelope is `next` (see [`SmtpSender::send`]).
+    /// envelope is `next` (see [`super::smtp::SmtpSender::send`]).
     pub async fn send_then(
         &mut self,
         message: &lettre::Message,

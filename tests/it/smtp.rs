@@ -93,6 +93,46 @@ pub enum Tls {
     Implicit,
 }
 
+impl Tls {
+    /// The `[smtp]` keys of a gazette that talks to a relay speaking
+    /// TLS this way, trusting the test certificate authority.
+    pub fn keys(self) -> String {
+        let mode = match self {
+            Tls::None => return "tls = \"none\"\n".into(),
+            Tls::Starttls => "starttls",
+            Tls::Implicit => "tls",
+        };
+        format!(
+            "tls = \"{mode}\"\nca_file = \"{}\"\n",
+            test_ca_file().display()
+        )
+    }
+}
+
+/// Generates one test per session kind, plain text and STARTTLS, from
+/// `async fn name(tls: Tls)`: what holds for one holds for the other.
+#[macro_export]
+macro_rules! in_plain_text_and_over_starttls {
+    ($($name:ident),* $(,)?) => {
+        mod plain_text {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::smtp::Tls::None).await
+                }
+            )*
+        }
+        mod starttls {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::smtp::Tls::Starttls).await
+                }
+            )*
+        }
+    };
+}
+
 /// The test certificate authority's file, for `smtp.ca_file`.
 pub fn test_ca_file() -> std::path::PathBuf {
     fixtures().join("ca.pem")
@@ -141,6 +181,8 @@ struct State {
     /// them.
     chained: AtomicU64,
     faults: Mutex<Vec<Fault>>,
+    /// Set by [`SmtpServer::stop`].
+    stopped: std::sync::atomic::AtomicBool,
     /// What went wrong in sessions (see the module's comment).
     failures: Mutex<Vec<String>>,
     behaviour: Behaviour,
@@ -183,6 +225,7 @@ impl SmtpServer {
             pipelined: AtomicU64::new(0),
             chained: AtomicU64::new(0),
             faults: Mutex::new(Vec::new()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             failures: Mutex::new(Vec::new()),
             behaviour,
         });
@@ -248,6 +291,13 @@ impl SmtpServer {
     /// written after their final dot: one round trip per message.
     pub fn chained(&self) -> u64 {
         self.state.chained.load(Ordering::SeqCst)
+    }
+
+    /// Stops the relay as an MTA shutting down does: from now on every
+    /// session, open or new, gets `421` to its next command (a message
+    /// whose final dot comes now is not kept) and is closed.
+    pub fn stop(&self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
     }
 
     /// How many times each fault was applied.
@@ -332,6 +382,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     encrypted: bool,
 ) -> std::io::Result<Option<S>> {
     let mut io = BufReader::new(stream);
+    const STOPPED: &[u8] = b"421 4.3.2 shutting down\r\n";
+    if state.stopped.load(Ordering::SeqCst) {
+        io.write_all(STOPPED).await?;
+        io.flush().await?;
+        return Ok(None);
+    }
     if !encrypted || state.behaviour.tls == Tls::Implicit {
         io.write_all(b"220 smtp.test ESMTP ready\r\n").await?;
         io.flush().await?;
@@ -351,6 +407,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(None);
         }
         check_line(state, &line, COMMAND_LINE, "a command");
+        if state.stopped.load(Ordering::SeqCst) {
+            io.write_all(STOPPED).await?;
+            io.flush().await?;
+            return Ok(None);
+        }
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let upper = text.to_ascii_uppercase();
         let must_encrypt = behaviour.tls == Tls::Starttls && !encrypted;
@@ -463,6 +524,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             if !behaviour.delay.is_zero() {
                 tokio::time::sleep(behaviour.delay).await;
+            }
+            if state.stopped.load(Ordering::SeqCst) {
+                io.write_all(STOPPED).await?;
+                io.flush().await?;
+                return Ok(None);
             }
             let received = Received {
                 from: std::mem::take(&mut from),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
+use lettre::transport::smtp::commands::Ehlo;
 use lettre::transport::smtp::extension::ClientId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -17,8 +18,9 @@ use crate::config::{SmtpSettings, TlsMode};
 /// An open SMTP session.
 pub(super) struct Connection {
     pub(super) smtp: AsyncSmtpConnection,
-    /// The connection under a plain-text or implicit-TLS session (not
-    /// STARTTLS) whose relay offers PIPELINING (RFC 2920): a transaction is
+    /// The connection under a session whose relay offers PIPELINING (RFC
+    /// 2920), in plain text or TLS (from the first byte or after
+    /// STARTTLS, where TLS is ours too): a transaction is
     /// then two writes instead of four command-and-reply round trips (see
     /// [`SmtpSender::send_pipelined`]).
     pub(super) pipelined: Option<SharedStream>,
@@ -137,41 +139,172 @@ fn tls_failure(what: &str, s: &SmtpSettings, e: &dyn std::fmt::Display) -> SendE
     }
 }
 
-/// The public certificate authorities and those of `smtp.ca_file`.
-fn roots(s: &SmtpSettings) -> Result<rustls::RootCertStore, SendError> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+/// The relay's TLS client, built once with the settings.
+fn tls_client(s: &SmtpSettings) -> Result<Arc<rustls::ClientConfig>, SendError> {
+    s.tls_client
+        .clone()
+        .ok_or_else(|| SendError::Setup(format!("no TLS settings for {}", s.host)))
+}
+
+/// The TLS handshake on `tcp`, under our own TLS so that the socket keeps
+/// TCP_NODELAY and our pipelined transactions can write to it.
+async fn handshake(
+    s: &SmtpSettings,
+    tcp: TcpStream,
+    what: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SendError> {
+    let name = rustls::pki_types::ServerName::try_from(s.host.clone())
+        .map_err(|e| SendError::Setup(format!("smtp.host `{}` for TLS: {e}", s.host)))?;
+    let connector = tokio_rustls::TlsConnector::from(tls_client(s)?);
+    tokio::time::timeout(s.timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| {
+            SendError::Transient(format!(
+                "timed out in the TLS handshake with {}:{}: no answer",
+                s.host, s.port
+            ))
+        })?
+        .map_err(|e| tls_failure(what, s, &e))
+}
+
+/// The plain-text start of a STARTTLS session (RFC 3207): the greeting,
+/// EHLO, and STARTTLS, read and written here so that TLS is ours. The EHLO
+/// reply is only read for STARTTLS: what the relay offers counts after the
+/// handshake, where lettre sends EHLO again.
+async fn starttls(
+    s: &SmtpSettings,
+    tcp: TcpStream,
+    hello: &ClientId,
+) -> Result<TcpStream, SendError> {
+    use tokio::io::{AsyncWriteExt, BufReader};
+    let at = format!("{}:{}", s.host, s.port);
+    let mut io = BufReader::new(tcp);
+    let exchange = async {
+        let greeting = read_reply(&mut io).await?;
+        if !greeting.starts_with('2') {
+            return Ok(Err(SendError::Transient(format!(
+                "SMTP greeting failed at {at}: {}",
+                greeting.trim_end()
+            ))));
+        }
+        io.write_all(format!("{}", Ehlo::new(hello.clone())).as_bytes())
+            .await?;
+        io.flush().await?;
+        let ehlo = read_reply(&mut io).await?;
+        let offers = ehlo.lines().any(|line| {
+            line.get(4..)
+                .is_some_and(|keyword| keyword.trim().eq_ignore_ascii_case("STARTTLS"))
+        });
+        if !ehlo.starts_with('2') || !offers {
+            return Ok(Err(SendError::Setup(format!(
+                "SMTP relay {at} does not offer STARTTLS (set smtp.tls = \"none\" only for a trusted relay)"
+            ))));
+        }
+        io.write_all(b"STARTTLS\r\n").await?;
+        io.flush().await?;
+        let ready = read_reply(&mut io).await?;
+        if !ready.starts_with('2') {
+            return Ok(Err(SendError::Transient(format!(
+                "STARTTLS refused by {at}: {}",
+                ready.trim_end()
+            ))));
+        }
+        Ok::<_, std::io::Error>(Ok(()))
     };
-    for cert in &s.extra_roots {
-        roots
-            .add(cert.clone())
-            .map_err(|e| SendError::Setup(format!("smtp.ca_file: unusable certificate: {e}")))?;
+    match tokio::time::timeout(s.timeout, exchange).await {
+        Err(_) => Err(SendError::Transient(format!(
+            "timed out starting TLS with {at}: no answer"
+        ))),
+        Ok(Err(e)) => Err(SendError::Transient(format!(
+            "STARTTLS failed with {at}: {e}"
+        ))),
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Ok(Ok(()))) => {
+            // Bytes after the reply to STARTTLS would have been written by
+            // someone in the middle, to be taken as the relay's over TLS
+            // (CVE-2011-0411): refused.
+            if !io.buffer().is_empty() {
+                return Err(SendError::Transient(format!(
+                    "STARTTLS failed with {at}: plain text after the reply to STARTTLS"
+                )));
+            }
+            Ok(io.into_inner())
+        }
     }
-    Ok(roots)
 }
 
-/// TLS from the first byte (`smtp.tls = "tls"`).
-fn tls_config(s: &SmtpSettings) -> Result<Arc<rustls::ClientConfig>, SendError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| SendError::Setup(format!("TLS setup for {}: {e}", s.host)))?
-        .with_root_certificates(roots(s)?)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+/// One reply, all its lines (`250-…` up to `250 …`); an error if the relay
+/// hangs up or sends a line that is not a reply.
+async fn read_reply(io: &mut (impl tokio::io::AsyncBufRead + Unpin)) -> std::io::Result<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut reply = String::new();
+    loop {
+        let mut line = String::new();
+        // (A reply line is at most 512 bytes; more is not a relay.)
+        let n = (&mut *io).take(4096).read_line(&mut line).await?;
+        if n == 0 || !line.ends_with('\n') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the relay hung up",
+            ));
+        }
+        let bytes = line.as_bytes();
+        if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not an SMTP reply: {:?}", line.trim_end()),
+            ));
+        }
+        let more = bytes.get(3) == Some(&b'-');
+        reply.push_str(&line);
+        if !more {
+            return Ok(reply);
+        }
+    }
 }
 
-/// STARTTLS, which lettre performs, trusting the same authorities.
-fn starttls_parameters(s: &SmtpSettings) -> Result<TlsParameters, SendError> {
-    let mut builder = TlsParameters::builder(s.host.clone());
-    for cert in &s.extra_roots {
-        let cert = lettre::transport::smtp::client::Certificate::from_der(cert.to_vec())
-            .map_err(|e| SendError::Setup(format!("smtp.ca_file: unusable certificate: {e}")))?;
-        builder = builder.add_root_certificate(cert);
+/// What lettre reads first on a connection, which after STARTTLS has no
+/// greeting of its own (RFC 3207: the session starts over with EHLO).
+struct Greeted<S> {
+    greeting: &'static [u8],
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Greeted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.greeting.is_empty() {
+            let n = self.greeting.len().min(buf.remaining());
+            buf.put_slice(&self.greeting[..n]);
+            self.greeting = &self.greeting[n..];
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
-    builder
-        .build_rustls()
-        .map_err(|e| SendError::Setup(format!("TLS setup for {}: {e}", s.host)))
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Greeted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Opens a connection: our own TCP stream with TCP_NODELAY (lettre
@@ -196,36 +329,27 @@ pub(super) async fn connect(
         .peer_addr()
         .map_err(|e| transient("lost connection to", &e))?;
     let stream: Box<dyn Wire> = match s.tls {
-        TlsMode::None | TlsMode::Starttls => Box::new(tcp),
-        TlsMode::Tls => {
-            // Our own TLS under lettre's session, so that the socket
-            // keeps TCP_NODELAY (lettre's own connect leaves Nagle on).
-            let name = rustls::pki_types::ServerName::try_from(s.host.clone())
-                .map_err(|e| SendError::Setup(format!("smtp.host `{}` for TLS: {e}", s.host)))?;
-            let tls = tokio::time::timeout(
-                s.timeout,
-                tokio_rustls::TlsConnector::from(tls_config(s)?).connect(name, tcp),
-            )
-            .await
-            .map_err(|_| transient("timed out in the TLS handshake with", &"no answer"))?
-            .map_err(|e| tls_failure("TLS handshake failed with", s, &e))?;
-            Box::new(tls)
+        TlsMode::None => Box::new(tcp),
+        TlsMode::Tls => Box::new(handshake(s, tcp, "TLS handshake failed with").await?),
+        TlsMode::Starttls => {
+            let tcp = starttls(s, tcp, hello).await?;
+            let tls = handshake(s, tcp, "STARTTLS failed with").await?;
+            Box::new(Greeted {
+                greeting: b"220 TLS started\r\n",
+                inner: tls,
+            })
         }
     };
     let heard = Arc::new(Heard::default());
-    heard.listening.store(
-        s.tls != TlsMode::Starttls,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    heard
+        .listening
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let stream = SharedStream {
         wire: Arc::new(std::sync::Mutex::new(stream)),
         peer,
         heard: heard.clone(),
     };
-    // After STARTTLS lettre encrypts inside its session: only a session
-    // that is plain text, or TLS from the start, can be written to
-    // directly.
-    let shared = (s.tls != TlsMode::Starttls).then(|| stream.clone());
+    let shared = stream.clone();
     let mut conn = with_timeout(
         s.timeout,
         AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello),
@@ -235,18 +359,8 @@ pub(super) async fn connect(
     // lettre keeps only the extensions it uses: whether the relay
     // pipelines is read from its EHLO reply as it came (a second EHLO
     // would be refused by strict servers: "503 Duplicate HELO/EHLO").
-    let pipelined = shared.filter(|_| heard.offers_pipelining());
-    if s.tls == TlsMode::Starttls {
-        if !conn.can_starttls() {
-            return Err(SendError::Setup(format!(
-                "SMTP relay {}:{} does not offer STARTTLS (set smtp.tls = \"none\" only for a trusted relay)",
-                s.host, s.port
-            )));
-        }
-        with_timeout(s.timeout, conn.starttls(starttls_parameters(s)?, hello))
-            .await
-            .map_err(|e| tls_failure("STARTTLS failed with", s, &e))?;
-    }
+    // After STARTTLS that is the reply to the EHLO sent over TLS.
+    let pipelined = heard.offers_pipelining().then_some(shared);
     if let (Some(user), Some(password)) = (&s.username, &s.password) {
         let credentials = Credentials::new(user.clone(), password.expose().to_string());
         let mechanisms = [

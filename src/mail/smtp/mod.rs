@@ -110,6 +110,12 @@ impl SmtpSender {
         }
     }
 
+    /// Whether the relay waits for the content of the message with this
+    /// envelope (see [`SmtpSender::send`]).
+    pub fn primed_for(&self, envelope: &Envelope) -> bool {
+        self.primed.as_ref() == Some(envelope)
+    }
+
     /// Whether [`SmtpSender::send`] has a use for the next envelope: an
     /// open connection to a relay that pipelines.
     pub fn chains(&self) -> bool {

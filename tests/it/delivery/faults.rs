@@ -12,7 +12,8 @@ use chrono::Utc;
 use crate::helpers::{
     Backend, Log, TestDb, Workspace, digest_section, duplicates, stderr, stdout, wait_for,
 };
-use crate::smtp::{Behaviour, Fault, SmtpServer, closed_port};
+use crate::in_plain_text_and_over_starttls;
+use crate::smtp::{Behaviour, Fault, SmtpServer, Tls, closed_port};
 
 const FAST_RETRIES: &str =
     "retry_base_ms = 20\nretry_max_ms = 100\nmax_attempts = 10\nlease_secs = 2\nbatch_size = 20";
@@ -26,22 +27,31 @@ fn kill_9(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flaky_relay_delivers_everyone_and_fails_only_the_rejected() {
+// Relay faults hit a session the same way in plain text and after
+// STARTTLS, where transactions are pipelined and chained alike.
+in_plain_text_and_over_starttls!(
+    a_flaky_relay_delivers_everyone_and_fails_only_the_rejected,
+    chained_transactions_keep_every_reader_to_one_email_through_refusals,
+    a_relay_that_is_down_pauses_delivery_instead_of_burning_attempts,
+    a_sender_killed_mid_run_loses_nobody,
+    retry_re_sends_only_the_failed_deliveries_of_a_run,
+);
+
+async fn a_flaky_relay_delivers_everyone_and_fails_only_the_rejected(tls: Tls) {
     let db = TestDb::new(Backend::Postgres).await;
     let rejected = [
         "reader7@example.org",
         "reader19@example.org",
         "reader33@example.org",
     ];
-    let smtp = refusing_relay(&rejected, |n| match n {
+    let smtp = refusing_relay(tls, &rejected, |n| match n {
         n if n % 3 == 0 => Fault::TempFail,
         n if n % 11 == 5 => Fault::DropMidData,
         8 | 20 => Fault::DropAfterData,
         _ => Fault::Accept,
     });
     let readers = 40;
-    let ws = sent_daily(&db, &smtp, FAST_RETRIES, readers, "37 sent, 3 failed");
+    let ws = sent_daily(&db, &smtp, tls, FAST_RETRIES, readers, "37 sent, 3 failed");
 
     assert!(smtp.faults(Fault::TempFail) > 5);
     assert!(smtp.faults(Fault::DropMidData) > 0);
@@ -67,15 +77,23 @@ async fn a_flaky_relay_delivers_everyone_and_fails_only_the_rejected() {
     assert_refused_with_550(&ws, &rejected);
 }
 
-/// A workspace on `db` and `smtp` with these `[delivery]` keys, `readers`
-/// readers of the daily digest and an article to send them.
-fn daily_workspace(db: &TestDb, smtp: &SmtpServer, delivery: &str, readers: usize) -> Workspace {
+/// A workspace on `db` and `smtp` (speaking TLS as `tls`) with these
+/// `[delivery]` keys, `readers` readers of the daily digest and an article
+/// to send them.
+fn daily_workspace(
+    db: &TestDb,
+    smtp: &SmtpServer,
+    tls: Tls,
+    delivery: &str,
+    readers: usize,
+) -> Workspace {
     let ws = Workspace::with_delivery(
         &db.url,
         Some(smtp.port),
         delivery,
         &digest_section("daily", ""),
     );
+    ws.set_smtp(&tls.keys());
     ws.import_readers(readers);
     ws.add_article("Daily news");
     ws
@@ -86,11 +104,12 @@ fn daily_workspace(db: &TestDb, smtp: &SmtpServer, delivery: &str, readers: usiz
 fn sent_daily(
     db: &TestDb,
     smtp: &SmtpServer,
+    tls: Tls,
     delivery: &str,
     readers: usize,
     counts: &str,
 ) -> Workspace {
-    let ws = daily_workspace(db, smtp, delivery, readers);
+    let ws = daily_workspace(db, smtp, tls, delivery, readers);
     let out = ws.run(&["send", "daily"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -113,11 +132,13 @@ fn assert_refused_with_550(ws: &Workspace, rejected: &[&str]) {
     }
 }
 
-/// A relay that refuses `rejected` (550) and fails transactions by `policy`.
-fn refusing_relay(rejected: &[&str], policy: fn(u64) -> Fault) -> SmtpServer {
+/// A relay speaking TLS as `tls` that refuses `rejected` (550) and fails
+/// transactions by `policy`.
+fn refusing_relay(tls: Tls, rejected: &[&str], policy: fn(u64) -> Fault) -> SmtpServer {
     SmtpServer::start_with(Behaviour {
         reject: rejected.iter().map(|s| s.to_string()).collect(),
         policy: Arc::new(policy),
+        tls,
         ..Behaviour::default()
     })
 }
@@ -126,11 +147,10 @@ fn refusing_relay(rejected: &[&str], policy: fn(u64) -> Fault) -> SmtpServer {
 /// RCPT and DATA in one write. A refused recipient in a transaction started
 /// that way, and a 451 after a message that had started the next one, cost
 /// a new connection each, and neither loses nor repeats a message.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chained_transactions_keep_every_reader_to_one_email_through_refusals() {
+async fn chained_transactions_keep_every_reader_to_one_email_through_refusals(tls: Tls) {
     let db = TestDb::new(Backend::Postgres).await;
     let rejected = ["reader4@example.org", "reader11@example.org"];
-    let smtp = refusing_relay(&rejected, |n| {
+    let smtp = refusing_relay(tls, &rejected, |n| {
         if n % 7 == 3 {
             Fault::TempFail
         } else {
@@ -139,7 +159,7 @@ async fn chained_transactions_keep_every_reader_to_one_email_through_refusals() 
     });
     let readers = 30;
     let delivery = format!("{FAST_RETRIES}\nconcurrency = 1");
-    let ws = sent_daily(&db, &smtp, &delivery, readers, "28 sent, 2 failed");
+    let ws = sent_daily(&db, &smtp, tls, &delivery, readers, "28 sent, 2 failed");
     assert!(smtp.faults(Fault::TempFail) > 0);
     // (How many are chained depends on whether the next job was waiting.)
     assert!(
@@ -158,8 +178,7 @@ async fn chained_transactions_keep_every_reader_to_one_email_through_refusals() 
     assert_refused_with_550(&ws, &rejected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_that_is_down_pauses_delivery_instead_of_burning_attempts() {
+async fn a_relay_that_is_down_pauses_delivery_instead_of_burning_attempts(tls: Tls) {
     let db = TestDb::new(Backend::Postgres).await;
     let port = closed_port();
     let ws = Workspace::with_delivery(
@@ -168,6 +187,7 @@ async fn a_relay_that_is_down_pauses_delivery_instead_of_burning_attempts() {
         FAST_RETRIES,
         &digest_section("daily", ""),
     );
+    ws.set_smtp(&tls.keys());
     let readers = 60;
     ws.import_readers(readers);
     ws.add_article("Outage news");
@@ -216,7 +236,13 @@ async fn a_relay_that_is_down_pauses_delivery_instead_of_burning_attempts() {
     );
 
     // The relay comes back: everyone gets the digest once.
-    let smtp = SmtpServer::start_on(port, Behaviour::default());
+    let smtp = SmtpServer::start_on(
+        port,
+        Behaviour {
+            tls,
+            ..Behaviour::default()
+        },
+    );
     let out = ws.run(&["send", "daily"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(duplicates(&smtp, readers), 0);
@@ -225,10 +251,11 @@ async fn a_relay_that_is_down_pauses_delivery_instead_of_burning_attempts() {
 
 /// A Postgres database, a relay that answers after 5 ms, and 300 readers
 /// with one new article: a run that lasts long enough to interrupt.
-async fn slow_run_setup(title: &str) -> (TestDb, SmtpServer, Workspace, usize) {
+async fn slow_run_setup(title: &str, tls: Tls) -> (TestDb, SmtpServer, Workspace, usize) {
     let db = TestDb::new(Backend::Postgres).await;
     let smtp = SmtpServer::start_with(Behaviour {
         delay: Duration::from_millis(5),
+        tls,
         ..Behaviour::default()
     });
     let ws = Workspace::with_delivery(
@@ -237,14 +264,15 @@ async fn slow_run_setup(title: &str) -> (TestDb, SmtpServer, Workspace, usize) {
         FAST_RETRIES,
         &digest_section("daily", ""),
     );
+    ws.set_smtp(&tls.keys());
     let readers = 300;
     ws.import_readers(readers);
     ws.add_article(title);
     (db, smtp, ws, readers)
 }
 
-async fn crash_at(point: usize) {
-    let (_db, smtp, ws, readers) = slow_run_setup("Crash news").await;
+async fn crash_at(point: usize, tls: Tls) {
+    let (_db, smtp, ws, readers) = slow_run_setup("Crash news", tls).await;
 
     let mut child = ws.spawn(&["send", "daily"]);
     wait_for("the run to get going", || smtp.received().len() >= point);
@@ -269,17 +297,16 @@ async fn crash_at(point: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_killed_early_in_a_run_loses_nobody() {
-    crash_at(10).await;
+    crash_at(10, Tls::None).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sender_killed_mid_run_loses_nobody() {
-    crash_at(150).await;
+async fn a_sender_killed_mid_run_loses_nobody(tls: Tls) {
+    crash_at(150, tls).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_killed_late_in_a_run_loses_nobody() {
-    crash_at(280).await;
+    crash_at(280, Tls::None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,7 +324,7 @@ async fn three_replicas_share_one_run_and_send_each_reader_one_email() {
 async fn replicas_send_each_reader_one_email(replicas: usize, readers: usize, delivery: &str) {
     let db = TestDb::new(Backend::Postgres).await;
     let smtp = SmtpServer::start();
-    let ws = daily_workspace(&db, &smtp, delivery, readers);
+    let ws = daily_workspace(&db, &smtp, Tls::None, delivery, readers);
     let slot = Utc::now().to_rfc3339();
 
     let children: Vec<_> = (0..replicas)
@@ -313,7 +340,7 @@ async fn replicas_send_each_reader_one_email(replicas: usize, readers: usize, de
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_survives_its_database_connections_being_killed() {
-    let (db, smtp, ws, readers) = slow_run_setup("Database news").await;
+    let (db, smtp, ws, readers) = slow_run_setup("Database news", Tls::None).await;
     let name = db.url.rsplit('/').next().unwrap().to_string();
 
     let child = ws.spawn(&["send", "daily"]);
@@ -337,16 +364,18 @@ async fn a_run_survives_its_database_connections_being_killed() {
     assert!(duplicates(&smtp, readers) <= 12);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_re_sends_only_the_failed_deliveries_of_a_run() {
+async fn retry_re_sends_only_the_failed_deliveries_of_a_run(tls: Tls) {
     let db = TestDb::new(Backend::Postgres).await;
-    let first = SmtpServer::start_rejecting(&["reader3@example.org", "reader5@example.org"]);
+    let first = refusing_relay(tls, &["reader3@example.org", "reader5@example.org"], |_| {
+        Fault::Accept
+    });
     let ws = Workspace::with_delivery(
         &db.url,
         Some(first.port),
         FAST_RETRIES,
         &digest_section("daily", ""),
     );
+    ws.set_smtp(&tls.keys());
     ws.import_readers(8);
     ws.add_article("Retry news");
     let out = ws.run(&["send", "daily"]);
@@ -357,7 +386,7 @@ async fn retry_re_sends_only_the_failed_deliveries_of_a_run() {
     );
 
     // The mailboxes exist now, on a relay that accepts them.
-    let second = SmtpServer::start();
+    let second = refusing_relay(tls, &[], |_| Fault::Accept);
     let config = std::fs::read_to_string(&ws.config).unwrap().replace(
         &format!("port = {}", first.port),
         &format!("port = {}", second.port),

@@ -1,4 +1,6 @@
-//! The message as a MIME parser reads it, and SMTP over TLS.
+//! The message as a MIME parser reads it, SMTP over TLS, and deliveries
+//! spread over several relays.
 
 mod message;
+mod relays;
 mod tls;

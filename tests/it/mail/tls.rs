@@ -4,6 +4,7 @@
 use crate::helpers::{
     Backend, SmtpServer, TestDb, Workspace, digest_section, stderr, stdout, wait_for,
 };
+use crate::in_plain_text_and_over_starttls;
 use crate::smtp::{Behaviour, Tls, test_ca_file};
 
 const READERS: usize = 3;
@@ -123,10 +124,10 @@ async fn a_relay_certificate_from_an_unknown_authority_is_refused() {
         );
         let status = ws.run(&["status"]);
         assert_eq!(stdout(&status).trim(), "no runs yet", "{mode}");
-        // With TLS from the first byte, each of the two connections tells
-        // the relay that its certificate authority is unknown; after
-        // STARTTLS, gazette hangs up in the handshake without an alert.
-        let alerts = if tls == Tls::Implicit { 2 } else { 0 };
+        // Each of the two connections (`check`, `send`) tells the relay
+        // that its certificate authority is unknown, with TLS from the
+        // first byte as after STARTTLS (both handshakes are gazette's).
+        let alerts = 2;
         let mut failures = Vec::new();
         wait_for("the relay to see the alerts", || {
             failures.extend(smtp.take_failures());
@@ -168,4 +169,56 @@ async fn refused_credentials_stop_send_before_anything_is_planned_or_failed() {
     std::fs::write(&ws.config, config.replace("wrong horse", "correct horse")).unwrap();
     send_every_digest(&ws);
     assert_eq!(smtp.received().len(), READERS);
+}
+
+in_plain_text_and_over_starttls!(a_message_costs_one_round_trip_in_plain_text_as_over_starttls);
+
+/// One connection sends a run of 40 digests: every transaction's MAIL,
+/// RCPT and DATA go in one write (RFC 2920), after STARTTLS as in plain
+/// text (PIPELINING is read from the EHLO reply over TLS), and a message's
+/// content mostly carries the next message's envelope behind it: one
+/// round trip per message. (Chaining needs the next job to be waiting,
+/// which it is but between batches of claims.)
+async fn a_message_costs_one_round_trip_in_plain_text_as_over_starttls(tls: Tls) {
+    let readers = 40;
+    let smtp = SmtpServer::start_with(Behaviour {
+        tls,
+        ..Behaviour::default()
+    });
+    let db = TestDb::new(Backend::Sqlite).await;
+    let ws = Workspace::with_delivery(
+        &db.url,
+        Some(smtp.port),
+        "concurrency = 1\nbatch_size = 20",
+        &digest_section("daily", ""),
+    );
+    ws.set_smtp(&tls.keys());
+    ws.import_readers(readers);
+    ws.add_article("Pipelined news");
+
+    let out = ws.run(&["send", "daily"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("{readers} sent, 0 failed")),
+        "{}",
+        stdout(&out)
+    );
+    let received = smtp.received();
+    assert_eq!(received.len(), readers);
+    assert!(
+        received
+            .iter()
+            .all(|m| m.encrypted == (tls == Tls::Starttls)),
+        "{tls:?}"
+    );
+    assert_eq!(
+        smtp.pipelined(),
+        readers as u64,
+        "{tls:?}: transactions pipelined"
+    );
+    assert!(
+        smtp.chained() >= readers as u64 / 2,
+        "{tls:?}: only {} of {readers} messages carried the next envelope",
+        smtp.chained()
+    );
 }
