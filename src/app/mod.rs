@@ -6,6 +6,7 @@ mod articles;
 mod check;
 mod daemon;
 mod demo;
+mod dkim;
 mod feeds;
 mod preview;
 mod preview_server;
@@ -18,6 +19,7 @@ pub use self::articles::{articles_add, articles_import, articles_list, articles_
 pub use self::check::check;
 pub use self::daemon::{run, serve};
 pub use self::demo::demo;
+pub use self::dkim::{dkim_keygen, dns_record};
 pub use self::feeds::{feeds_fetch, feeds_list};
 pub use self::preview::{
     Preview, PreviewFiles, ReaderChoice, preview, preview_command, print_preview, render_preview,

@@ -197,6 +197,7 @@ fn load_live(
             store: store.clone(),
             renderer: Arc::new(renderer),
             tokens: tokens.clone(),
+            sealer: crate::mail::Sealer::new(settings.dkim.clone()),
             metrics: Arc::default(),
             confirmations_due: Arc::default(),
             panic_for_tests: None,

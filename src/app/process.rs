@@ -20,6 +20,7 @@ pub async fn open(settings: Settings) -> Result<Engine> {
     let renderer = Renderer::new(&settings)?;
     let (store, tokens) = open_store(&settings).await?;
     Ok(Engine {
+        sealer: mail::Sealer::new(settings.dkim.clone()),
         settings: Arc::new(settings),
         store,
         renderer: Arc::new(renderer),

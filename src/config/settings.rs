@@ -26,6 +26,8 @@ pub struct Settings {
     pub digests: Vec<Digest>,
     /// The feeds `gazette run` polls.
     pub feeds: Vec<Feed>,
+    /// The DKIM keys every message is signed with (`[[dkim]]`), in order.
+    pub dkim: Vec<crate::mail::DkimKey>,
     /// The ingest API.
     pub api: ApiSettings,
     /// The sources that were read, in order, for messages.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::domain::ReaderTokens;
+use crate::mail::Sealer;
 use crate::metrics::Metrics;
 use crate::render::Renderer;
 use crate::store::Store;
@@ -17,6 +18,8 @@ pub struct Engine {
     pub renderer: Arc<Renderer>,
     /// Signs the tokens of readers' links.
     pub tokens: ReaderTokens,
+    /// Signs every message with the `[[dkim]]` keys, on threads of its own.
+    pub sealer: Sealer,
     /// What the admin port's `/metrics` shows.
     pub metrics: Arc<Metrics>,
     /// Woken when a subscribe request leaves a confirmation email to send.

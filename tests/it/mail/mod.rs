@@ -1,4 +1,5 @@
 //! The message as a MIME parser reads it, and SMTP over TLS.
 
+mod dkim;
 mod message;
 mod tls;
