@@ -360,8 +360,12 @@ pub fn sign(keys: &[DkimKey], message: &[u8], now: u64) -> Result<Vec<u8>, Strin
             data.extend_from_slice(b"\r\n");
         }
     }
-    let signed = names.join(":");
-    let signed = fold_list(&signed);
+    // Each name twice: the second names an instance that does not exist
+    // (it adds nothing to the hash), so that a header added in transit,
+    // a second Subject or List-Unsubscribe, breaks the signature
+    // ("oversigning", RFC 6376, 8.15).
+    let signed: Vec<&str> = names.iter().flat_map(|n| [*n, *n]).collect();
+    let signed = fold_list(&signed.join(":"));
     let mut out = Vec::with_capacity(keys.len() * 700);
     let mut signature = Vec::with_capacity(512);
     for key in keys {
