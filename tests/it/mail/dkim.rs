@@ -92,7 +92,7 @@ fn keygen(dir: &Path, domain: &str, selector: &str, ed25519: bool) -> Key {
         args.push("--ed25519");
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
-        .args(&args)
+        .args(args)
         .current_dir(dir)
         .output()
         .unwrap();
@@ -386,8 +386,8 @@ fn bad_keys_stop_check_with_an_error_naming_the_section_and_the_file() {
     let missing = dir.path().join("missing.pem");
     let fixture = |name: &str| Path::new(FIXTURES).join(name);
     let cases: Vec<(PathBuf, &str, &str)> = vec![
-        (missing.clone(), "", "cannot read the key file"),
-        (not_pem.clone(), "", "not a PEM private key"),
+        (missing, "", "cannot read the key file"),
+        (not_pem, "", "not a PEM private key"),
         (
             fixture("rsa-1024.pem"),
             "",
