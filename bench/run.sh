@@ -39,6 +39,15 @@
 #                      subscribers (N ledger rows each, all sent) are put in
 #                      the ledger before the measured send, as a ledger
 #                      nobody folds holds them
+#   BENCH_DKIM         rsa2048, ed25519 or both: sign every message with new
+#                      keys (made with openssl, one [[dkim]] section each).
+#                      The script then also measures the signing limit,
+#                      `openssl speed -seconds 3` signatures/s (for both: one
+#                      RSA and one Ed25519 signature per message) times the
+#                      runtime threads gazette uses by default
+#                      (TOKIO_WORKER_THREADS, or half the CPUs, at least 1),
+#                      and prints the goal: 0.8 of the lower of the ceiling
+#                      and that limit.
 #
 # Everything it sends goes to 127.0.0.1. Exit code 0 only if every message
 # was sent.
@@ -65,6 +74,19 @@ if ! [[ $RTT_MS =~ ^[0-9]+$ ]]; then
     echo "BENCH_RTT_MS must be a whole number of milliseconds" >&2
     exit 2
 fi
+DKIM=${BENCH_DKIM:-}
+case $DKIM in
+"" | rsa2048 | ed25519 | both) ;;
+*)
+    echo "BENCH_DKIM must be rsa2048, ed25519 or both" >&2
+    exit 2
+    ;;
+esac
+if [ -n "$DKIM" ] && ! command -v openssl >/dev/null; then
+    echo "BENCH_DKIM needs openssl" >&2
+    exit 2
+fi
+
 if ! [[ $DB =~ ^[a-z_][a-z0-9_]*$ ]]; then
     echo "BENCH_DB must be a plain lowercase identifier" >&2
     exit 2
@@ -280,6 +302,21 @@ window = "7d"
 max_articles = 10
 EOF
 
+# Signing keys, one [[dkim]] section each.
+dkim_section() {
+    printf '\n[[dkim]]\ndomain = "bench.example.org"\nselector = "%s"\nkey_file = "%s"\n' "$1" "$2" >>"$CONFIG"
+}
+if [ "$DKIM" = rsa2048 ] || [ "$DKIM" = both ]; then
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/rsa.pem" 2>/dev/null ||
+        die "openssl could not make an RSA key"
+    dkim_section rsa "$WORK/rsa.pem"
+fi
+if [ "$DKIM" = ed25519 ] || [ "$DKIM" = both ]; then
+    openssl genpkey -algorithm ED25519 -out "$WORK/ed25519.pem" 2>/dev/null ||
+        die "openssl could not make an Ed25519 key"
+    dkim_section ed25519 "$WORK/ed25519.pem"
+fi
+
 # gazette reads config/default.toml relative to the working directory: run
 # it from the empty work directory so that only the built-in defaults and
 # the file above apply.
@@ -375,6 +412,41 @@ wait_for_low_load() {
         waited=$((waited + 15))
     done
 }
+
+# -- signing limit -------------------------------------------------------------
+
+# Signatures per second on one core, as `openssl speed` measures them (the
+# second-to-last field of its result line is sign/s).
+openssl_signs() {
+    timeout 120 openssl speed -seconds 3 "$1" 2>/dev/null | awk -v pat="$2" '$0 ~ pat { s = $(NF - 1) } END { print s + 0 }'
+}
+if [ -n "$DKIM" ]; then
+    wait_for_low_load
+    THREADS=${TOKIO_WORKER_THREADS:-$(($(nproc) / 2))}
+    [ "$THREADS" -ge 1 ] || THREADS=1
+    LOAD_SPEED=$(loadavg)
+    case $DKIM in
+    rsa2048)
+        RSA_SIGNS=$(openssl_signs rsa2048 '^rsa 2048 bits')
+        PER_CORE=$RSA_SIGNS
+        SPEED_TEXT="openssl speed rsa2048: $RSA_SIGNS signs/s"
+        ;;
+    ed25519)
+        ED_SIGNS=$(openssl_signs ed25519 'Ed25519')
+        PER_CORE=$ED_SIGNS
+        SPEED_TEXT="openssl speed ed25519: $ED_SIGNS signs/s"
+        ;;
+    both)
+        RSA_SIGNS=$(openssl_signs rsa2048 '^rsa 2048 bits')
+        ED_SIGNS=$(openssl_signs ed25519 'Ed25519')
+        PER_CORE=$(awk -v r="$RSA_SIGNS" -v e="$ED_SIGNS" 'BEGIN { printf "%.1f", (r > 0 && e > 0) ? 1 / (1 / r + 1 / e) : 0 }')
+        SPEED_TEXT="openssl speed rsa2048: $RSA_SIGNS signs/s, ed25519: $ED_SIGNS signs/s, both: $PER_CORE messages/s"
+        ;;
+    esac
+    awk -v p="$PER_CORE" 'BEGIN { exit !(p > 0) }' || die "could not read the signing speed from openssl speed"
+    SIGN_LIMIT=$(awk -v p="$PER_CORE" -v t="$THREADS" 'BEGIN { printf "%.0f", p * t }')
+    say "signing limit: $SPEED_TEXT x $THREADS runtime threads = $SIGN_LIMIT messages/s (load average $LOAD_SPEED)"
+fi
 
 # -- gazette send -------------------------------------------------------------
 
@@ -488,6 +560,15 @@ if [ "$RTT_MS" -gt 0 ]; then
   limit:    $LIMIT messages/s (pool $POOL / RTT $RTT_MS ms: one round trip per message)
   ratio:    $LIMIT_RATIO (gazette / limit)
             $BOUND_RATIO (gazette / min(limit, ceiling) = gazette / $BOUND)
+EOF
+fi
+if [ -n "$DKIM" ]; then
+    GOAL=$(awk -v c="$CEIL_RATE" -v l="$SIGN_LIMIT" 'BEGIN { m = (c < l) ? c : l; printf "%.0f", 0.8 * m }')
+    MET=$(awk -v r="$RATE" -v g="$GOAL" 'BEGIN { print (r >= g) ? "met" : "NOT met" }')
+    cat <<EOF
+  dkim:     BENCH_DKIM=$DKIM; $SPEED_TEXT (load average $LOAD_SPEED)
+            signing limit: $PER_CORE x $THREADS runtime threads = $SIGN_LIMIT messages/s
+            goal: 0.8 x min(ceiling $CEIL_RATE, signing limit $SIGN_LIMIT) = $GOAL messages/s: $MET ($RATE)
 EOF
 fi
 cat <<EOF

@@ -22,7 +22,8 @@
 //!   the outcome writer, the retry policies, and the confirmation emails.
 //! - [`render`]: minijinja templates → subject, HTML and text; the
 //!   once-per-shape fast path in `render/fast.rs`.
-//! - [`mail`]: quoted-printable, the MIME message, the outbox, and SMTP on
+//! - [`mail`]: quoted-printable, the MIME message, DKIM signatures (signed
+//!   on threads of their own, `mail/seal.rs`), the outbox, and SMTP on
 //!   our own connections (`mail/smtp/`: connect, pipelined session, reply
 //!   classes).
 //! - [`bounces`]: the signed return path (VERP), bounce and complaint

@@ -127,6 +127,32 @@ enum Command {
     Migrate,
     /// Check the configuration and templates, and reach the database and SMTP relay.
     Check,
+    /// DKIM keys: `gazette dkim keygen`.
+    #[command(subcommand)]
+    Dkim(DkimCommand),
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Write a new DKIM private key (RSA 2048 bits, or Ed25519) and print
+    /// the DNS TXT record to publish and the `[[dkim]]` section to add.
+    Keygen {
+        /// The signing domain (`d=`): the From address's domain, or a
+        /// parent of it.
+        #[arg(long)]
+        domain: String,
+        /// The selector (`s=`): the record is published at
+        /// SELECTOR._domainkey.DOMAIN.
+        #[arg(long)]
+        selector: String,
+        /// Where to write the key (PKCS#8 PEM, mode 0600); never over an
+        /// existing file.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// An Ed25519 key instead of RSA.
+        #[arg(long)]
+        ed25519: bool,
+    },
 }
 
 impl Command {
@@ -293,6 +319,23 @@ fn main() -> ExitCode {
     if cli.command.lists() {
         quiet_on_a_closed_pipe();
     }
+    // (Needs no configuration: a key is made before the configuration
+    // names it.)
+    if let Command::Dkim(DkimCommand::Keygen {
+        domain,
+        selector,
+        out,
+        ed25519,
+    }) = &cli.command
+    {
+        return match app::dkim_keygen(domain, selector, out, *ed25519) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}", gazette::errors::chain(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match config::load(Path::new("."), cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -428,7 +471,9 @@ async fn execute(
             slot,
             ..
         } => app::send(&engine, &digest, slot, dry_run).await.map(|_| ()),
-        Command::Check | Command::Preview { .. } => unreachable!("handled above"),
+        Command::Check | Command::Preview { .. } | Command::Dkim(_) => {
+            unreachable!("handled above")
+        }
         Command::Articles(cmd) => match cmd {
             ArticlesCommand::Import { file } => app::articles_import(&engine, &file).await,
             ArticlesCommand::Add {

@@ -28,6 +28,9 @@ pub async fn check(settings: Settings) -> Result<()> {
         println!("  warning: {template}: {warning}");
     }
     drop(renderer);
+    for line in super::dkim::describe_keys(&settings) {
+        println!("{line}");
+    }
     let (store, _) = open_store(&settings).await?;
     println!(
         "database: ok ({}, {})",

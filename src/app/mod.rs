@@ -7,6 +7,7 @@ mod bounces;
 mod check;
 mod daemon;
 mod demo;
+mod dkim;
 mod feeds;
 mod ledger;
 mod preview;
@@ -21,6 +22,7 @@ pub use self::bounces::{IngestFailed, bounces_ingest};
 pub use self::check::check;
 pub use self::daemon::{run, serve};
 pub use self::demo::demo;
+pub use self::dkim::{dkim_keygen, dns_record};
 pub use self::feeds::{feeds_fetch, feeds_list};
 pub use self::ledger::fold_ledger;
 pub use self::preview::{

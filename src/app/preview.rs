@@ -32,7 +32,8 @@ pub struct Preview {
     pub subject: String,
     pub html: String,
     pub text: String,
-    /// The whole message, as `send` hands it to the relay.
+    /// The whole message, as `send` hands it to the relay (signed, with
+    /// `[[dkim]]` keys).
     pub message: Vec<u8>,
     /// The reader's address (the sample reader's too).
     pub reader: String,
@@ -153,7 +154,7 @@ pub async fn render_preview(
         subject: rendered.subject,
         html: rendered.html,
         text: rendered.text,
-        message: message.formatted(),
+        message: engine.sealer.seal(message).await?.bytes,
         reader: email,
         articles: articles.len(),
         note,

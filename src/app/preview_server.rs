@@ -198,6 +198,7 @@ fn load_live(
             renderer: Arc::new(renderer),
             tokens: tokens.clone(),
             return_path: None,
+            sealer: crate::mail::Sealer::new(settings.dkim.clone()),
             metrics: Arc::default(),
             confirmations_due: Arc::default(),
             panic_for_tests: None,

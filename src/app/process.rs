@@ -31,6 +31,7 @@ pub async fn open(settings: Settings) -> Result<Engine> {
         None => None,
     };
     Ok(Engine {
+        sealer: mail::Sealer::new(settings.dkim.clone()),
         settings: Arc::new(settings),
         store,
         renderer: Arc::new(renderer),

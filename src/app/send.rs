@@ -165,6 +165,7 @@ pub async fn send_test(engine: &Engine, digest: &str, addresses: &[String]) -> R
             .set(lettre::message::header::Subject::from(format!(
                 "[TEST] {subject}"
             )));
+        let message = engine.sealer.seal(message).await?;
         let stem = format!("{}-test-{}", digest.name, now.timestamp_millis());
         match sender.send(&message, &stem).await {
             Ok(()) => println!("{}: test sent to {address}", digest.name),

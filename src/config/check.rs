@@ -119,6 +119,24 @@ impl Problems<'_> {
     }
 }
 
+impl Problems<'_> {
+    /// A problem with `field` of the `[[dkim]]` section at `index`.
+    pub(super) fn dkim(
+        &mut self,
+        index: usize,
+        domain: &str,
+        selector: &str,
+        field: &str,
+        message: impl fmt::Display,
+    ) {
+        let origin = self.sources.origin("dkim");
+        self.list.push(format!(
+            "{origin}: key `dkim[{index}].{field}` ([[dkim]] section {}, domain `{domain}`, selector `{selector}`): {message}",
+            index + 1
+        ));
+    }
+}
+
 /// `24h`, `90m`, `7d`, `1h 30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())

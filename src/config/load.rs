@@ -13,6 +13,7 @@ use super::check::{ConfigError, Problems, Sources};
 use super::database::{self, RawDatabase, is_secret_key};
 use super::delivery::{self, RawDelivery};
 use super::digests::{self, RawDigest};
+use super::dkim::{self, RawDkim};
 use super::feeds::{self, RawFeed};
 use super::log::{self, RawLog};
 use super::mail::{self, RawMail};
@@ -41,6 +42,7 @@ struct RawSettings {
     admin: RawAdmin,
     digests: Vec<RawDigest>,
     feeds: Vec<RawFeed>,
+    dkim: Vec<RawDkim>,
     api: RawApi,
     bounces: RawBounces,
 }
@@ -192,6 +194,9 @@ fn anchor_relative_paths(raw: &mut RawSettings, sources: &Sources, explicit_dir:
     anchor("templates.dir", &mut raw.templates.dir);
     anchor("mail.outbox_dir", &mut raw.mail.outbox_dir);
     anchor("web.token_key_file", &mut raw.web.token_key_file);
+    for section in &mut raw.dkim {
+        anchor("dkim", &mut section.key_file);
+    }
     let mut ca_file = PathBuf::from(raw.smtp.ca_file.trim());
     anchor("smtp.ca_file", &mut ca_file);
     raw.smtp.ca_file = ca_file.display().to_string();
@@ -230,6 +235,7 @@ fn validate(
     let api = api::validate(&raw.api, &mut problems);
     let bounces = bounces::validate(&raw.bounces, &mut problems);
     let feeds = feeds::validate(&raw.feeds, &mut problems);
+    let dkim = dkim::validate(&raw.dkim, &mut problems);
     if !raw.templates.dir.is_dir() {
         problems.key(
             "templates.dir",
@@ -237,7 +243,9 @@ fn validate(
         );
     }
     let digests = digests::validate(&raw.digests, &raw.templates.dir, &mut problems);
-    match (database, mail, relays, web, delivery, log, admin, api, bounces) {
+    match (
+        database, mail, relays, web, delivery, log, admin, api, bounces,
+    ) {
         (
             Some(database),
             Some(mail),
@@ -260,6 +268,7 @@ fn validate(
             admin,
             digests,
             feeds,
+            dkim,
             api,
             bounces,
             sources: shown,

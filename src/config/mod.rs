@@ -6,7 +6,7 @@
 //! [`load`] reads the sources (the environment is passed in); each section
 //! has a file of its own with its keys as written, its typed settings and
 //! its validator ([`database`], [`mail`], [`smtp`], [`web`], [`delivery`],
-//! [`digests`], [`feeds`], [`api`], [`bounces`], [`log`]); [`check`] is what the validators share: where a key came
+//! [`digests`], [`feeds`], [`dkim`], [`api`], [`bounces`], [`log`]); [`check`] is what the validators share: where a key came
 //! from, and the error listing every problem.
 
 mod admin;
@@ -16,6 +16,7 @@ mod check;
 mod database;
 mod delivery;
 mod digests;
+mod dkim;
 mod feeds;
 mod load;
 mod log;

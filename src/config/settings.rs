@@ -31,6 +31,8 @@ pub struct Settings {
     pub digests: Vec<Digest>,
     /// The feeds `gazette run` polls.
     pub feeds: Vec<Feed>,
+    /// The DKIM keys every message is signed with (`[[dkim]]`), in order.
+    pub dkim: Vec<crate::mail::DkimKey>,
     /// The ingest API.
     pub api: ApiSettings,
     /// Bounces and complaints.

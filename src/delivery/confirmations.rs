@@ -81,10 +81,13 @@ async fn send_due(engine: &Engine, sender: &mut Sender) -> Result<bool> {
 async fn send_one(engine: &Engine, sender: &mut Sender, email: &ConfirmationEmail) -> Result<()> {
     let store = &engine.store;
     let sent = match confirmation_message(engine, email) {
-        Ok(message) => {
-            let stem = format!("confirm-{}", &email.token_hash[..16]);
-            sender.send(&message, &stem).await
-        }
+        Ok(message) => match engine.sealer.seal(message).await {
+            Ok(message) => {
+                let stem = format!("confirm-{}", &email.token_hash[..16]);
+                sender.send(&message, &stem).await
+            }
+            Err(e) => Err(SendError::Transient(chain(&e).to_string())),
+        },
         Err(e) => Err(SendError::Permanent(format!(
             "cannot build the email: {}",
             chain(&e)

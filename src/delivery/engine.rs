@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::bounces::ReturnPath;
 use crate::config::Settings;
 use crate::domain::ReaderTokens;
+use crate::mail::Sealer;
 use crate::metrics::Metrics;
 use crate::render::Renderer;
 use crate::store::Store;
@@ -21,6 +22,8 @@ pub struct Engine {
     /// Signs and checks the return paths of `[bounces] return_path`
     /// (`None`: messages go out with the From address as their sender).
     pub return_path: Option<ReturnPath>,
+    /// Signs every message with the `[[dkim]]` keys, on threads of its own.
+    pub sealer: Sealer,
     /// What the admin port's `/metrics` shows.
     pub metrics: Arc<Metrics>,
     /// Woken when a subscribe request leaves a confirmation email to send.

@@ -10,7 +10,7 @@ use super::engine::Engine;
 use crate::bounces::Named;
 use crate::domain::SubscriberStatus;
 use crate::errors::chain;
-use crate::mail::{self, BodyEncoder, MessageMeta, SendError, Sender};
+use crate::mail::{self, BodyEncoder, MessageMeta, Outgoing, SendError, Sender};
 use crate::render::{Recipient, RunContext};
 use crate::store::Claimed;
 
@@ -117,12 +117,13 @@ impl Outcome {
     }
 }
 
-/// The message of `job`, or the outcome of a job that sends none.
-pub(super) fn prepare(
+/// The message of `job` as it goes out (signed), or the outcome of a job
+/// that sends none.
+pub(super) async fn prepare(
     engine: &Engine,
     encoder: &mut BodyEncoder,
     job: &Job,
-) -> Result<lettre::Message, Outcome> {
+) -> Result<Outgoing, Outcome> {
     let c = &job.claimed;
     if engine.panic_for_tests.as_deref() == Some(c.email.as_str()) {
         panic!("a fault injected for {}", c.email);
@@ -136,7 +137,7 @@ pub(super) fn prepare(
         email: &c.email,
         unsubscribe_token: &token,
     };
-    compose(
+    let message = compose(
         engine,
         &job.run,
         &reader,
@@ -149,13 +150,19 @@ pub(super) fn prepare(
             c,
             format!("cannot render or build the message: {}", chain(&e)),
         )
-    })
+    })?;
+    // (A signature that fails is not the message's fault: it is retried.)
+    engine
+        .sealer
+        .seal(message)
+        .await
+        .map_err(|e| Outcome::retry(c, chain(&e).to_string()))
 }
 
 pub(super) async fn send_one(
     sender: &mut Sender,
     job: &Job,
-    message: &lettre::Message,
+    message: &Outgoing,
     next: Option<&lettre::address::Envelope>,
 ) -> Outcome {
     let c = &job.claimed;

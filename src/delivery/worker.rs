@@ -13,7 +13,7 @@ use tracing::error;
 use super::engine::Engine;
 use super::job::{Job, Outcome, prepare, send_one};
 use super::policy::{Breaker, RateLimiter};
-use crate::mail::{BodyEncoder, Relays, Sender};
+use crate::mail::{BodyEncoder, Outgoing, Relays, Sender};
 
 /// `delivery.concurrency` workers, each owning one [`Sender`] (one SMTP connection).
 pub struct Workers {
@@ -80,7 +80,7 @@ impl Workers {
 /// A job taken early, with its message (or the outcome of a job that sends
 /// none) once it is built; its transaction may already be under way (see
 /// `Sender::send_then`).
-type Ahead = (Job, Option<Result<lettre::Message, Outcome>>);
+type Ahead = (Job, Option<Result<Outgoing, Outcome>>);
 
 /// One worker: sends job after job until the channel closes. A job whose
 /// handling panics is retried later like a transient failure (its reason
@@ -139,7 +139,7 @@ async fn handle(
     encoder: &mut BodyEncoder,
     ahead: &mut Option<Ahead>,
     job: &Job,
-    prepared: Option<Result<lettre::Message, Outcome>>,
+    prepared: Option<Result<Outgoing, Outcome>>,
 ) -> Outcome {
     let breaker = &shared.breaker;
     if let Some(limiter) = shared.limiter.as_ref().filter(|_| !breaker.is_open()) {
@@ -153,7 +153,11 @@ async fn handle(
         return Outcome::Deferred(job.claimed.id);
     }
     let engine = &shared.engine;
-    let outcome = match prepared.unwrap_or_else(|| prepare(engine, encoder, job)) {
+    let prepared = match prepared {
+        Some(prepared) => prepared,
+        None => prepare(engine, encoder, job).await,
+    };
+    let outcome = match prepared {
         Err(outcome) => outcome,
         Ok(message) => {
             // Without a rate limit to keep, the next job waiting, if any, is
@@ -168,7 +172,7 @@ async fn handle(
                     .and_then(|mut rx| rx.try_recv().ok());
                 if let Some(next) = next {
                     let (next, built) = ahead.insert((next, None));
-                    *built = Some(prepare(engine, encoder, next));
+                    *built = Some(prepare(engine, encoder, next).await);
                 }
             }
             // (Its lease is checked again before its content is sent.)
@@ -178,7 +182,7 @@ async fn handle(
                     .and_then(|b| b.as_ref().ok())
                     .filter(|_| next.usable())
             });
-            let next = next.map(lettre::Message::envelope);
+            let next = next.map(|n| &n.envelope);
             let started = std::time::Instant::now();
             let outcome = send_one(sender, job, &message, next).await;
             engine

@@ -22,6 +22,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tracing::{info, warn};
 
+use super::seal::Outgoing;
 use super::smtp::{SendError, SmtpSender};
 use crate::config::Relay;
 use crate::metrics::{Metrics, RelayLabels, RelayName};
@@ -227,14 +228,14 @@ impl RelaySender {
 
     pub async fn send(
         &mut self,
-        message: &lettre::Message,
+        message: &Outgoing,
         next: Option<&Envelope>,
     ) -> Result<(), SendError> {
         // (A message whose envelope went out with the last one's content
         // goes to that relay, which waits for it.)
         let relay = if self.senders[self.last]
             .as_ref()
-            .is_some_and(|s| s.primed_for(message.envelope()))
+            .is_some_and(|s| s.primed_for(&message.envelope))
         {
             self.last
         } else {

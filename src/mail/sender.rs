@@ -7,6 +7,7 @@ use lettre::address::Envelope;
 
 use super::outbox::write_eml;
 use super::relays::{RelaySender, Relays};
+use super::seal::Outgoing;
 use super::smtp::SendError;
 use crate::config::{Settings, TransportKind};
 use crate::errors::chain;
@@ -35,11 +36,7 @@ impl Sender {
     }
 
     /// Sends `message`; `file_stem` names its outbox file.
-    pub async fn send(
-        &mut self,
-        message: &lettre::Message,
-        file_stem: &str,
-    ) -> Result<(), SendError> {
+    pub async fn send(&mut self, message: &Outgoing, file_stem: &str) -> Result<(), SendError> {
         self.send_then(message, file_stem, None).await
     }
 
@@ -48,12 +45,12 @@ impl Sender {
     /// envelope is `next` (see [`super::smtp::SmtpSender::send`]).
     pub async fn send_then(
         &mut self,
-        message: &lettre::Message,
+        message: &Outgoing,
         file_stem: &str,
         next: Option<&Envelope>,
     ) -> Result<(), SendError> {
         match self {
-            Sender::Outbox(dir) => write_eml(dir, file_stem, &message.formatted())
+            Sender::Outbox(dir) => write_eml(dir, file_stem, &message.bytes)
                 .await
                 .map(|_| ())
                 .map_err(|e| SendError::Transient(format!("{}", chain(&e)))),

@@ -15,6 +15,7 @@ use self::connect::Connection;
 pub use self::reply::SendError;
 use self::reply::{classify, with_timeout};
 use self::session::{read_envelope_replies, send_pipelined};
+use super::seal::Outgoing;
 use crate::config::SmtpSettings;
 
 /// One SMTP connection, opened on first use and reopened after a failure.
@@ -49,11 +50,11 @@ impl SmtpSender {
     /// waiting message with its dot, so nothing is delivered by it.
     pub async fn send(
         &mut self,
-        message: &lettre::Message,
+        message: &Outgoing,
         next: Option<&Envelope>,
     ) -> Result<(), SendError> {
-        let envelope = message.envelope();
-        let bytes = message.formatted();
+        let envelope = &message.envelope;
+        let bytes = &message.bytes;
         // Non-ASCII addresses or content need ESMTP parameters that lettre
         // adds (SMTPUTF8, BODY=8BITMIME); our bodies are quoted-printable.
         let plain = bytes.is_ascii() && envelope_is_ascii(envelope);
@@ -77,10 +78,10 @@ impl SmtpSender {
             Some(stream) => {
                 let out = &mut self.out;
                 let opening = (!primed).then_some(envelope);
-                let send = send_pipelined(&mut conn.smtp, stream, out, opening, &bytes, next);
+                let send = send_pipelined(&mut conn.smtp, stream, out, opening, bytes, next);
                 with_timeout(limit, send).await
             }
-            None => with_timeout(limit, conn.smtp.send(envelope, &bytes)).await,
+            None => with_timeout(limit, conn.smtp.send(envelope, bytes)).await,
         };
         match sent {
             Ok(_) => {
