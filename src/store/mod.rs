@@ -32,6 +32,6 @@ pub use self::feeds::{EntryChange, FeedArticle, FeedClaim, FeedStatus, FetchReco
 pub use self::ledger::{Claimed, DeliveryCounts, FailedDelivery, LedgerConnection, OpenDelivery};
 pub use self::lock::ProcessLock;
 pub use self::readers::{Reader, SubscribeOutcome, SubscriptionRequest};
-pub use self::runs::{PlanOutcome, Run, RunPlan};
+pub use self::runs::{PLAN_CHUNK, PlanChunk, PlanOutcome, Run, RunPlan};
 pub use self::subscribers::{ImportCounts, NewSubscriber, Subscriber, SubscriberChange};
 pub use self::time::Timestamp;
