@@ -358,7 +358,7 @@ POLL_PID=
 sleep 1 # let smtp-sink print its last counters, and the backends flush their statistics
 SINK_AFTER=$(sink_messages)
 COMMITS1=$(commits)
-kill "$FIRST_PID" 2>/dev/null
+kill "$FIRST_PID" 2>/dev/null || true
 wait "$FIRST_PID" 2>/dev/null || true
 FIRST_PID=
 FIRST_S=
