@@ -9,7 +9,8 @@
 # time and peak resident memory with /usr/bin/time -v. Then it measures the
 # ceiling: Postfix's smtp-source sending N messages of the same size to the
 # same sink with the same concurrency. Prints both rates, their ratio and
-# the peak RSS. See docs/benchmarks.md.
+# the peak RSS, with the time from start to the first message smtp-sink
+# received and to the end of planning. See docs/benchmarks.md.
 #
 # Environment:
 #   GAZETTE_BIN        a prebuilt gazette binary (default: build it with
@@ -188,12 +189,17 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/gazette-bench.XXXXXX")
 SINK_PID=
 POLL_PID=
 PROXY_PID=
+FIRST_PID=
 cleanup() {
     local rc=$?
     set +e
     if [ -n "$PROXY_PID" ]; then
         kill "$PROXY_PID" 2>/dev/null
         wait "$PROXY_PID" 2>/dev/null
+    fi
+    if [ -n "$FIRST_PID" ]; then
+        kill "$FIRST_PID" 2>/dev/null
+        wait "$FIRST_PID" 2>/dev/null
     fi
     if [ -n "$POLL_PID" ]; then
         kill "$POLL_PID" 2>/dev/null
@@ -459,7 +465,16 @@ PG_CPU0=$(pg_cpu_secs)
 COMMITS0=$(commits)
 poll_backends >"$WORK/backends.txt" 2>/dev/null &
 POLL_PID=$!
+# The time of the first message smtp-sink counts, polled every 10 ms.
+watch_first_message() {
+    while [ "$(sink_messages)" -le "$SINK_BEFORE" ]; do
+        sleep 0.01
+    done
+    now_ns >"$WORK/first.ns"
+}
 T0=$(now_ns)
+watch_first_message &
+FIRST_PID=$!
 set +e
 # time(1) outside timeout(1), so that a timeout stops gazette itself; the
 # figures time reports include timeout's own, which are negligible.
@@ -476,6 +491,11 @@ POLL_PID=
 sleep 1 # let smtp-sink print its last counters, and the backends flush their statistics
 SINK_AFTER=$(sink_messages)
 COMMITS1=$(commits)
+kill "$FIRST_PID" 2>/dev/null || true
+wait "$FIRST_PID" 2>/dev/null || true
+FIRST_PID=
+FIRST_S=
+[ -s "$WORK/first.ns" ] && FIRST_S=$(secs "$T0" "$(cat "$WORK/first.ns")")
 cat "$WORK/send.out"
 if [ "$RC" -ne 0 ]; then
     tail -20 "$WORK/send.err" >&2
@@ -495,7 +515,7 @@ PG_DB_CPU=$(backend_cpu_secs "$WORK/backends.txt")
 COMMITS=$((COMMITS1 - COMMITS0))
 SINK_CPU=$(awk -v a="$SINK_CPU0" -v b="$SINK_CPU1" 'BEGIN { printf "%.2f", b - a }')
 # Planning (the run, its article snapshot and N ledger rows) ends with the
-# "planned" log line; delivery is the rest.
+# "planned" log line (since chunked planning, sending starts before it).
 PLAN_S=$(awk -v t0="$T0" '
     /planned/ && !done {
         ts = $1; gsub(/\x1b\[[0-9;]*m/, "", ts)
@@ -546,6 +566,7 @@ gazette send, $N subscribers, $ARTICLES articles, pool_size $POOL, message $SIZE
             CPU: gazette ${USER_S} s user + ${SYS_S} s system, smtp-sink $SINK_CPU s,
                  Postgres backends of $DB at least $PG_DB_CPU s (whole server $PG_CPU s)
             Postgres transactions committed in $DB: $COMMITS
+            first message received ${FIRST_S:-?} s after start (polled every 10 ms)
             planning (run + $N ledger rows) done ${PLAN_S:-?} s after start
             load average before: $LOAD_OURS
   ceiling:  smtp-source -d -s $POOL -m $N -l $SIZE: $CEIL_WALL s wall, $CEIL_RATE messages/s
@@ -573,7 +594,7 @@ EOF
 fi
 cat <<EOF
 
-| N | messages/s | ceiling messages/s | ratio | peak RSS MB | message bytes | load average | date |
-|---|---|---|---|---|---|---|---|
-| $N | $RATE | $CEIL_RATE | $RATIO | $RSS_MB | $SIZE | $LOAD_OURS | $DATE |
+| N | messages/s | ceiling messages/s | ratio | peak RSS MB | first message s | planned s | message bytes | load average | date |
+|---|---|---|---|---|---|---|---|---|---|
+| $N | $RATE | $CEIL_RATE | $RATIO | $RSS_MB | ${FIRST_S:-?} | ${PLAN_S:-?} | $SIZE | $LOAD_OURS | $DATE |
 EOF

@@ -97,23 +97,24 @@ async fn deliver_with_progress(
     digest: &DigestName,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<HashMap<i64, DeliveryCounts>> {
-    let mut total = 0;
-    for run in engine.store.unfinished_runs(Some(digest)).await? {
-        total += engine.store.delivery_counts(run.id).await?.open();
-    }
-    if total == 0 {
-        return delivery::deliver_unfinished(engine, Some(digest), Drain::UntilFinished, shutdown)
-            .await;
-    }
-    let progress = Progress::start(format!("{digest}: sending"), total as u64, "emails");
     let metrics = engine.metrics.clone();
     let before = metrics.messages_done(digest.as_str());
-    let name = digest.to_string();
+    let (store, name) = (engine.store.clone(), digest.clone());
+    // Counted beside the delivery, not before it: counting the readers of
+    // a run still being planned reads the whole list, and the first
+    // messages need not wait for that.
     let watch = tokio::spawn(async move {
+        let Ok(total) = to_deliver(&store, &name).await else {
+            return;
+        };
+        if total == 0 {
+            return;
+        }
+        let progress = Progress::start(format!("{name}: sending"), total as u64, "emails");
         let mut every = tokio::time::interval(std::time::Duration::from_millis(200));
         loop {
             every.tick().await;
-            progress.set(metrics.messages_done(&name) - before);
+            progress.set(metrics.messages_done(name.as_str()) - before);
         }
     });
     let counts =
@@ -121,6 +122,19 @@ async fn deliver_with_progress(
     watch.abort();
     let _ = watch.await;
     counts
+}
+
+/// The deliveries left to make in the digest's unfinished runs, counting
+/// the readers of a run still being planned.
+async fn to_deliver(store: &crate::store::Store, digest: &DigestName) -> Result<i64> {
+    let mut total = 0;
+    for run in store.unfinished_runs(Some(digest)).await? {
+        total += store.delivery_counts(run.id).await?.open();
+        if run.planning {
+            total += store.readers_to_plan(run.id).await?;
+        }
+    }
+    Ok(total)
 }
 
 /// `gazette send DIGEST --test ADDRESS…`: what `preview` shows now, to
@@ -299,6 +313,7 @@ fn run_json(run: &Run, c: &DeliveryCounts, b: &RunBounces) -> serde_json::Value 
         "digest": run.digest,
         "slot": run.slot.0.to_rfc3339(),
         "status": run.status.as_str(),
+        "planning": run.planning,
         "started": run.created_at.0.to_rfc3339(),
         "finished": run.finished_at.map(|t| t.0.to_rfc3339()),
         "pending": c.pending,
@@ -349,7 +364,11 @@ pub async fn status(engine: &Engine, limit: i64, json: bool) -> Result<()> {
             run.id,
             run.digest,
             run.slot.0.format("%Y-%m-%d %H:%M:%S"),
-            run.status,
+            if run.planning {
+                "planning".to_string()
+            } else {
+                run.status.to_string()
+            },
             run.created_at.0.format("%Y-%m-%d %H:%M:%S"),
             duration(&run),
             c.open(),
@@ -440,6 +459,17 @@ pub async fn run_status(engine: &Engine, run_id: i64, json: bool) -> Result<()> 
         println!(
             "ledger folded {} (delivery.keep_ledger): the counts remain, the rows of each reader are gone",
             folded.0.to_rfc3339()
+        );
+    }
+    if run.planning {
+        println!(
+            "planning: {} planned so far, {} to come",
+            c.open() + c.sent + c.failed + c.skipped,
+            counted(
+                store.readers_to_plan(run_id).await? as u64,
+                "reader",
+                "readers"
+            )
         );
     }
     if !failed.is_empty() {

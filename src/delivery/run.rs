@@ -16,6 +16,7 @@ use tracing::{info, instrument, warn};
 
 use super::engine::Engine;
 use super::job::{Job, Outcome};
+use super::plan::plan_rest;
 use super::policy::retrying;
 use super::worker::Workers;
 use super::writer::Writer;
@@ -51,7 +52,14 @@ pub async fn deliver_run(
     let articles = store.run_articles(run.id).await?;
     let context = Arc::new(RunContext::new(digest, run.slot.0, &articles, Some(run.id)));
     let mut state = RunLoop::new(engine, workers, run.id, context, shutdown);
+    if run.planning {
+        state.start_planning();
+    }
     while state.step(drain).await? {}
+    // (Only when stopping: the planner stops after its chunk.)
+    if let Some(planner) = state.planner.take() {
+        planner.await.context("the planning of the run stopped")??;
+    }
     let (finished, counts) = retrying("finish the run", shutdown, || async {
         let finished = store.finish_run_if_done(run.id, Timestamp::now()).await?;
         Ok((finished, store.delivery_counts(run.id).await?))
@@ -86,6 +94,9 @@ enum Event {
     Outcome(Option<Outcome>),
     Claimed(Result<Result<Claim>, tokio::task::JoinError>),
     Written(Result<()>),
+    /// The planner added a chunk to the ledger (`false`: it is done).
+    Planned(bool),
+    PlanningDone(Result<Result<()>, tokio::task::JoinError>),
     Tick,
     /// Shutdown changed (or its sender is gone: `false`).
     Stop(bool),
@@ -117,6 +128,12 @@ struct RunLoop<'a> {
     lease: chrono::Duration,
     /// What the last wait for retries was for (pending, sending, next).
     waiting: Option<(i64, i64, Option<Timestamp>)>,
+    /// Plans the rest of the run's ledger while it is sent.
+    planner: Option<JoinHandle<Result<()>>>,
+    /// Deliveries the planner has added so far.
+    planned: watch::Receiver<u64>,
+    /// What `planned` said when the last claim started.
+    planned_at_claim: u64,
 }
 
 impl<'a> RunLoop<'a> {
@@ -156,7 +173,22 @@ impl<'a> RunLoop<'a> {
             lease: chrono::Duration::from_std(delivery.lease)
                 .unwrap_or(chrono::Duration::minutes(5)),
             waiting: None,
+            planner: None,
+            planned: watch::channel(0).1,
+            planned_at_claim: 0,
         }
+    }
+
+    /// Plans the rest of the run's ledger in the background.
+    fn start_planning(&mut self) {
+        let (progress, planned) = watch::channel(0);
+        self.planned = planned;
+        self.planner = Some(tokio::spawn(plan_rest(
+            self.engine.store.clone(),
+            self.run_id,
+            progress,
+            self.shutdown.clone(),
+        )));
     }
 
     /// One turn of the loop; `false` when the run is done (or stopped).
@@ -173,8 +205,13 @@ impl<'a> RunLoop<'a> {
         {
             self.start_claim();
         }
-        // (With a claim under way, the wait below is for its rows.)
-        if self.queue.is_empty() && self.in_flight == 0 && self.claiming.is_none() {
+        // (With a claim under way, the wait below is for its rows; while
+        // the run is being planned, for its next chunk.)
+        if self.queue.is_empty()
+            && self.in_flight == 0
+            && self.claiming.is_none()
+            && (self.planner.is_none() || stopping)
+        {
             return self.when_idle(stopping, drain).await;
         }
         match self.next_event(stopping).await {
@@ -188,6 +225,16 @@ impl<'a> RunLoop<'a> {
                 self.flush_if_full();
             }
             Event::Stop(watching) => self.watching = watching,
+            Event::Planned(more) => {
+                // (Once the planner's sender is gone, its end comes next.)
+                if more {
+                    self.dry = false;
+                }
+            }
+            Event::PlanningDone(done) => {
+                done.context("the planning of the run stopped")??;
+                self.dry = false;
+            }
         }
         Ok(true)
     }
@@ -212,6 +259,13 @@ impl<'a> RunLoop<'a> {
                 Event::Claimed(claimed)
             }
             written = self.writer.written(), if self.writer.is_writing() => Event::Written(written),
+            changed = self.planned.changed(), if self.planner.is_some() && self.planned.has_changed().is_ok() => {
+                Event::Planned(changed.is_ok())
+            }
+            done = async { self.planner.as_mut().expect("planning is under way").await }, if self.planner.is_some() => {
+                self.planner = None;
+                Event::PlanningDone(done)
+            }
             _ = self.tick.tick() => Event::Tick,
             changed = self.stop.changed(), if can_feed && self.watching => Event::Stop(changed.is_ok()),
         }
@@ -234,6 +288,7 @@ impl<'a> RunLoop<'a> {
         let (engine, shutdown) = (self.engine.clone(), self.shutdown.clone());
         let (run_id, after, lease) = (self.run_id, self.after, self.lease);
         let batch = engine.settings.delivery.batch_size;
+        self.planned_at_claim = *self.planned.borrow_and_update();
         let usable_until = Instant::now() + engine.settings.delivery.lease / 2;
         self.claiming = Some(tokio::spawn(async move {
             let store = &engine.store;
@@ -272,6 +327,12 @@ impl<'a> RunLoop<'a> {
         let (claimed, usable_until) = claimed.context("the ledger claim stopped")??;
         match claimed.last() {
             Some(last) => self.after = last.id,
+            // The claims caught up with the planner: wait for its next
+            // chunk (at once if one came in while this claim ran). Rows
+            // left behind are picked up once planning is done.
+            None if self.planner.is_some() => {
+                self.dry = *self.planned.borrow() == self.planned_at_claim;
+            }
             // Past the end: go round once more from the start for the rows
             // left behind, then wait.
             None if self.after > 0 => self.after = 0,

@@ -40,7 +40,7 @@ pub use self::ledger::{Claimed, DeliveryCounts, FailedDelivery, LedgerConnection
 pub use self::lock::ProcessLock;
 pub use self::readers::{Reader, SubscribeOutcome, SubscriptionRequest};
 pub use self::retention::{FoldReport, FoldableRun};
-pub use self::runs::{PlanOutcome, Run, RunPlan};
+pub use self::runs::{PLAN_CHUNK, PlanChunk, PlanOutcome, Run, RunPlan};
 pub use self::subscriber_import::SubscriberImport;
 pub use self::subscribers::{ImportCounts, NewSubscriber, Subscriber, SubscriberChange};
 pub use self::time::Timestamp;

@@ -1,5 +1,5 @@
-//! Runs: planning a (digest, slot) with its articles and ledger in one
-//! transaction, missed slots, and the runs' history.
+//! Runs: creating a (digest, slot) with its articles, planning its ledger
+//! in chunks, missed slots, and the runs' history.
 
 use anyhow::Result;
 use sqlx::{FromRow, QueryBuilder};
@@ -19,16 +19,34 @@ pub struct Run {
     pub cutoff: Timestamp,
     pub created_at: Timestamp,
     pub finished_at: Option<Timestamp>,
+    /// Readers are still being added to its ledger (see [`Store::plan_chunk`]).
+    pub planning: bool,
 }
+
+/// How many readers [`Store::plan_run`] plans at a time (one
+/// transaction each).
+pub const PLAN_CHUNK: u32 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlanOutcome {
-    /// A new run with its articles and one pending delivery per confirmed subscriber.
+    /// A new run with its articles, and the pending deliveries planned so
+    /// far: one per confirmed subscriber once its planning is done.
     Planned { run_id: i64, deliveries: u64 },
     /// Nothing new to send and the digest skips empty runs: no mail.
     Skipped { run_id: i64 },
     /// This slot was planned before (another tick, a restart, a replica).
     Exists { run_id: i64, status: RunStatus },
+}
+
+/// What one [`Store::plan_chunk`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanChunk {
+    /// Planned this many deliveries; more readers are left to plan.
+    More(u64),
+    /// Planned this many deliveries, and with them the run's whole ledger.
+    Last(u64),
+    /// The run's ledger was planned before (or there is no such run).
+    Over,
 }
 
 /// What a run's planning needs to know, decided by the caller.
@@ -108,28 +126,53 @@ impl Store {
         })
     }
 
-    /// Creates the run of (digest, slot) in one transaction: the run, its
-    /// articles and one pending delivery per confirmed subscriber. Planning
-    /// a slot that exists creates nothing.
+    /// Creates the run of (digest, slot) and plans its whole ledger before
+    /// returning, in chunks of [`PLAN_CHUNK`] readers: one pending delivery
+    /// per confirmed subscriber. Planning a slot that exists creates
+    /// nothing. (The delivery loop instead sends while it plans: see
+    /// [`Store::start_run`] and [`Store::plan_chunk`].)
     pub async fn plan_run(&self, plan: &RunPlan<'_>) -> Result<PlanOutcome> {
-        let outcome = self.insert_run(plan).await?;
-        if let (Store::Postgres(pool), PlanOutcome::Planned { deliveries, .. }) = (self, &outcome)
-            && *deliveries > 0
-        {
-            // The claims read the ledger in id order only if the planner
-            // knows how many rows the run has: on statistics from before
-            // the run it expects a handful and sorts the whole run on
-            // every claim instead (35 ms a claim at 100,000 rows, against
-            // 2.4 ms). Autovacuum would analyze the table only once a run
-            // is well under way. A failure only costs speed.
-            if let Err(e) = sqlx::query("analyze deliveries").execute(pool).await {
-                tracing::warn!("cannot analyze the delivery ledger: {e}");
+        let outcome = self.start_run(plan).await?;
+        let PlanOutcome::Planned { run_id, .. } = outcome else {
+            return Ok(outcome);
+        };
+        let mut deliveries = 0;
+        loop {
+            match self.plan_chunk(run_id, PLAN_CHUNK, plan.now).await? {
+                PlanChunk::More(n) => deliveries += n,
+                PlanChunk::Last(n) => {
+                    deliveries += n;
+                    break;
+                }
+                PlanChunk::Over => break,
             }
         }
-        Ok(outcome)
+        if deliveries > 0 {
+            self.analyze_ledger().await;
+        }
+        Ok(PlanOutcome::Planned { run_id, deliveries })
     }
 
-    async fn insert_run(&self, plan: &RunPlan<'_>) -> Result<PlanOutcome> {
+    /// Refreshes Postgres's statistics of the ledger after a run was planned
+    /// (or its first chunk). The claims read the ledger in id order only if
+    /// the planner knows how many rows the run has: on statistics from
+    /// before the run it expects a handful and sorts the whole run on every
+    /// claim instead (35 ms a claim at 100,000 rows, against 2.4 ms).
+    /// Autovacuum would analyze the table only once a run is well under
+    /// way. A failure only costs speed.
+    pub async fn analyze_ledger(&self) {
+        if let Store::Postgres(pool) = self
+            && let Err(e) = sqlx::query("analyze deliveries").execute(pool).await
+        {
+            tracing::warn!("cannot analyze the delivery ledger: {e}");
+        }
+    }
+
+    /// Creates the run of (digest, slot) with its articles in one
+    /// transaction, its ledger still to plan ([`Store::plan_chunk`]); a
+    /// skipped run is complete at once. Creating a slot that exists creates
+    /// nothing. `Planned` counts no delivery yet.
+    pub async fn start_run(&self, plan: &RunPlan<'_>) -> Result<PlanOutcome> {
         let skip = plan.articles.is_empty() && plan.skip_if_empty;
         let status = if skip {
             RunStatus::Skipped
@@ -141,11 +184,12 @@ impl Store {
             let mut tx = pool.begin_write().await?;
             // The write comes first so SQLite takes its write lock up front.
             let created: Option<(i64,)> = sqlx::query_as(
-                "insert into digest_runs (digest, slot, status, window_start, cutoff, created_at, finished_at) \
-                 values ($1, $2, $3, $4, $5, $6, $7) on conflict (digest, slot) do nothing returning id",
+                "insert into digest_runs (digest, slot, status, window_start, cutoff, created_at, finished_at, \
+                 planning, plan_cursor) \
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, 0) on conflict (digest, slot) do nothing returning id",
             )
             .bind(plan.digest.as_str()).bind(plan.slot).bind(status).bind(plan.window_start)
-            .bind(plan.cutoff).bind(plan.now).bind(finished_at)
+            .bind(plan.cutoff).bind(plan.now).bind(finished_at).bind(!skip)
             .fetch_optional(&mut *tx)
             .await?;
             let Some((run_id,)) = created else {
@@ -174,25 +218,97 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            let deliveries = sqlx::query(
-                "insert into deliveries (run_id, subscriber_id, status, attempts, next_attempt_at) \
-                 select $1, s.id, 'pending', 0, $3 from subscribers s \
-                 join subscriptions d on d.subscriber_id = s.id \
-                 where d.digest = $2 and s.status = 'confirmed' \
-                 on conflict do nothing",
+            tx.commit().await?;
+            Ok(PlanOutcome::Planned { run_id, deliveries: 0 })
+        })
+    }
+
+    /// Plans the next chunk of `run`'s ledger in one transaction: one
+    /// pending delivery for each of the next `limit` confirmed subscribers
+    /// of its digest after the run's cursor (in subscriber id order), and
+    /// the cursor moved past them. A crash between two chunks leaves the
+    /// cursor at the last one committed, so planning resumes there: no
+    /// reader planned twice (the ledger's unique (run, subscriber) key
+    /// guards as well), none skipped. One planner at a time per run: the
+    /// run's row is locked on Postgres (replicas planning the same run take
+    /// turns, each reading the cursor the other left), and SQLite has one
+    /// writer. The chunk that finds fewer than `limit` readers ends the
+    /// planning; a run left with no delivery at all is finished then.
+    pub async fn plan_chunk(&self, run_id: i64, limit: u32, now: Timestamp) -> Result<PlanChunk> {
+        let lock = match self {
+            Store::Postgres(_) => " for update",
+            Store::Sqlite(_) => "",
+        };
+        let limit = i64::from(limit.max(1));
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let run: Option<(String, i64, bool)> = sqlx::query_as(&format!(
+                "select digest, plan_cursor, planning from digest_runs where id = $1{lock}"
+            ))
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((digest, cursor, true)) = run else {
+                tx.rollback().await?;
+                return Ok(PlanChunk::Over);
+            };
+            // The chunk's last reader, found first so that the insert below
+            // reads a range of ids (the same rows, or fewer if one left
+            // meanwhile). Eligibility is the same as the claims check:
+            // confirmed, subscribed to the digest.
+            let (last, found): (Option<i64>, i64) = sqlx::query_as(
+                "select max(c.subscriber_id), count(*) from (select d.subscriber_id from subscriptions d \
+                 join subscribers s on s.id = d.subscriber_id \
+                 where d.digest = $1 and d.subscriber_id > $2 and s.status = 'confirmed' \
+                 order by d.subscriber_id limit $3) c",
             )
-            .bind(run_id).bind(plan.digest.as_str()).bind(plan.now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if deliveries == 0 {
-                sqlx::query("update digest_runs set status = 'finished', finished_at = $2 where id = $1")
-                    .bind(run_id).bind(plan.now)
-                    .execute(&mut *tx)
-                    .await?;
+            .bind(&digest).bind(cursor).bind(limit)
+            .fetch_one(&mut *tx)
+            .await?;
+            let added = match last {
+                Some(last) => sqlx::query(
+                    "insert into deliveries (run_id, subscriber_id, status, attempts, next_attempt_at) \
+                     select $1, s.id, 'pending', 0, $3 from subscriptions d \
+                     join subscribers s on s.id = d.subscriber_id \
+                     where d.digest = $2 and d.subscriber_id > $4 and d.subscriber_id <= $5 \
+                     and s.status = 'confirmed' \
+                     on conflict do nothing",
+                )
+                .bind(run_id).bind(&digest).bind(now).bind(cursor).bind(last)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                None => 0,
+            };
+            let done = found < limit;
+            sqlx::query("update digest_runs set plan_cursor = $2, planning = $3 where id = $1")
+                .bind(run_id).bind(last.unwrap_or(cursor)).bind(!done)
+                .execute(&mut *tx)
+                .await?;
+            if done {
+                sqlx::query(
+                    "update digest_runs set status = 'finished', finished_at = $2 \
+                     where id = $1 and status = 'sending' \
+                     and not exists (select 1 from deliveries where run_id = $1)",
+                )
+                .bind(run_id).bind(now)
+                .execute(&mut *tx)
+                .await?;
             }
             tx.commit().await?;
-            Ok(PlanOutcome::Planned { run_id, deliveries })
+            Ok(if done { PlanChunk::Last(added) } else { PlanChunk::More(added) })
+        })
+    }
+
+    /// How many readers a run still planning has yet to be planned for (0
+    /// once it is planned): what `send` shows as still to come.
+    pub async fn readers_to_plan(&self, run_id: i64) -> Result<i64> {
+        let sql = "select count(*) from digest_runs r join subscriptions d on d.digest = r.digest \
+                   join subscribers s on s.id = d.subscriber_id \
+                   where r.id = $1 and r.planning and d.subscriber_id > r.plan_cursor and s.status = 'confirmed'";
+        on_pool!(self, pool => {
+            let (n,): (i64,) = sqlx::query_as(sql).bind(run_id).fetch_one(pool).await?;
+            Ok(n)
         })
     }
 
@@ -212,20 +328,20 @@ impl Store {
     }
 
     pub async fn run(&self, run_id: i64) -> Result<Option<Run>> {
-        let sql = "select id, digest, slot, status, window_start, cutoff, created_at, finished_at \
+        let sql = "select id, digest, slot, status, window_start, cutoff, created_at, finished_at, planning \
                    from digest_runs where id = $1";
         on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(run_id).fetch_optional(pool).await?))
     }
 
     pub async fn recent_runs(&self, limit: i64) -> Result<Vec<Run>> {
-        let sql = "select id, digest, slot, status, window_start, cutoff, created_at, finished_at \
+        let sql = "select id, digest, slot, status, window_start, cutoff, created_at, finished_at, planning \
                    from digest_runs order by id desc limit $1";
         on_pool!(self, pool => Ok(sqlx::query_as(sql).bind(limit).fetch_all(pool).await?))
     }
 
     /// Runs that still have deliveries to make, of one digest or all.
     pub async fn unfinished_runs(&self, digest: Option<&DigestName>) -> Result<Vec<Run>> {
-        let base = "select id, digest, slot, status, window_start, cutoff, created_at, finished_at \
+        let base = "select id, digest, slot, status, window_start, cutoff, created_at, finished_at, planning \
                     from digest_runs where status = 'sending'";
         on_pool!(self, pool => Ok(match digest {
             Some(d) => sqlx::query_as(&format!("{base} and digest = $1 order by id"))
@@ -243,10 +359,11 @@ impl Store {
         })
     }
 
-    /// Marks a run finished when none of its deliveries is pending or sending.
+    /// Marks a run finished when it is planned and none of its deliveries
+    /// is pending or sending.
     pub async fn finish_run_if_done(&self, run_id: i64, now: Timestamp) -> Result<bool> {
         let sql = "update digest_runs set status = 'finished', finished_at = $2 \
-                   where id = $1 and status = 'sending' and not exists \
+                   where id = $1 and status = 'sending' and not planning and not exists \
                    (select 1 from deliveries where run_id = $1 and status in ('pending', 'sending'))";
         on_pool!(self, pool => {
             let done = sqlx::query(sql).bind(run_id).bind(now).execute(pool).await?;
@@ -261,7 +378,7 @@ impl Store {
         }
         on_pool!(self, pool => {
             let mut q = QueryBuilder::new(
-                "select id, digest, slot, status, window_start, cutoff, created_at, finished_at \
+                "select id, digest, slot, status, window_start, cutoff, created_at, finished_at, planning \
                  from digest_runs where status in ('sending', 'finished') and digest in (",
             );
             let mut list = q.separated(", ");

@@ -5,3 +5,4 @@
 mod confirmations;
 mod faults;
 mod pipeline;
+mod planning;
