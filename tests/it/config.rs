@@ -622,3 +622,14 @@ fn a_short_api_token_is_refused_without_being_printed() {
     assert!(err.contains("use at least 24"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn a_malformed_sns_topic_arn_is_named_by_its_entry() {
+    let ws = workspace_with(
+        "[bounces]\nwebhook_token = \"bounce-hook-0123456789abcdef012345\"\nsns_topic_arns = [\"arn:aws:sns:us-west-2:123456789012:MyTopic\", \"MyTopic\"]\n",
+    );
+    let err = check_fails(&ws);
+    assert!(err.contains("key `bounces.sns_topic_arns`"), "{err}");
+    assert!(err.contains("entry 2, `MyTopic`"), "{err}");
+    assert!(!err.contains("entry 1"), "{err}");
+}
