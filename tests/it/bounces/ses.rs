@@ -248,14 +248,12 @@ async fn amazon_ses_through_sns_confirms_its_subscription_and_records_only_signe
     );
     assert!(kept[0].reason.contains("550 5.1.1"), "{kept:?}");
 
-    // A complaint, SHA1withRSA: the reader is unsubscribed.
+    // A complaint, SHA1withRSA, published without a Subject (as SES
+    // does): the reader is unsubscribed.
     let complaint = fixture("ses-complaint.json");
-    let (status, body) = post(
-        &app,
-        &with_token,
-        &signer.sign(notification(&complaint, "1")),
-    )
-    .await;
+    let mut without_subject = notification(&complaint, "1");
+    without_subject.as_object_mut().unwrap().remove("Subject");
+    let (status, body) = post(&app, &with_token, &signer.sign(without_subject)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body["results"],
@@ -288,6 +286,22 @@ async fn amazon_ses_through_sns_confirms_its_subscription_and_records_only_signe
     let mary_bounces = app.engine.store.bounces_of(mary).await.unwrap();
     assert_eq!(mary_bounces.len(), 1);
     assert_eq!(mary_bounces[0].kind, BounceKind::Soft);
+
+    // A delivery is no bounce.
+    let delivery = bounce
+        .replace("\"Bounce\"", "\"Delivery\"")
+        .replace("jane@example.com", "mary@example.com");
+    let (status, body) = post(
+        &app,
+        &with_token,
+        &signer.sign(notification(&delivery, "2")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["results"],
+        json!(["ignored: an Amazon SES `Delivery` notification, not a bounce or complaint"])
+    );
 
     // Refused, and nothing changes: one byte changed in a signed
     // Message; a certificate on another host (not even fetched); a
