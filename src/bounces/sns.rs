@@ -289,7 +289,8 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    #[doc(hidden)]
+    /// `endpoint` is for tests only (`GAZETTE_TEST_SNS_ENDPOINT`): a plain
+    /// HTTP base address that stands for every SNS host; `None` in use.
     pub fn new(endpoint: Option<&str>) -> Self {
         let endpoint = endpoint.and_then(|e| Url::parse(e).ok());
         if let Some(endpoint) = &endpoint {
