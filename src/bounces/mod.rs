@@ -4,11 +4,15 @@
 //! - [`verp`]: the return path that names each delivery, signed;
 //! - [`report`]: reading a message that came back (DSN, ARF, or anything
 //!   else, ignored);
-//! - [`webhook`]: the relays' JSON reports;
+//! - [`webhook`]: the relays' JSON reports (Gazette's own, Postmark's,
+//!   Amazon SES's);
+//! - [`sns`]: Amazon SNS's deliveries, which carry SES's: their signature
+//!   and subscription confirmations;
 //! - [`record`] (here): a report applied to the store, the metrics, and
 //!   the sentence that says what was done.
 
 pub mod report;
+pub mod sns;
 pub mod verp;
 pub mod webhook;
 

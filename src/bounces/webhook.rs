@@ -1,7 +1,8 @@
 //! The reports relays send by webhook, as JSON: Gazette's own
-//! (`{"email", "kind", "reason"?}`) and Postmark's bounce and spam
-//! complaint webhooks. Each becomes the reports it holds, or the reason it
-//! holds none.
+//! (`{"email", "kind", "reason"?}`), Postmark's bounce and spam
+//! complaint webhooks, and Amazon SES's notifications (the `Message` of an
+//! SNS notification, see [`super::sns`]). Each becomes the reports it
+//! holds, or the reason it holds none.
 
 use serde_json::Value;
 
@@ -108,4 +109,90 @@ fn postmark(body: &Value) -> Result<Payload, BadPayload> {
         kind,
         reason: format!("postmark {reason}").chars().take(500).collect(),
     }]))
+}
+
+/// Amazon SES: a notification (`notificationType`) or a published event
+/// (`eventType`), as the `Message` of an SNS notification. `Bounce` with
+/// `bounceType` `Permanent` is hard; `Transient` and `Undetermined` are
+/// soft (counted, so that only `soft_limit` of them in a row stop the
+/// mail); `Complaint` is a complaint, unless its feedback type is
+/// `not-spam`; the other types (`Delivery`, `Send`, `Open`, …) are
+/// ignored.
+pub fn ses(message: &str) -> Result<Payload, BadPayload> {
+    let body: Value = serde_json::from_str(message)
+        .map_err(|e| BadPayload(format!("the SNS `Message` is not JSON: {e}")))?;
+    let Some(type_) = text(&body, "notificationType").or_else(|| text(&body, "eventType")) else {
+        return Err(BadPayload(
+            "the SNS `Message` has no `notificationType` or `eventType`: not an Amazon SES notification"
+                .into(),
+        ));
+    };
+    let (kind, reason, recipients) = match type_ {
+        "Bounce" => {
+            let bounce = body
+                .get("bounce")
+                .ok_or_else(|| BadPayload("`bounce` is missing".into()))?;
+            let bounce_type = text(bounce, "bounceType").unwrap_or_default();
+            let kind = match bounce_type {
+                "Permanent" => BounceKind::Hard,
+                "Transient" | "Undetermined" => BounceKind::Soft,
+                other => {
+                    return Ok(Payload::Ignored(format!(
+                        "ignored: an Amazon SES bounce of type `{other}`"
+                    )));
+                }
+            };
+            let sub_type = text(bounce, "bounceSubType").unwrap_or_default();
+            let recipients = bounce
+                .get("bouncedRecipients")
+                .and_then(Value::as_array)
+                .ok_or_else(|| BadPayload("`bounce.bouncedRecipients` is missing".into()))?;
+            (kind, format!("ses {bounce_type}/{sub_type}"), recipients)
+        }
+        "Complaint" => {
+            let complaint = body
+                .get("complaint")
+                .ok_or_else(|| BadPayload("`complaint` is missing".into()))?;
+            let feedback = text(complaint, "complaintFeedbackType");
+            if feedback == Some("not-spam") {
+                return Ok(Payload::Ignored(
+                    "ignored: an Amazon SES complaint of type `not-spam`".into(),
+                ));
+            }
+            let recipients = complaint
+                .get("complainedRecipients")
+                .and_then(Value::as_array)
+                .ok_or_else(|| BadPayload("`complaint.complainedRecipients` is missing".into()))?;
+            let reason = match feedback {
+                Some(feedback) => format!("ses complaint: {feedback}"),
+                None => "ses complaint".to_string(),
+            };
+            (BounceKind::Complaint, reason, recipients)
+        }
+        other => {
+            return Ok(Payload::Ignored(format!(
+                "ignored: an Amazon SES `{other}` notification, not a bounce or complaint"
+            )));
+        }
+    };
+    if recipients.is_empty() {
+        return Ok(Payload::Ignored(format!(
+            "ignored: an Amazon SES {type_} that names no recipient"
+        )));
+    }
+    let mut reports = Vec::new();
+    for recipient in recipients {
+        let email = address(recipient, "emailAddress")?;
+        let detail = text(recipient, "diagnosticCode").or_else(|| text(recipient, "status"));
+        let reason = match detail {
+            Some(detail) => format!("{reason}: {detail}"),
+            None => reason.clone(),
+        };
+        reports.push(Reported {
+            email,
+            kind,
+            reason: reason.chars().take(500).collect(),
+        });
+    }
+    Ok(Payload::Reports(reports))
 }

@@ -15,6 +15,7 @@ pub(super) struct RawBounces {
     hard_limit: i64,
     soft_limit: i64,
     webhook_token: String,
+    sns_topic_arns: Vec<String>,
 }
 
 impl Default for RawBounces {
@@ -24,6 +25,7 @@ impl Default for RawBounces {
             hard_limit: 1,
             soft_limit: 3,
             webhook_token: String::new(),
+            sns_topic_arns: Vec::new(),
         }
     }
 }
@@ -32,6 +34,7 @@ impl fmt::Debug for RawBounces {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RawBounces")
             .field("return_path", &self.return_path)
+            .field("sns_topic_arns", &self.sns_topic_arns)
             .finish_non_exhaustive()
     }
 }
@@ -47,6 +50,13 @@ pub struct BounceSettings {
     pub soft_limit: u32,
     /// The bearer token of `POST /webhooks/bounces`; `None`: no webhook.
     pub webhook_token: Option<Secret>,
+    /// The Amazon SNS topics whose messages the webhook takes; empty: any
+    /// topic (the token and the signature still have to be right).
+    pub sns_topic_arns: Vec<String>,
+    /// Tests only (`GAZETTE_TEST_SNS_ENDPOINT`): where Amazon SNS's hosts
+    /// are reached instead, over plain HTTP.
+    #[doc(hidden)]
+    pub sns_test_endpoint: Option<String>,
 }
 
 impl Default for BounceSettings {
@@ -56,6 +66,8 @@ impl Default for BounceSettings {
             hard_limit: 1,
             soft_limit: 3,
             webhook_token: None,
+            sns_topic_arns: Vec::new(),
+            sns_test_endpoint: None,
         }
     }
 }
@@ -139,10 +151,42 @@ pub(super) fn validate(raw: &RawBounces, problems: &mut Problems) -> Option<Boun
     } else {
         Some(Secret::new(token))
     };
+    let mut sns_topic_arns = Vec::new();
+    for (i, arn) in raw.sns_topic_arns.iter().enumerate() {
+        let arn = arn.trim();
+        if is_topic_arn(arn) {
+            sns_topic_arns.push(arn.to_string());
+        } else {
+            problems.key(
+                "bounces.sns_topic_arns",
+                format!(
+                    "entry {}, `{arn}`, is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)",
+                    i + 1
+                ),
+            );
+            ok = false;
+        }
+    }
     ok.then_some(BounceSettings {
         return_path,
         hard_limit,
         soft_limit,
         webhook_token,
+        sns_topic_arns,
+        sns_test_endpoint: None,
     })
+}
+
+/// `arn:PARTITION:sns:REGION:ACCOUNT:NAME`, as `aws sns list-topics` shows.
+fn is_topic_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.split(':').collect();
+    matches!(
+        parts.as_slice(),
+        ["arn", partition, "sns", region, account, name]
+            if partition.starts_with("aws")
+                && !region.is_empty()
+                && account.len() == 12
+                && account.chars().all(|c| c.is_ascii_digit())
+                && !name.is_empty()
+    )
 }

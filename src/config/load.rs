@@ -25,6 +25,9 @@ use super::web::{self, RawWeb};
 pub const DEFAULT_FILE: &str = "config/default.toml";
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "GAZETTE";
+/// Tests only: a loopback base URL that stands for Amazon SNS's hosts.
+#[doc(hidden)]
+pub const SNS_TEST_ENDPOINT: &str = "GAZETTE_TEST_SNS_ENDPOINT";
 
 /// What the files say. Every field has a default so that any file may set
 /// only some keys; unknown keys are refused.
@@ -126,9 +129,15 @@ pub fn load_from(
     }
 
     let env_prefix = format!("{ENV_PREFIX}__");
+    let mut sns_test_endpoint = None;
     let env: config::Map<String, String> = env
         .into_iter()
-        .filter(|(var, _)| var.starts_with(&env_prefix))
+        .filter(|(var, value)| {
+            if var == SNS_TEST_ENDPOINT {
+                sns_test_endpoint = Some(value.clone());
+            }
+            var.starts_with(&env_prefix)
+        })
         .collect();
     for var in env.keys() {
         let key = var[env_prefix.len()..].to_lowercase().replace("__", ".");
@@ -165,7 +174,9 @@ pub fn load_from(
     if !sources.env.is_empty() {
         shown.push(format!("{env_prefix}* environment variables"));
     }
-    validate(&raw, &sources, shown)
+    let mut settings = validate(&raw, &sources, shown)?;
+    settings.bounces.sns_test_endpoint = sns_test_endpoint;
+    Ok(settings)
 }
 
 /// Makes each relative path that a file sets relative to that file's

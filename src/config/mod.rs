@@ -33,7 +33,7 @@ pub use self::database::{DatabaseSettings, redact_url};
 pub use self::delivery::DeliverySettings;
 pub use self::digests::{Digest, Schedule};
 pub use self::feeds::Feed;
-pub use self::load::{DEFAULT_FILE, ENV_PREFIX, load, load_from};
+pub use self::load::{DEFAULT_FILE, ENV_PREFIX, SNS_TEST_ENDPOINT, load, load_from};
 pub use self::log::{LogFormat, LogSettings};
 pub use self::mail::{MailSettings, TransportKind};
 pub use self::settings::Settings;

@@ -75,10 +75,13 @@ pub fn router(engine: Engine) -> Router {
 }
 
 fn app(engine: Engine, limits: Limits) -> Router {
+    let sns =
+        crate::bounces::sns::Verifier::new(engine.settings.bounces.sns_test_endpoint.as_deref());
     let state = Arc::new(WebState {
         engine,
         limiter: Default::default(),
         body_read_timeout: limits.body_read_timeout,
+        sns,
     });
     // A token in the address is a credential: no cache keeps its page.
     let token_pages = Router::new()

@@ -32,6 +32,8 @@ pub struct WebState {
     pub limiter: Limiter,
     /// A request body arriving slower than this is refused (408).
     pub body_read_timeout: Duration,
+    /// Amazon SNS's signatures and certificates, for the bounce webhook.
+    pub sns: crate::bounces::sns::Verifier,
 }
 
 pub fn page(state: &WebState, status: StatusCode, template: &str, ctx: Value) -> Response {

@@ -653,3 +653,14 @@ fn a_style_rule_that_cannot_be_inlined_is_a_warning_of_check_and_send_naming_the
     let send = stderr(&gazette(&["send", "daily"]));
     assert_eq!(send.matches(said).count(), 1, "{send}");
 }
+
+#[test]
+fn a_malformed_sns_topic_arn_is_named_by_its_entry() {
+    let ws = workspace_with(
+        "[bounces]\nwebhook_token = \"bounce-hook-0123456789abcdef012345\"\nsns_topic_arns = [\"arn:aws:sns:us-west-2:123456789012:MyTopic\", \"MyTopic\"]\n",
+    );
+    let err = check_fails(&ws);
+    assert!(err.contains("key `bounces.sns_topic_arns`"), "{err}");
+    assert!(err.contains("entry 2, `MyTopic`"), "{err}");
+    assert!(!err.contains("entry 1"), "{err}");
+}

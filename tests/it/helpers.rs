@@ -236,7 +236,15 @@ dir = "{templates}"
     }
 
     pub async fn engine(&self) -> Engine {
-        gazette::app::open(self.settings())
+        self.engine_with_env(&[]).await
+    }
+
+    /// [`Workspace::engine`] with these environment variables.
+    pub async fn engine_with_env(&self, env: &[(&str, &str)]) -> Engine {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let settings = config::load_from(self.dir.path(), Some(&self.config), env)
+            .expect("the test configuration is invalid");
+        gazette::app::open(settings)
             .await
             .expect("cannot open the engine")
     }

@@ -1,9 +1,11 @@
 //! Bounces and complaints: the store's records and the readers' state
 //! (`store`), messages that come back through `gazette bounces ingest`
 //! (`ingest`), refusals at RCPT during a send (`smtp`), and the relays'
-//! webhook (`webhook`).
+//! webhook (`webhook`), with Amazon SES's notifications through SNS
+//! (`ses`).
 
 mod ingest;
+mod ses;
 mod smtp;
 mod store;
 mod webhook;

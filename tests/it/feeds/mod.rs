@@ -3,7 +3,7 @@
 //! daemon poll them into the store, and a digest sent over the recording
 //! SMTP server carries their entries, sanitized.
 
-mod server;
+pub mod server;
 
 use std::time::Duration;
 

@@ -41,6 +41,17 @@ impl WebApp {
         sections: &str,
         smtp: SmtpServer,
     ) -> Self {
+        Self::start_with_env(backend, web, sections, smtp, &[]).await
+    }
+
+    /// [`WebApp::start_with_sections`] with these environment variables.
+    pub async fn start_with_env(
+        backend: Backend,
+        web: &str,
+        sections: &str,
+        smtp: SmtpServer,
+        env: &[(&str, &str)],
+    ) -> Self {
         let db = TestDb::new(backend).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
@@ -55,7 +66,7 @@ impl WebApp {
             &format!("base_url = \"{base}\"\n{web}"),
         );
         std::fs::write(&ws.config, config).unwrap();
-        let engine = ws.engine().await;
+        let engine = ws.engine_with_env(env).await;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         tokio::spawn(gazette::web::serve(engine.clone(), listener, shutdown));
         let http = reqwest::Client::builder()
