@@ -376,6 +376,10 @@ async fn a_name_typed_with_an_address_is_kept_only_when_its_link_is_confirmed(ba
     let stored = app.reader(ada).await.unwrap();
     assert_eq!(stored.status, "pending");
     assert_eq!(stored.name, None, "a request names no one");
+    // (Its email is sent before Ada's own request, so the last email Ada
+    // receives is the one her request asked for.)
+    app.mailed().await;
+    assert_eq!(app.smtp.received_by(ada).len(), 1);
 
     // Ada asks herself, later, and follows the link of her own request.
     age_confirmations(&app).await;
