@@ -10,9 +10,19 @@ use anyhow::{Context, Result, anyhow};
 use crate::config::Settings;
 use crate::mail::{Algorithm, DkimKey};
 
-/// The DNS record of `key`, as a zone file line.
+/// The DNS record of `key`, as a zone file line. A TXT record's strings
+/// hold 255 bytes at most (RFC 1035), and an RSA-2048 key's record is
+/// about 400: it is written as several strings on the line, which
+/// resolvers join (RFC 6376, 3.6.2.2).
 pub fn dns_record(key: &DkimKey) -> String {
-    format!("{}. IN TXT \"{}\"", key.dns_name(), key.txt_record())
+    let value = key.txt_record();
+    // (The record is ASCII: base64 and `v=DKIM1; k=…; p=`.)
+    let strings: Vec<String> = value
+        .as_bytes()
+        .chunks(255)
+        .map(|chunk| format!("\"{}\"", String::from_utf8_lossy(chunk)))
+        .collect();
+    format!("{}. IN TXT {}", key.dns_name(), strings.join(" "))
 }
 
 /// What `gazette check` prints of the keys: one entry per key with its

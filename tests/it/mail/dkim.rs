@@ -66,14 +66,37 @@ struct Key {
     algorithm: &'static str,
 }
 
-/// The zone file line `NAME. IN TXT "VALUE"` in `out`, as (name, value).
+/// The zone file line `NAME. IN TXT "PART" "PART"…` in `out`, as (name,
+/// value): the parts joined, as a resolver joins them. Each part must fit
+/// a TXT string (255 bytes).
 fn record_in(out: &str) -> (String, String) {
     let line = out
         .lines()
         .find(|l| l.contains(" IN TXT "))
         .unwrap_or_else(|| panic!("no TXT record in {out}"));
-    let (name, value) = line.trim().split_once(". IN TXT ").unwrap();
-    (name.to_string(), value.trim_matches('"').to_string())
+    let (name, strings) = line.trim().split_once(". IN TXT ").unwrap();
+    let parts: Vec<&str> = strings
+        .split('"')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, part)| part)
+        .collect();
+    assert!(!parts.is_empty(), "no quoted string in {line}");
+    for part in &parts {
+        assert!(
+            part.len() <= 255,
+            "a TXT string of {} bytes in {line}",
+            part.len()
+        );
+    }
+    let between: String = strings
+        .split('"')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 0)
+        .map(|(_, gap)| gap)
+        .collect();
+    assert!(between.trim().is_empty(), "{line}");
+    (name.to_string(), parts.concat())
 }
 
 fn keygen(dir: &Path, domain: &str, selector: &str, ed25519: bool) -> Key {
@@ -360,10 +383,25 @@ fn check_prints_each_dns_record_and_warns_when_no_domain_aligns_with_from() {
         text.contains("d=example.org s=b: ed25519-sha256 (256 bits)"),
         "{text}"
     );
+    let printed: Vec<(String, String)> = text
+        .lines()
+        .filter(|l| l.contains(" IN TXT "))
+        .map(record_in)
+        .collect();
     for key in [&rsa, &ed] {
-        let line = format!("{}. IN TXT \"{}\"", key.record.0, key.record.1);
-        assert!(text.contains(&line), "{line} not in {text}");
+        assert!(
+            printed.contains(&key.record),
+            "{:?} not in {text}",
+            key.record
+        );
     }
+    // An RSA-2048 record is longer than one TXT string can hold.
+    let rsa_line = text
+        .lines()
+        .find(|l| l.contains(&format!("{}. IN TXT ", rsa.record.0)))
+        .unwrap();
+    assert!(rsa.record.1.len() > 255, "{}", rsa.record.1);
+    assert!(rsa_line.matches('"').count() >= 4, "{rsa_line}");
     assert!(!text.contains("warning"), "{text}");
 
     // A signing domain other than the From address's.
