@@ -192,16 +192,20 @@ fn load_live(
             .to_string()
     });
     let engine = Renderer::new(&settings)
-        .map(|renderer| Engine {
-            settings: settings.clone(),
-            store: store.clone(),
-            renderer: Arc::new(renderer),
-            tokens: tokens.clone(),
-            return_path: None,
-            sealer: crate::mail::Sealer::new(settings.dkim.clone()),
-            metrics: Arc::default(),
-            confirmations_due: Arc::default(),
-            panic_for_tests: None,
+        .map(|renderer| {
+            let metrics = Arc::new(crate::metrics::Metrics::default());
+            Engine {
+                relays: Arc::new(crate::mail::Relays::new(&settings.relays, &metrics)),
+                settings: settings.clone(),
+                store: store.clone(),
+                renderer: Arc::new(renderer),
+                tokens: tokens.clone(),
+                return_path: None,
+                sealer: crate::mail::Sealer::new(settings.dkim.clone()),
+                metrics,
+                confirmations_due: Arc::default(),
+                panic_for_tests: None,
+            }
         })
         .map_err(|e| Problem {
             title: "A template does not load",

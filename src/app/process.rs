@@ -30,14 +30,16 @@ pub async fn open(settings: Settings) -> Result<Engine> {
         }
         None => None,
     };
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     Ok(Engine {
         sealer: mail::Sealer::new(settings.dkim.clone()),
+        relays: Arc::new(mail::Relays::new(&settings.relays, &metrics)),
         settings: Arc::new(settings),
         store,
         renderer: Arc::new(renderer),
         tokens,
         return_path,
-        metrics: Arc::default(),
+        metrics,
         confirmations_due: Arc::default(),
         panic_for_tests: None,
     })

@@ -152,7 +152,7 @@ pub async fn send_test(engine: &Engine, digest: &str, addresses: &[String]) -> R
         eprintln!("note: {note}");
     }
     let ctx = RunContext::new(digest, now, &articles, None);
-    let mut sender = crate::mail::Sender::new(&engine.settings);
+    let mut sender = crate::mail::Sender::beside(&engine.settings, &engine.relays);
     let mut failed = 0;
     for address in &addresses {
         // A subscriber gets their own name and links; anyone else, none

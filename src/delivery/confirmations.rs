@@ -28,7 +28,7 @@ const LONGEST_WAIT: Duration = Duration::from_secs(60);
 /// woken by [`Engine::confirmations_due`] when a request adds one, and at
 /// the time the next retry is due.
 pub async fn mail_confirmations(engine: Engine, mut shutdown: watch::Receiver<bool>) {
-    let mut sender = Sender::new(&engine.settings);
+    let mut sender = Sender::beside(&engine.settings, &engine.relays);
     let mut failing = false;
     while !*shutdown.borrow() {
         let wait = match send_due(&engine, &mut sender).await {

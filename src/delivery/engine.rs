@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::bounces::ReturnPath;
 use crate::config::Settings;
 use crate::domain::ReaderTokens;
-use crate::mail::Sealer;
+use crate::mail::{Relays, Sealer};
 use crate::metrics::Metrics;
 use crate::render::Renderer;
 use crate::store::Store;
@@ -24,6 +24,8 @@ pub struct Engine {
     pub return_path: Option<ReturnPath>,
     /// Signs every message with the `[[dkim]]` keys, on threads of its own.
     pub sealer: Sealer,
+    /// The relays' shares and health, for every sender of the process.
+    pub relays: Arc<Relays>,
     /// What the admin port's `/metrics` shows.
     pub metrics: Arc<Metrics>,
     /// Woken when a subscribe request leaves a confirmation email to send.

@@ -54,7 +54,7 @@ impl Workers {
                 .rate_per_second
                 .map(RateLimiter::new),
             breaker: breaker.clone(),
-            relays: Arc::new(Relays::new(&engine.settings.relays, &engine.metrics)),
+            relays: engine.relays.clone(),
         });
         let handles = (0..size)
             .map(|_| tokio::spawn(work(shared.clone())))
@@ -87,16 +87,22 @@ type Ahead = (Job, Option<Result<Outgoing, Outcome>>);
 /// recorded), on a fresh connection: the run goes on and finishes.
 async fn work(shared: Arc<Shared>) {
     let settings = &shared.engine.settings;
-    let mut sender = Sender::with_relays(settings, &shared.relays);
+    let mut sender = Sender::worker(settings, &shared.relays);
     let mut encoder = BodyEncoder::default();
     let mut ahead: Option<Ahead> = None;
     loop {
         let (job, prepared) = match ahead.take() {
             Some((job, prepared)) => (job, prepared),
-            None => match shared.jobs.lock().await.recv().await {
-                Some(job) => (job, None),
-                None => break,
-            },
+            None => {
+                // (Not while its relay is ahead of its share: the job goes
+                // to a worker of another relay meanwhile.)
+                let closed = || shared.jobs.try_lock().is_ok_and(|rx| rx.is_closed());
+                sender.ready(closed).await;
+                match shared.jobs.lock().await.recv().await {
+                    Some(job) => (job, None),
+                    None => break,
+                }
+            }
         };
         let handled = handle(
             &shared,
@@ -116,7 +122,7 @@ async fn work(shared: Arc<Shared>) {
                     "a delivery worker panicked ({reason}): the delivery is retried later"
                 );
                 // (The connection's state is unknown: it is dropped.)
-                sender = Sender::with_relays(settings, &shared.relays);
+                sender = Sender::worker(settings, &shared.relays);
                 encoder = BodyEncoder::default();
                 Outcome::retry(
                     &job.claimed,

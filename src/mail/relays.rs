@@ -1,18 +1,30 @@
-//! Relay choice: the connections of a process are dealt out to the relays
-//! by weight, and a relay that keeps failing hands its share to the others
-//! until it answers again.
+//! Relay choice: each message goes to a relay by weight, and a relay that
+//! keeps failing hands its share to the others until it answers again.
 //!
-//! Each worker's [`RelaySender`] has a home relay, given by a smooth
-//! weighted round-robin over the relays (nginx's: each turn every relay
-//! gains its weight, the one ahead is chosen and loses the total), skipping
-//! a relay once it has as many workers as its `pool_size`. Relays that
-//! answer alike thus get deliveries in proportion to their weights. Each
-//! relay has a breaker: after consecutive transient failures its workers
-//! send through the other relays (the same round-robin, among those that
-//! work) for a pause that doubles while it keeps failing (1 s to 60 s);
-//! after the pause a worker tries its home relay again, and stays when it
-//! answers. With every relay failing, workers use their own and the
-//! delivery engine's pause takes over.
+//! A worker of a process holds one connection, to one relay, counted in
+//! that relay's `pool_size`: a relay never has more workers than that.
+//! Workers start on the relays by a smooth weighted round-robin (nginx's:
+//! each turn every relay gains its weight, the one ahead is chosen and
+//! loses the total). Before each message a worker looks at the messages
+//! each relay was handed: when its relay is more than [`LEAD`] messages
+//! ahead of its weight's share, the worker moves to the relay furthest
+//! behind that has a connection to spare, or, if none has, waits for the
+//! others to catch up. Deliveries thus follow the weights whatever the
+//! pools and however fast each relay answers, while each worker keeps its
+//! connection, and the pipelining that chains one message to the next,
+//! for as long as its relay keeps to its share.
+//!
+//! Each relay has a breaker: after consecutive transient failures it is
+//! passed over for a pause that doubles while it keeps failing (1 s to
+//! 60 s); its workers move to relays with a connection to spare, or wait
+//! for the pause to end. The shares are then counted again among the
+//! relays that work, and again when it comes back, so that it gets its
+//! share back (and not the messages it missed). With every relay failing,
+//! workers use their own and the delivery engine's pause takes over.
+//!
+//! Senders beside the workers (confirmation emails, `send --test`) share
+//! the breakers and metrics, and take the round-robin's relay for each
+//! message, on a connection of their own.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,6 +43,11 @@ use crate::metrics::{Metrics, RelayLabels, RelayName};
 const FAILURES_TO_OPEN: u32 = 3;
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
 const LONGEST_PAUSE: Duration = Duration::from_secs(60);
+/// How many messages a relay may be handed beyond its weight's share
+/// before its workers move or wait.
+const LEAD: f64 = 16.0;
+/// How often a waiting worker looks again.
+const WAIT: Duration = Duration::from_millis(5);
 
 /// The relays of a process, their shares and their health: one for all
 /// the workers.
@@ -50,9 +67,20 @@ struct Shared {
 struct State {
     /// The smooth weighted round-robin's current weights.
     current: Vec<i64>,
-    /// Workers whose home each relay is.
-    homes: Vec<usize>,
+    /// The workers on each relay (one connection each).
+    workers: Vec<usize>,
     breakers: Vec<Breaker>,
+    /// The messages handed to each relay since the relays that work last
+    /// changed.
+    handed: Vec<u64>,
+    /// The relays that worked then.
+    working: Vec<bool>,
+}
+
+/// What a worker does next.
+enum Step {
+    Send(usize),
+    Wait,
 }
 
 #[derive(Default)]
@@ -100,8 +128,10 @@ impl Relays {
             relays,
             state: Mutex::new(State {
                 current: vec![0; n],
-                homes: vec![0; n],
+                workers: vec![0; n],
                 breakers: (0..n).map(|_| Breaker::default()).collect(),
+                handed: vec![0; n],
+                working: vec![true; n],
             }),
         }
     }
@@ -130,37 +160,107 @@ impl Relays {
         Some(chosen)
     }
 
-    /// The home relay of a new worker.
-    fn home(&self) -> usize {
+    /// The relay of a new worker.
+    fn join(&self) -> usize {
         let mut state = self.lock();
-        let home = self
+        let at = self
             .pick(&mut state, |i, s| {
-                s.homes[i] < self.relays[i].relay.smtp.pool_size
+                s.workers[i] < self.relays[i].relay.smtp.pool_size
             })
             // (More workers than connections: the configuration refuses
             // that, but a worker replaced after a panic comes on top.)
             .or_else(|| self.pick(&mut state, |_, _| true))
             .unwrap_or(0);
-        state.homes[home] += 1;
-        home
+        state.workers[at] += 1;
+        at
     }
 
-    fn leave(&self, home: usize) {
+    fn leave(&self, at: usize) {
         let mut state = self.lock();
-        state.homes[home] = state.homes[home].saturating_sub(1);
+        state.workers[at] = state.workers[at].saturating_sub(1);
     }
 
-    /// Where a worker at home on `home` sends now: home, unless its
-    /// breaker is open and another relay works.
-    fn route(&self, home: usize) -> usize {
+    /// The relays that work now (breaker closed, or its pause over); the
+    /// shares are counted afresh when that changes.
+    fn working(&self, state: &mut State) -> Vec<bool> {
         let now = Instant::now();
-        let mut state = self.lock();
-        let works = |i: usize, s: &State| s.breakers[i].open_until.is_none_or(|t| t <= now);
-        if works(home, &state) {
-            return home;
+        let working: Vec<bool> = state
+            .breakers
+            .iter()
+            .map(|b| b.open_until.is_none_or(|t| t <= now))
+            .collect();
+        if working != state.working {
+            state.handed.fill(0);
+            state.working.clone_from(&working);
         }
-        self.pick(&mut state, |i, s| i != home && works(i, s))
-            .unwrap_or(home)
+        working
+    }
+
+    /// How many messages relay `i` was handed beyond its weight's share of
+    /// those handed to the relays that work (negative: short of it).
+    fn lead(&self, state: &State, working: &[bool], i: usize) -> f64 {
+        let (mut total, mut weights) = (0u64, 0u64);
+        for (j, shared) in self.relays.iter().enumerate() {
+            if working[j] {
+                total += state.handed[j];
+                weights += u64::from(shared.relay.weight);
+            }
+        }
+        let share = f64::from(self.relays[i].relay.weight) / weights.max(1) as f64;
+        state.handed[i] as f64 - total as f64 * share
+    }
+
+    /// Where the worker on relay `at` sends its next message.
+    fn step(&self, at: usize) -> Step {
+        if self.relays.len() == 1 {
+            return Step::Send(at);
+        }
+        let mut state = self.lock();
+        let working = self.working(&mut state);
+        if !working.iter().any(|&w| w) {
+            return Step::Send(at);
+        }
+        let ahead = !working[at] || self.lead(&state, &working, at) > LEAD;
+        if !ahead {
+            return Step::Send(at);
+        }
+        // The relay furthest behind with a connection to spare (short of
+        // its share, unless the worker's own relay is down).
+        let to = (0..self.relays.len())
+            .filter(|&j| j != at && working[j])
+            .filter(|&j| state.workers[j] < self.relays[j].relay.smtp.pool_size)
+            .map(|j| (j, self.lead(&state, &working, j)))
+            .filter(|&(_, lead)| !working[at] || lead < 0.0)
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        match to {
+            Some((to, _)) => {
+                state.workers[at] -= 1;
+                state.workers[to] += 1;
+                Step::Send(to)
+            }
+            None => Step::Wait,
+        }
+    }
+
+    /// Whether the worker on relay `at` may send another message there
+    /// without looking again.
+    fn keeps(&self, at: usize) -> bool {
+        if self.relays.len() == 1 {
+            return true;
+        }
+        let mut state = self.lock();
+        let working = self.working(&mut state);
+        working[at] && self.lead(&state, &working, at) <= LEAD
+    }
+
+    /// The relay of a message from a sender beside the workers: the
+    /// round-robin's among those that work (or among all if none does).
+    fn any(&self) -> usize {
+        let mut state = self.lock();
+        let working = self.working(&mut state);
+        self.pick(&mut state, |i, _| working[i])
+            .or_else(|| self.pick(&mut state, |_, _| true))
+            .unwrap_or(0)
     }
 
     /// Counts a send's outcome on `relay`, and opens or closes its breaker.
@@ -173,6 +273,7 @@ impl Relays {
         };
         let failed = matches!(result, Err(SendError::Transient(_) | SendError::Setup(_)));
         let mut state = self.lock();
+        state.handed[relay] += 1;
         let breaker = &mut state.breakers[relay];
         if !failed {
             if breaker.open_until.take().is_some() {
@@ -203,11 +304,13 @@ impl Relays {
     }
 }
 
-/// One worker's way to the relays: a connection to its home relay, and
-/// to another one while home is down (each opened on first use).
+/// One sender's way to the relays: the connection to its relay (one at a
+/// time, opened on first use).
 pub struct RelaySender {
     relays: std::sync::Arc<Relays>,
-    home: usize,
+    /// The relay of a worker (counted in its pool); `None` for a sender
+    /// beside the workers.
+    at: Option<usize>,
     senders: Vec<Option<SmtpSender>>,
     /// The relay of the last message: the one whose connection may wait
     /// for the next message (see [`SmtpSender::send`]).
@@ -215,14 +318,54 @@ pub struct RelaySender {
 }
 
 impl RelaySender {
-    pub fn new(relays: std::sync::Arc<Relays>) -> Self {
-        let home = relays.home();
+    /// A worker's sender, on a relay of its own among the pools.
+    pub fn worker(relays: std::sync::Arc<Relays>) -> Self {
+        let at = relays.join();
+        Self::with(relays, Some(at))
+    }
+
+    /// A sender beside the workers (not counted in the pools).
+    pub fn beside(relays: std::sync::Arc<Relays>) -> Self {
+        Self::with(relays, None)
+    }
+
+    fn with(relays: std::sync::Arc<Relays>, at: Option<usize>) -> Self {
         let senders = relays.relays.iter().map(|_| None).collect();
         Self {
             relays,
-            home,
+            at,
             senders,
-            last: home,
+            last: at.unwrap_or(0),
+        }
+    }
+
+    /// Waits while the worker's relay is ahead of its share (or down) and
+    /// no other has a connection to spare; `stop` ends the wait.
+    pub async fn ready(&mut self, stop: impl Fn() -> bool) {
+        let Some(at) = self.at else { return };
+        loop {
+            match self.relays.step(at) {
+                Step::Send(relay) => {
+                    self.settle(relay).await;
+                    return;
+                }
+                Step::Wait if stop() => return,
+                Step::Wait => tokio::time::sleep(WAIT).await,
+            }
+        }
+    }
+
+    /// Makes `relay` the sender's own: a worker's connection elsewhere is
+    /// closed (its pool counts one connection per worker).
+    async fn settle(&mut self, relay: usize) {
+        if self.at.is_some() {
+            self.at = Some(relay);
+        }
+        if relay != self.last {
+            if let Some(mut previous) = self.senders[self.last].take() {
+                previous.close().await;
+            }
+            self.last = relay;
         }
     }
 
@@ -233,22 +376,19 @@ impl RelaySender {
     ) -> Result<(), SendError> {
         // (A message whose envelope went out with the last one's content
         // goes to that relay, which waits for it.)
-        let relay = if self.senders[self.last]
+        let primed = self.senders[self.last]
             .as_ref()
-            .is_some_and(|s| s.primed_for(&message.envelope))
-        {
-            self.last
-        } else {
-            self.relays.route(self.home)
+            .is_some_and(|s| s.primed_for(&message.envelope));
+        let relay = match self.at {
+            _ if primed => self.last,
+            Some(at) => match self.relays.step(at) {
+                Step::Send(relay) => relay,
+                // (It waited in `ready`: the others moved meanwhile.)
+                Step::Wait => at,
+            },
+            None => self.relays.any(),
         };
-        if relay != self.last
-            && self.last != self.home
-            && let Some(mut previous) = self.senders[self.last].take()
-        {
-            // (A stand-in's connection is closed once home works again.)
-            previous.close().await;
-        }
-        self.last = relay;
+        self.settle(relay).await;
         let sender = self.senders[relay]
             .get_or_insert_with(|| SmtpSender::new(self.relays.relays[relay].relay.smtp.clone()));
         let result = sender.send(message, next).await;
@@ -256,11 +396,13 @@ impl RelaySender {
         result
     }
 
-    /// Whether [`RelaySender::send`] has a use for the next envelope.
+    /// Whether [`RelaySender::send`] has a use for the next envelope: the
+    /// connection pipelines and its relay takes the next message too.
     pub fn chains(&self) -> bool {
         self.senders[self.last]
             .as_ref()
             .is_some_and(SmtpSender::chains)
+            && self.at.is_none_or(|at| self.relays.keeps(at))
     }
 
     pub async fn close(&mut self) {
@@ -272,6 +414,8 @@ impl RelaySender {
 
 impl Drop for RelaySender {
     fn drop(&mut self) {
-        self.relays.leave(self.home);
+        if let Some(at) = self.at {
+            self.relays.leave(at);
+        }
     }
 }

@@ -11,7 +11,6 @@ use super::seal::Outgoing;
 use super::smtp::SendError;
 use crate::config::{Settings, TransportKind};
 use crate::errors::chain;
-use crate::metrics::Metrics;
 
 /// One worker's way out: each worker owns one, so SMTP connections are
 /// never shared and stay open between messages.
@@ -21,17 +20,28 @@ pub enum Sender {
 }
 
 impl Sender {
-    /// A sender with relays of its own (their health and metrics unshared).
-    pub fn new(settings: &Settings) -> Self {
-        let relays = Arc::new(Relays::new(&settings.relays, &Metrics::default()));
-        Self::with_relays(settings, &relays)
-    }
-
-    /// A sender among others that share `relays`: the workers of a process.
-    pub fn with_relays(settings: &Settings, relays: &Arc<Relays>) -> Self {
+    /// A worker's sender: one connection among the relays' pools.
+    pub fn worker(settings: &Settings, relays: &Arc<Relays>) -> Self {
         match settings.mail.transport {
             TransportKind::Outbox => Sender::Outbox(settings.mail.outbox_dir.clone()),
-            TransportKind::Smtp => Sender::Smtp(Box::new(RelaySender::new(relays.clone()))),
+            TransportKind::Smtp => Sender::Smtp(Box::new(RelaySender::worker(relays.clone()))),
+        }
+    }
+
+    /// A sender beside the workers (confirmation emails, test sends): a
+    /// connection of its own, sharing the relays' health and metrics.
+    pub fn beside(settings: &Settings, relays: &Arc<Relays>) -> Self {
+        match settings.mail.transport {
+            TransportKind::Outbox => Sender::Outbox(settings.mail.outbox_dir.clone()),
+            TransportKind::Smtp => Sender::Smtp(Box::new(RelaySender::beside(relays.clone()))),
+        }
+    }
+
+    /// Waits while a worker's relay is ahead of its share, or down, and no
+    /// other relay has a connection to spare; `stop` ends the wait.
+    pub async fn ready(&mut self, stop: impl Fn() -> bool) {
+        if let Sender::Smtp(smtp) = self {
+            smtp.ready(stop).await;
         }
     }
 

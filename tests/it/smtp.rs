@@ -183,6 +183,9 @@ struct State {
     faults: Mutex<Vec<Fault>>,
     /// Set by [`SmtpServer::stop`].
     stopped: std::sync::atomic::AtomicBool,
+    /// Sessions open now, and the most ever open at once.
+    sessions: AtomicU64,
+    most_sessions: AtomicU64,
     /// What went wrong in sessions (see the module's comment).
     failures: Mutex<Vec<String>>,
     behaviour: Behaviour,
@@ -226,6 +229,8 @@ impl SmtpServer {
             chained: AtomicU64::new(0),
             faults: Mutex::new(Vec::new()),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            sessions: AtomicU64::new(0),
+            most_sessions: AtomicU64::new(0),
             failures: Mutex::new(Vec::new()),
             behaviour,
         });
@@ -233,7 +238,10 @@ impl SmtpServer {
         let addr = crate::helpers::serve_on_own_thread(port, move |stream, peer| {
             let state = server_state.clone();
             async move {
+                let open = state.sessions.fetch_add(1, Ordering::SeqCst) + 1;
+                state.most_sessions.fetch_max(open, Ordering::SeqCst);
                 let served = tokio::spawn(session(stream, peer, state.clone())).await;
+                state.sessions.fetch_sub(1, Ordering::SeqCst);
                 match served {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) if hung_up(&e) => {}
@@ -291,6 +299,11 @@ impl SmtpServer {
     /// written after their final dot: one round trip per message.
     pub fn chained(&self) -> u64 {
         self.state.chained.load(Ordering::SeqCst)
+    }
+
+    /// The most sessions that were ever open at once.
+    pub fn most_sessions_at_once(&self) -> u64 {
+        self.state.most_sessions.load(Ordering::SeqCst)
     }
 
     /// Stops the relay as an MTA shutting down does: from now on every

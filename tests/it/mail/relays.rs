@@ -94,6 +94,63 @@ async fn two_relays_weighted_three_to_one_get_about_three_to_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_hold_when_every_connection_of_equal_pools_is_used() {
+    // Four connections each and, by default, a worker on every one: the
+    // relay of weight 1 has as many workers as the other, and still gets
+    // a quarter of the messages.
+    let (a, b) = (SmtpServer::start(), SmtpServer::start());
+    let readers = 400;
+    let (_db, ws) = workspace(&[(a.port, 3), (b.port, 1)], "", readers).await;
+
+    let out = ws.run(&["send", "daily"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("400 sent, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+    let (got_a, got_b) = (a.received(), b.received());
+    let mut all = got_a.clone();
+    all.extend(got_b.iter().cloned());
+    each_reader_once(&all, readers);
+    let share = got_a.len() as f64 / readers as f64;
+    assert!(
+        (0.65..=0.85).contains(&share),
+        "{} and {} messages: a share of {share:.2} for the relay of weight 3",
+        got_a.len(),
+        got_b.len()
+    );
+    for relay in [&a, &b] {
+        assert!(relay.most_sessions_at_once() <= 4, "a pool of 4 exceeded");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_relay_gets_its_share_no_less() {
+    let slow = Behaviour {
+        delay: Duration::from_millis(10),
+        ..Behaviour::default()
+    };
+    let (a, b) = (SmtpServer::start(), SmtpServer::start_with(slow));
+    let readers = 400;
+    let (_db, ws) = workspace(&[(a.port, 1), (b.port, 1)], "", readers).await;
+
+    let out = ws.run(&["send", "daily"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (got_a, got_b) = (a.received(), b.received());
+    let mut all = got_a.clone();
+    all.extend(got_b.iter().cloned());
+    each_reader_once(&all, readers);
+    let share = got_b.len() as f64 / readers as f64;
+    assert!(
+        (0.4..=0.6).contains(&share),
+        "{} and {} messages: a share of {share:.2} for the slow relay of equal weight",
+        got_a.len(),
+        got_b.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_stops_mid_run_leaves_the_run_to_the_other_with_nothing_lost_or_doubled() {
     let slow = Behaviour {
         delay: Duration::from_millis(5),
@@ -104,7 +161,9 @@ async fn a_relay_that_stops_mid_run_leaves_the_run_to_the_other_with_nothing_los
         SmtpServer::start_with(slow),
     );
     let readers = 400;
-    let delivery = "retry_base_ms = 20\nretry_max_ms = 100\nmax_attempts = 10\nlease_secs = 5\nbatch_size = 40\nconcurrency = 4";
+    // (A worker on each of the 4 + 4 connections: those of the stopped
+    // relay wait rather than open more to the other than its pool.)
+    let delivery = "retry_base_ms = 20\nretry_max_ms = 100\nmax_attempts = 10\nlease_secs = 5\nbatch_size = 40";
     let (_db, ws) = workspace(&[(a.port, 1), (b.port, 1)], delivery, readers).await;
 
     let child = ws.spawn(&["send", "daily"]);
@@ -127,8 +186,13 @@ async fn a_relay_that_stops_mid_run_leaves_the_run_to_the_other_with_nothing_los
         stderr(&out)
     );
     let (got_a, got_b) = (a.received(), b.received());
+    assert!(
+        a.most_sessions_at_once() <= 4,
+        "{} connections at once to a relay of pool_size 4",
+        a.most_sessions_at_once()
+    );
     // (A message whose final dot the relay had read as it stopped is
-    // kept and acknowledged: at most one per worker.)
+    // kept and acknowledged: at most one per worker on it.)
     assert!(
         got_b.len() <= stopped_at + 4,
         "the stopped relay kept {} messages more",
