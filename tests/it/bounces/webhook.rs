@@ -14,6 +14,7 @@ use crate::web::WebApp;
 on_both_backends!(
     webhook_reports_with_the_token_bounce_and_unsubscribe_readers,
     the_webhook_refuses_a_wrong_token_and_is_absent_without_one,
+    a_body_declared_over_the_limit_is_refused_before_it_is_read,
 );
 
 const TOKEN: &str = "bounce-hook-0123456789abcdef012345";
@@ -188,4 +189,22 @@ async fn the_webhook_refuses_a_wrong_token_and_is_absent_without_one(backend: Ba
     let without = self::app(backend, false).await;
     let (status, _) = post(&without, Some(TOKEN), &body).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A `Content-Length` over the limit (256 KiB) is answered at once, as
+/// the ingest API answers it: 413, and the connection closed, while the
+/// body is still to come.
+async fn a_body_declared_over_the_limit_is_refused_before_it_is_read(backend: Backend) {
+    let app = app(backend, true).await;
+    add(&app, &["john@example.com"]).await;
+    let answer = app
+        .refused_before_the_body("/webhooks/bounces", TOKEN, 256 * 1024 + 1)
+        .await;
+    assert!(
+        answer.contains("the body is larger than 262144 bytes"),
+        "{answer}"
+    );
+    let (john, state) = reader(&app, "john@example.com").await;
+    assert_eq!(state, SubscriberStatus::Confirmed);
+    assert!(app.engine.store.bounces_of(john).await.unwrap().is_empty());
 }
