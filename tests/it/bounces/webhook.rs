@@ -4,9 +4,9 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use gazette::domain::{BounceKind, BounceSource, EmailAddress, SubscriberStatus};
-use gazette::store::{NewSubscriber, Timestamp};
+use gazette::domain::{BounceKind, BounceSource, SubscriberStatus};
 
+use super::{add, fixture, post_webhook, reader};
 use crate::helpers::{Backend, SmtpServer};
 use crate::on_both_backends;
 use crate::web::WebApp;
@@ -29,55 +29,12 @@ async fn app(backend: Backend, token: bool) -> WebApp {
 }
 
 async fn post(app: &WebApp, token: Option<&str>, body: &str) -> (StatusCode, Value) {
-    let mut request = app
-        .http
-        .post(format!("{}/webhooks/bounces", app.base))
-        .header("content-type", "application/json")
-        .body(body.to_string());
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
+    let bearer = token.map(|token| format!("Bearer {token}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(bearer) = &bearer {
+        headers.push(("authorization", bearer));
     }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-fn fixture(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/bounces")
-        .join(name);
-    std::fs::read_to_string(path).unwrap()
-}
-
-async fn add(app: &WebApp, emails: &[&str]) {
-    let subscribers: Vec<NewSubscriber> = emails
-        .iter()
-        .map(|e| NewSubscriber {
-            email: EmailAddress::parse(e).unwrap(),
-            name: None,
-            digests: Vec::new(),
-        })
-        .collect();
-    app.engine
-        .store
-        .upsert_subscribers(&subscribers, Timestamp::now())
-        .await
-        .unwrap();
-}
-
-async fn reader(app: &WebApp, email: &str) -> (i64, SubscriberStatus) {
-    let found = app
-        .engine
-        .store
-        .find_subscriber(&EmailAddress::parse(email).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    (found.id, found.status)
+    post_webhook(app, "", &headers, body.to_string()).await
 }
 
 async fn webhook_reports_with_the_token_bounce_and_unsubscribe_readers(backend: Backend) {
