@@ -29,12 +29,62 @@ pub fn routes() -> Router<Arc<WebState>> {
     Router::new().route("/api/articles", post(post_articles).delete(delete_article))
 }
 
-fn answer(status: StatusCode, body: Value) -> Response {
+pub(super) fn answer(status: StatusCode, body: Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+/// `{"error": message}` with `status`.
+pub(super) fn error(status: StatusCode, message: &str) -> Response {
     answer(status, json!({ "error": message }))
+}
+
+/// A request's body read as JSON, up to `limit` bytes; else the answer
+/// to send: 413 (with `advice`, if any) when `Content-Length` says more
+/// than `limit` (nothing is read then) or the body grows past it, 400
+/// when it breaks off, 408 when it takes longer than the body timeout,
+/// 400 when it is not JSON. When the body was not read whole the answer
+/// closes the connection: what is left of the body cannot be told from
+/// the next request.
+pub(super) async fn read_json(
+    request: Request,
+    state: &WebState,
+    limit: usize,
+    advice: Option<&str>,
+) -> Result<Value, Response> {
+    let closing = |mut refusal: Response| {
+        refusal
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        refusal
+    };
+    let body = match read_limited(request, limit, state.body_read_timeout).await {
+        BodyRead::Whole(body) => body,
+        BodyRead::TooLarge => {
+            let message = match advice {
+                Some(advice) => format!("the body is larger than {limit} bytes: {advice}"),
+                None => format!("the body is larger than {limit} bytes"),
+            };
+            return Err(closing(error(StatusCode::PAYLOAD_TOO_LARGE, &message)));
+        }
+        BodyRead::Broken => {
+            return Err(closing(error(
+                StatusCode::BAD_REQUEST,
+                "the body did not arrive whole",
+            )));
+        }
+        BodyRead::TooSlow => {
+            return Err(closing(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body took too long to arrive",
+            )));
+        }
+    };
+    serde_json::from_slice(&body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("the body is not JSON: {e}"),
+        )
+    })
 }
 
 /// Whether the request carries the token. Both sides are hashed first, so
@@ -95,43 +145,16 @@ async fn post_articles(State(state): State<Arc<WebState>>, request: Request) -> 
     if !authorized(&state, request.headers()) {
         return unauthorized();
     }
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let too_large = || {
-        let mut refusal = error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the body is larger than {BODY_LIMIT} bytes: send fewer articles a request"),
-        );
-        refusal
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        refusal
-    };
-    if declared.is_some_and(|n| n > BODY_LIMIT) {
-        return too_large();
-    }
-    let body = match read_limited(request, BODY_LIMIT, state.body_read_timeout).await {
-        BodyRead::Whole(body) => body,
-        BodyRead::TooLarge => return too_large(),
-        BodyRead::Broken => return error(StatusCode::BAD_REQUEST, "the body did not arrive whole"),
-        BodyRead::TooSlow => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                "the body took too long to arrive",
-            );
-        }
-    };
-    let value: Value = match serde_json::from_slice(&body) {
+    let value = match read_json(
+        request,
+        &state,
+        BODY_LIMIT,
+        Some("send fewer articles a request"),
+    )
+    .await
+    {
         Ok(value) => value,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("the body is not JSON: {e}"),
-            );
-        }
+        Err(refusal) => return refusal,
     };
     let records = match value {
         Value::Array(records) => records,

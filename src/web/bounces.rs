@@ -15,13 +15,13 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
 use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
-use super::api::{bearer_matches, secret_matches};
-use super::pages::{BodyRead, WebState, read_limited};
+use super::api::{answer, bearer_matches, error, read_json, secret_matches};
+use super::pages::WebState;
 use crate::bounces::sns::{self, Refused};
 use crate::bounces::{self, Named, webhook};
 use crate::domain::BounceSource;
@@ -32,14 +32,6 @@ const BODY_LIMIT: usize = 256 * 1024;
 
 pub fn routes() -> Router<Arc<WebState>> {
     Router::new().route("/webhooks/bounces", post(post_bounces))
-}
-
-fn answer(status: StatusCode, body: Value) -> Response {
-    (status, axum::Json(body)).into_response()
-}
-
-fn error(status: StatusCode, message: &str) -> Response {
-    answer(status, json!({ "error": message }))
 }
 
 /// Whether the address's query has `token=` with `expected`.
@@ -74,30 +66,9 @@ async fn post_bounces(State(state): State<Arc<WebState>>, request: Request) -> R
         );
         return refusal;
     }
-    let body = match read_limited(request, BODY_LIMIT, state.body_read_timeout).await {
-        BodyRead::Whole(body) => body,
-        BodyRead::TooLarge => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the body is larger than {BODY_LIMIT} bytes"),
-            );
-        }
-        BodyRead::Broken => return error(StatusCode::BAD_REQUEST, "the body did not arrive whole"),
-        BodyRead::TooSlow => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                "the body took too long to arrive",
-            );
-        }
-    };
-    let value: Value = match serde_json::from_slice(&body) {
+    let value = match read_json(request, &state, BODY_LIMIT, None).await {
         Ok(value) => value,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("the body is not JSON: {e}"),
-            );
-        }
+        Err(refusal) => return refusal,
     };
     let payload = match sns_type {
         Some(sns_type) => match from_sns(&state, &sns_type, &value).await {

@@ -259,14 +259,6 @@ async fn read_whole(request: Request, state: &WebState) -> Result<Bytes, Respons
             "This request is larger than any form here sends.",
         )
     };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > BODY_LIMIT) {
-        return Err(too_large());
-    }
     match read_limited(request, BODY_LIMIT, state.body_read_timeout).await {
         BodyRead::Whole(body) => Ok(Bytes::from(body)),
         BodyRead::TooLarge => Err(too_large()),
@@ -284,8 +276,17 @@ async fn read_whole(request: Request, state: &WebState) -> Result<Bytes, Respons
     }
 }
 
-/// Reads a request's body, up to `limit` bytes, within `timeout`.
+/// Reads a request's body, up to `limit` bytes, within `timeout`; when
+/// its `Content-Length` says more than `limit`, nothing is read.
 pub async fn read_limited(request: Request, limit: usize, timeout: Duration) -> BodyRead {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return BodyRead::TooLarge;
+    }
     let mut chunks = request.into_body().into_data_stream();
     let read = async {
         let mut body = Vec::new();

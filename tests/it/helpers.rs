@@ -285,10 +285,16 @@ dir = "{templates}"
 
     /// Starts the `gazette` binary in this workspace without waiting.
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.spawn_with_env(args, &[])
+    }
+
+    /// [`Workspace::spawn`] with these environment variables.
+    pub fn spawn_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
         std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
             .args(args)
             .current_dir(self.dir.path())
             .env("GAZETTE_CONFIG", &self.config)
+            .envs(env.iter().copied())
             .env_remove("GAZETTE_LOG")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -306,6 +312,16 @@ dir = "{templates}"
             .output()
             .expect("cannot run the gazette binary")
     }
+}
+
+/// Kills `child` with SIGKILL (no chance to clean up) and reaps it.
+pub fn kill_9(child: &mut std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = child.wait();
 }
 
 /// A daily digest section, with overrides appended.

@@ -8,6 +8,7 @@ use gazette::store::{DeliveryCounts, NewSubscriber, PlanOutcome, RunPlan, Store,
 
 use crate::helpers::{Backend, SmtpServer, TestDb, Workspace, digest_section, stderr, stdout};
 use crate::on_both_backends;
+use crate::store::{add_readers, plan_daily};
 
 on_both_backends!(
     folding_keeps_a_runs_counts_deletes_its_rows_and_spares_young_and_open_runs,
@@ -36,38 +37,13 @@ async fn raw_count(store: &Store, sql: &str) -> i64 {
 /// `readers` confirmed subscribers of the daily digest, `reader0@…` on,
 /// who subscribed 60 days ago.
 async fn readers(store: &Store, readers: usize) {
-    let subscribers: Vec<NewSubscriber> = (0..readers)
-        .map(|i| NewSubscriber {
-            email: EmailAddress::parse(&format!("reader{i}@example.org")).unwrap(),
-            name: None,
-            digests: vec![daily()],
-        })
-        .collect();
-    store
-        .upsert_subscribers(
-            &subscribers,
-            Timestamp::from(Utc::now() - Duration::days(60)),
-        )
-        .await
-        .unwrap();
+    let subscribed = Timestamp::from(Utc::now() - Duration::days(60));
+    add_readers(store, readers, subscribed).await;
 }
 
 /// Plans the run of `slot`, for every confirmed reader.
 async fn plan(store: &Store, slot: DateTime<Utc>) -> i64 {
-    let digest = daily();
-    let plan = RunPlan {
-        digest: &digest,
-        slot: Timestamp::from(slot),
-        window_start: Timestamp::from(slot - Duration::days(1)),
-        cutoff: Timestamp::from(slot),
-        articles: &[],
-        skip_if_empty: false,
-        now: Timestamp::from(slot),
-    };
-    match store.plan_run(&plan).await.unwrap() {
-        PlanOutcome::Planned { run_id, .. } => run_id,
-        other => panic!("not planned: {other:?}"),
-    }
+    plan_daily(store, slot).await.0
 }
 
 /// Claims every row of the run and records the outcomes: the first

@@ -21,7 +21,7 @@ on_both_backends!(
     a_process_with_another_link_key_is_refused,
 );
 
-async fn store(db: &TestDb) -> Store {
+pub(crate) async fn store(db: &TestDb) -> Store {
     Store::connect(&db.url)
         .await
         .expect("cannot open the store")
@@ -532,17 +532,33 @@ async fn a_removed_subscriber_leaves_the_ledger_and_is_never_claimed_as_a_reader
 /// A run of the daily digest at `now`, planned for `readers` confirmed
 /// subscribers `reader0@example.org`, `reader1@…`, and so on.
 async fn planned_run(store: &Store, readers: usize, now: chrono::DateTime<Utc>) -> i64 {
-    let subscribers: Vec<NewSubscriber> = (0..readers)
+    add_readers(store, readers, Timestamp::from(now)).await;
+    let (run_id, deliveries) = plan_daily(store, now).await;
+    assert_eq!(deliveries, readers as u64);
+    run_id
+}
+
+/// `n` confirmed subscribers of the daily digest, `reader0@example.org`,
+/// `reader1@…`, and so on, added at `at`: their ids, in that order.
+pub(crate) async fn add_readers(store: &Store, n: usize, at: Timestamp) -> Vec<i64> {
+    let subscribers: Vec<NewSubscriber> = (0..n)
         .map(|i| NewSubscriber {
             email: EmailAddress::parse(&format!("reader{i}@example.org")).unwrap(),
             name: None,
             digests: vec![daily()],
         })
         .collect();
-    store
-        .upsert_subscribers(&subscribers, Timestamp::from(now))
-        .await
-        .unwrap();
+    store.upsert_subscribers(&subscribers, at).await.unwrap();
+    let mut ids = Vec::new();
+    for s in &subscribers {
+        ids.push(store.find_subscriber(&s.email).await.unwrap().unwrap().id);
+    }
+    ids
+}
+
+/// Plans the run of the daily digest at `now`, over the day before it,
+/// without articles: the run and how many deliveries it planned.
+pub(crate) async fn plan_daily(store: &Store, now: chrono::DateTime<Utc>) -> (i64, u64) {
     let digest = daily();
     let plan = RunPlan {
         digest: &digest,
@@ -553,9 +569,8 @@ async fn planned_run(store: &Store, readers: usize, now: chrono::DateTime<Utc>) 
         skip_if_empty: false,
         now: Timestamp::from(now),
     };
-    let PlanOutcome::Planned { run_id, deliveries } = store.plan_run(&plan).await.unwrap() else {
-        panic!("the run was not planned");
-    };
-    assert_eq!(deliveries, readers as u64);
-    run_id
+    match store.plan_run(&plan).await.unwrap() {
+        PlanOutcome::Planned { run_id, deliveries } => (run_id, deliveries),
+        other => panic!("the run was not planned: {other:?}"),
+    }
 }

@@ -7,7 +7,6 @@
 //! real verification runs. A forged, altered or off-host message changes
 //! nothing.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,9 +14,9 @@ use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use gazette::domain::{BounceKind, BounceSource, EmailAddress, SubscriberStatus};
-use gazette::store::{NewSubscriber, Timestamp};
+use gazette::domain::{BounceKind, BounceSource, SubscriberStatus};
 
+use super::{add, fixture, post_webhook, reader};
 use crate::feeds::server::{FeedServer, Route};
 use crate::helpers::{Backend, SmtpServer};
 use crate::on_both_backends;
@@ -28,13 +27,6 @@ on_both_backends!(amazon_ses_through_sns_confirms_its_subscription_and_records_o
 const TOKEN: &str = "bounce-hook-0123456789abcdef012345";
 const TOPIC: &str = "arn:aws:sns:us-west-2:123456789012:MyTopic";
 const CERT_PATH: &str = "/SimpleNotificationService-f3ecfb7224c7233fe7bb5f59f96de52f.pem";
-
-fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/bounces")
-        .join(name);
-    std::fs::read_to_string(path).unwrap()
-}
 
 /// An RSA key and its self-signed certificate, made by openssl.
 struct Signer {
@@ -135,32 +127,11 @@ fn notification(message: &str, version: &str) -> Value {
 }
 
 async fn post(app: &WebApp, query: &str, body: &Value) -> (StatusCode, Value) {
-    let response = app
-        .http
-        .post(format!("{}/webhooks/bounces{query}", app.base))
-        .header("content-type", "text/plain; charset=UTF-8")
-        .header("x-amz-sns-message-type", body["Type"].as_str().unwrap())
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-async fn reader(app: &WebApp, email: &str) -> (i64, SubscriberStatus) {
-    let found = app
-        .engine
-        .store
-        .find_subscriber(&EmailAddress::parse(email).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    (found.id, found.status)
+    let headers = [
+        ("content-type", "text/plain; charset=UTF-8"),
+        ("x-amz-sns-message-type", body["Type"].as_str().unwrap()),
+    ];
+    post_webhook(app, query, &headers, body.to_string()).await
 }
 
 async fn amazon_ses_through_sns_confirms_its_subscription_and_records_only_signed_reports(
@@ -198,23 +169,15 @@ async fn amazon_ses_through_sns_confirms_its_subscription_and_records_only_signe
         &[("GAZETTE_TEST_SNS_ENDPOINT", &sns.base)],
     )
     .await;
-    let readers: Vec<NewSubscriber> = [
-        "jane@example.com",
-        "richard@example.com",
-        "mary@example.com",
-    ]
-    .iter()
-    .map(|e| NewSubscriber {
-        email: EmailAddress::parse(e).unwrap(),
-        name: None,
-        digests: Vec::new(),
-    })
-    .collect();
-    app.engine
-        .store
-        .upsert_subscribers(&readers, Timestamp::now())
-        .await
-        .unwrap();
+    add(
+        &app,
+        &[
+            "jane@example.com",
+            "richard@example.com",
+            "mary@example.com",
+        ],
+    )
+    .await;
     let with_token = format!("?token={TOKEN}");
 
     // The subscription confirmation (SHA1withRSA): Gazette visits the

@@ -2,14 +2,14 @@
 //! and Postgres.
 
 use chrono::{Duration, Utc};
-use gazette::domain::{BounceKind, BounceSource, DigestName, EmailAddress, SubscriberStatus};
+use gazette::domain::{BounceKind, BounceSource, EmailAddress, SubscriberStatus};
 use gazette::store::{
-    BounceLimits, BounceOutcome, BounceReport, NewSubscriber, PlanOutcome, RunBounces, RunPlan,
-    Store, SubscriberChange, Timestamp,
+    BounceLimits, BounceOutcome, BounceReport, RunBounces, Store, SubscriberChange, Timestamp,
 };
 
 use crate::helpers::{Backend, TestDb};
 use crate::on_both_backends;
+use crate::store::{add_readers, plan_daily, store};
 
 on_both_backends!(
     bounces_count_once_per_delivery_and_stop_the_readers_mail,
@@ -19,52 +19,11 @@ on_both_backends!(
 
 const LIMITS: BounceLimits = BounceLimits { hard: 1, soft: 2 };
 
-fn daily() -> DigestName {
-    DigestName::parse("daily").unwrap()
-}
-
-async fn store(db: &TestDb) -> Store {
-    Store::connect(&db.url)
-        .await
-        .expect("cannot open the store")
-}
-
-async fn add_readers(store: &Store, n: usize) -> Vec<i64> {
-    let subscribers: Vec<NewSubscriber> = (0..n)
-        .map(|i| NewSubscriber {
-            email: EmailAddress::parse(&format!("reader{i}@example.org")).unwrap(),
-            name: None,
-            digests: vec![daily()],
-        })
-        .collect();
-    store
-        .upsert_subscribers(&subscribers, Timestamp::now())
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for s in &subscribers {
-        ids.push(store.find_subscriber(&s.email).await.unwrap().unwrap().id);
-    }
-    ids
-}
-
 /// Plans the daily digest's run `day` days from now and records every
 /// delivery as sent; returns the run and how many it addressed.
 async fn sent_run(store: &Store, day: i64) -> (i64, u64) {
     let now = Utc::now() + Duration::days(day);
-    let digest = daily();
-    let plan = RunPlan {
-        digest: &digest,
-        slot: Timestamp::from(now),
-        window_start: Timestamp::from(now - Duration::days(1)),
-        cutoff: Timestamp::from(now),
-        articles: &[],
-        skip_if_empty: false,
-        now: Timestamp::from(now),
-    };
-    let PlanOutcome::Planned { run_id, deliveries } = store.plan_run(&plan).await.unwrap() else {
-        panic!("the run was not planned");
-    };
+    let (run_id, deliveries) = plan_daily(store, now).await;
     let at = Timestamp::from(now);
     let lease = Timestamp::from(now + Duration::minutes(5));
     let claimed = store.claim(run_id, 0, at, lease, 100).await.unwrap();
@@ -93,7 +52,7 @@ async fn status_of(store: &Store, i: usize) -> SubscriberStatus {
 async fn bounces_count_once_per_delivery_and_stop_the_readers_mail(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = store(&db).await;
-    let ids = add_readers(&store, 4).await;
+    let ids = add_readers(&store, 4, Timestamp::now()).await;
     let (run, addressed) = sent_run(&store, 0).await;
     assert_eq!(addressed, 4);
 
@@ -163,7 +122,7 @@ async fn bounces_count_once_per_delivery_and_stop_the_readers_mail(backend: Back
 async fn soft_bounces_count_digests_in_a_row_and_a_clean_delivery_resets_them(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = store(&db).await;
-    let ids = add_readers(&store, 1).await;
+    let ids = add_readers(&store, 1, Timestamp::now()).await;
     let reader = ids[0];
     let soft = |run| report(reader, run, BounceKind::Soft);
     let recorded = |status| BounceOutcome::Recorded {
@@ -207,7 +166,7 @@ async fn soft_bounces_count_digests_in_a_row_and_a_clean_delivery_resets_them(ba
 async fn a_confirmed_again_reader_starts_afresh_and_the_secret_is_shared(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = store(&db).await;
-    let ids = add_readers(&store, 1).await;
+    let ids = add_readers(&store, 1, Timestamp::now()).await;
     let (run, _) = sent_run(&store, 0).await;
     let limits = BounceLimits { hard: 2, soft: 3 };
     let first = store

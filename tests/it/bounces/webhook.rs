@@ -4,9 +4,9 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use gazette::domain::{BounceKind, BounceSource, EmailAddress, SubscriberStatus};
-use gazette::store::{NewSubscriber, Timestamp};
+use gazette::domain::{BounceKind, BounceSource, SubscriberStatus};
 
+use super::{add, fixture, post_webhook, reader};
 use crate::helpers::{Backend, SmtpServer};
 use crate::on_both_backends;
 use crate::web::WebApp;
@@ -14,6 +14,7 @@ use crate::web::WebApp;
 on_both_backends!(
     webhook_reports_with_the_token_bounce_and_unsubscribe_readers,
     the_webhook_refuses_a_wrong_token_and_is_absent_without_one,
+    a_body_declared_over_the_limit_is_refused_before_it_is_read,
 );
 
 const TOKEN: &str = "bounce-hook-0123456789abcdef012345";
@@ -28,55 +29,12 @@ async fn app(backend: Backend, token: bool) -> WebApp {
 }
 
 async fn post(app: &WebApp, token: Option<&str>, body: &str) -> (StatusCode, Value) {
-    let mut request = app
-        .http
-        .post(format!("{}/webhooks/bounces", app.base))
-        .header("content-type", "application/json")
-        .body(body.to_string());
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
+    let bearer = token.map(|token| format!("Bearer {token}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(bearer) = &bearer {
+        headers.push(("authorization", bearer));
     }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-fn fixture(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/bounces")
-        .join(name);
-    std::fs::read_to_string(path).unwrap()
-}
-
-async fn add(app: &WebApp, emails: &[&str]) {
-    let subscribers: Vec<NewSubscriber> = emails
-        .iter()
-        .map(|e| NewSubscriber {
-            email: EmailAddress::parse(e).unwrap(),
-            name: None,
-            digests: Vec::new(),
-        })
-        .collect();
-    app.engine
-        .store
-        .upsert_subscribers(&subscribers, Timestamp::now())
-        .await
-        .unwrap();
-}
-
-async fn reader(app: &WebApp, email: &str) -> (i64, SubscriberStatus) {
-    let found = app
-        .engine
-        .store
-        .find_subscriber(&EmailAddress::parse(email).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    (found.id, found.status)
+    post_webhook(app, "", &headers, body.to_string()).await
 }
 
 async fn webhook_reports_with_the_token_bounce_and_unsubscribe_readers(backend: Backend) {
@@ -188,4 +146,22 @@ async fn the_webhook_refuses_a_wrong_token_and_is_absent_without_one(backend: Ba
     let without = self::app(backend, false).await;
     let (status, _) = post(&without, Some(TOKEN), &body).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A `Content-Length` over the limit (256 KiB) is answered at once, as
+/// the ingest API answers it: 413, and the connection closed, while the
+/// body is still to come.
+async fn a_body_declared_over_the_limit_is_refused_before_it_is_read(backend: Backend) {
+    let app = app(backend, true).await;
+    add(&app, &["john@example.com"]).await;
+    let answer = app
+        .refused_before_the_body("/webhooks/bounces", TOKEN, 256 * 1024 + 1)
+        .await;
+    assert!(
+        answer.contains("the body is larger than 262144 bytes"),
+        "{answer}"
+    );
+    let (john, state) = reader(&app, "john@example.com").await;
+    assert_eq!(state, SubscriberStatus::Confirmed);
+    assert!(app.engine.store.bounces_of(john).await.unwrap().is_empty());
 }

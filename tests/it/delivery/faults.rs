@@ -10,22 +10,13 @@ use std::time::Duration;
 use chrono::Utc;
 
 use crate::helpers::{
-    Backend, Log, TestDb, Workspace, digest_section, duplicates, stderr, stdout, wait_for,
+    Backend, Log, TestDb, Workspace, digest_section, duplicates, kill_9, stderr, stdout, wait_for,
 };
 use crate::in_plain_text_and_over_starttls;
 use crate::smtp::{Behaviour, Fault, SmtpServer, Tls, closed_port};
 
 const FAST_RETRIES: &str =
     "retry_base_ms = 20\nretry_max_ms = 100\nmax_attempts = 10\nlease_secs = 2\nbatch_size = 20";
-
-fn kill_9(child: &mut std::process::Child) {
-    let status = std::process::Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = child.wait();
-}
 
 // Relay faults hit a session the same way in plain text and after
 // STARTTLS, where transactions are pipelined and chained alike.

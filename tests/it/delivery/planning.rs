@@ -5,11 +5,11 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use gazette::domain::{DigestName, EmailAddress, RunStatus, SubscriberStatus};
-use gazette::store::{NewSubscriber, PlanChunk, PlanOutcome, RunPlan, Store, Timestamp};
+use gazette::store::{Claimed, NewSubscriber, PlanChunk, PlanOutcome, RunPlan, Store, Timestamp};
 
-use crate::helpers::{Backend, TestDb, Workspace, digest_section, stderr, stdout};
+use crate::helpers::{Backend, TestDb, Workspace, digest_section, kill_9, stderr, stdout};
 use crate::on_both_backends;
 use crate::smtp::SmtpServer;
 
@@ -75,25 +75,42 @@ async fn list(db: &TestDb, readers: usize, others: usize) -> (Store, BTreeSet<St
     (store, expected)
 }
 
-/// Creates the daily run of `slot` (minutes from now), its ledger not yet
-/// planned.
-async fn start(store: &Store, slot: i64) -> i64 {
-    let digest = name("daily");
-    let at = Utc::now() + Duration::minutes(slot);
-    let plan = RunPlan {
-        digest: &digest,
+/// The plan of `digest`'s run of the slot `at`, over the day before it,
+/// without articles.
+fn plan_of(digest: &DigestName, at: DateTime<Utc>) -> RunPlan<'_> {
+    RunPlan {
+        digest,
         slot: Timestamp::from(at),
         window_start: Timestamp::from(at - Duration::days(1)),
         cutoff: Timestamp::from(at),
         articles: &[],
         skip_if_empty: false,
         now: Timestamp::now(),
-    };
+    }
+}
+
+/// Creates the daily run of `slot` (minutes from now), its ledger not yet
+/// planned.
+async fn start(store: &Store, slot: i64) -> i64 {
+    let digest = name("daily");
+    let plan = plan_of(&digest, Utc::now() + Duration::minutes(slot));
     let PlanOutcome::Planned { run_id, deliveries } = store.start_run(&plan).await.unwrap() else {
         panic!("the run was not created");
     };
     assert_eq!(deliveries, 0);
     run_id
+}
+
+/// Plans the run of `digest` at `at` in one call (in chunks of its own):
+/// the run and how many deliveries it planned.
+async fn plan_whole(store: &Store, digest: &str, at: DateTime<Utc>) -> (i64, u64) {
+    let digest = name(digest);
+    let PlanOutcome::Planned { run_id, deliveries } =
+        store.plan_run(&plan_of(&digest, at)).await.unwrap()
+    else {
+        panic!("not planned");
+    };
+    (run_id, deliveries)
 }
 
 /// Plans chunks of `limit` until planning is done: what each returned.
@@ -112,20 +129,26 @@ async fn plan_all(store: &Store, run_id: i64, limit: u32) -> Vec<PlanChunk> {
     }
 }
 
-/// The addresses of a run's ledger rows, claimed all at once; panics on a
-/// reader with two rows.
-async fn ledger(store: &Store, run_id: i64) -> BTreeSet<String> {
+/// Claims up to `limit` of a run's due deliveries, a second from now,
+/// leased for five minutes.
+async fn claim(store: &Store, run_id: i64, limit: u32) -> Vec<Claimed> {
     let now = Utc::now();
-    let claimed = store
+    store
         .claim(
             run_id,
             0,
             Timestamp::from(now + Duration::seconds(1)),
             Timestamp::from(now + Duration::minutes(5)),
-            10_000,
+            limit,
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The addresses of a run's ledger rows, claimed all at once; panics on a
+/// reader with two rows.
+async fn ledger(store: &Store, run_id: i64) -> BTreeSet<String> {
+    let claimed = claim(store, run_id, 10_000).await;
     let mut emails = BTreeSet::new();
     for c in &claimed {
         assert!(emails.insert(c.email.clone()), "{} twice", c.email);
@@ -169,23 +192,7 @@ async fn planning_in_chunks_gives_the_ledger_of_one_chunk(backend: Backend) {
     assert_eq!(ledger(&store, chunked).await, expected);
 
     // The one-call planning, in chunks of its own, plans the same.
-    let digest = name("daily");
-    let at = Utc::now() + Duration::minutes(2);
-    let PlanOutcome::Planned { run_id, deliveries } = store
-        .plan_run(&RunPlan {
-            digest: &digest,
-            slot: Timestamp::from(at),
-            window_start: Timestamp::from(at - Duration::days(1)),
-            cutoff: Timestamp::from(at),
-            articles: &[],
-            skip_if_empty: false,
-            now: Timestamp::now(),
-        })
-        .await
-        .unwrap()
-    else {
-        panic!("not planned");
-    };
+    let (run_id, deliveries) = plan_whole(&store, "daily", Utc::now() + Duration::minutes(2)).await;
     assert_eq!(deliveries, 36);
     assert_eq!(ledger(&store, run_id).await, expected);
 }
@@ -244,17 +251,7 @@ async fn a_run_is_not_finished_before_its_planning_is(backend: Backend) {
         PlanChunk::More(4)
     );
     // Every delivery planned so far is sent: the run is still open.
-    let now = Utc::now();
-    let claimed = store
-        .claim(
-            run_id,
-            0,
-            Timestamp::from(now + Duration::seconds(1)),
-            Timestamp::from(now + Duration::minutes(5)),
-            100,
-        )
-        .await
-        .unwrap();
+    let claimed = claim(&store, run_id, 100).await;
     assert_eq!(claimed.len(), 4);
     let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
     let mut conn = store.ledger_connection().await.unwrap();
@@ -285,23 +282,7 @@ async fn a_run_is_not_finished_before_its_planning_is(backend: Backend) {
     assert!(ids.is_empty(), "claimed twice: {ids:?}");
 
     // A run of a digest nobody reads is finished as soon as it is planned.
-    let digest = name("nobody");
-    let at = Utc::now();
-    let PlanOutcome::Planned { run_id, deliveries } = store
-        .plan_run(&RunPlan {
-            digest: &digest,
-            slot: Timestamp::from(at),
-            window_start: Timestamp::from(at - Duration::days(1)),
-            cutoff: Timestamp::from(at),
-            articles: &[],
-            skip_if_empty: false,
-            now: Timestamp::now(),
-        })
-        .await
-        .unwrap()
-    else {
-        panic!("not planned");
-    };
+    let (run_id, deliveries) = plan_whole(&store, "nobody", Utc::now()).await;
     assert_eq!(deliveries, 0);
     let run = store.run(run_id).await.unwrap().unwrap();
     assert_eq!((run.status, run.planning), (RunStatus::Finished, false));
@@ -310,17 +291,13 @@ async fn a_run_is_not_finished_before_its_planning_is(backend: Backend) {
 /// Starts `gazette send daily` planning 4 readers a chunk with a pause of
 /// `pause_ms` after each (the knobs of debug builds).
 fn send_in_small_chunks(ws: &Workspace, pause_ms: u64) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
-        .args(["send", "daily"])
-        .current_dir(ws.dir.path())
-        .env("GAZETTE_CONFIG", &ws.config)
-        .env("GAZETTE_PLAN_CHUNK", "4")
-        .env("GAZETTE_PLAN_PAUSE_MS", pause_ms.to_string())
-        .env_remove("GAZETTE_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+    ws.spawn_with_env(
+        &["send", "daily"],
+        &[
+            ("GAZETTE_PLAN_CHUNK", "4"),
+            ("GAZETTE_PLAN_PAUSE_MS", &pause_ms.to_string()),
+        ],
+    )
 }
 
 async fn a_sender_killed_while_planning_mails_every_reader_once_after_a_restart(backend: Backend) {
@@ -355,12 +332,7 @@ async fn a_sender_killed_while_planning_mails_every_reader_once_after_a_restart(
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     };
-    let status = std::process::Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = child.wait();
+    kill_9(&mut child);
 
     // Planning stopped part of the way: the store says so, and `status`.
     let run = store.run(run_id).await.unwrap().unwrap();
@@ -419,16 +391,10 @@ async fn replicas_planning_one_run_together_mail_each_reader_once() {
     // Three processes plan the same run in chunks of 25, taking turns.
     let children: Vec<_> = (0..3)
         .map(|_| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_gazette"))
-                .args(["send", "daily", "--slot", &slot])
-                .current_dir(ws.dir.path())
-                .env("GAZETTE_CONFIG", &ws.config)
-                .env("GAZETTE_PLAN_CHUNK", "25")
-                .env_remove("GAZETTE_LOG")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
+            ws.spawn_with_env(
+                &["send", "daily", "--slot", &slot],
+                &[("GAZETTE_PLAN_CHUNK", "25")],
+            )
         })
         .collect();
     for child in children {

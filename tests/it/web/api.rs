@@ -13,6 +13,7 @@ on_both_backends!(
     a_bad_record_in_a_batch_is_named_and_nothing_is_stored,
     requests_without_the_right_token_are_refused_and_store_nothing,
     an_oversized_body_is_refused,
+    a_body_declared_over_the_limit_is_refused_before_it_is_read,
     an_article_is_deleted_by_its_url,
 );
 
@@ -196,6 +197,17 @@ async fn an_oversized_body_is_refused(backend: Backend) {
     let records = json!([{"url": "https://cms.example.org/big", "title": "Big", "body": big}]);
     let (status, body, _) = app.push(Some(TOKEN), records.to_string()).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(app.titles().await.is_empty());
+}
+
+/// A `Content-Length` over the limit is answered at once: 413, and the
+/// connection closed, while the body is still to come.
+async fn a_body_declared_over_the_limit_is_refused_before_it_is_read(backend: Backend) {
+    let app = app(backend).await;
+    let answer = app
+        .refused_before_the_body("/api/articles", TOKEN, 1024 * 1024 + 1)
+        .await;
+    assert!(answer.contains("send fewer articles a request"), "{answer}");
     assert!(app.titles().await.is_empty());
 }
 

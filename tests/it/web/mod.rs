@@ -106,6 +106,44 @@ impl WebApp {
         (r.status(), r.text().await.unwrap())
     }
 
+    /// Sends only the head of `POST target` (a path and query), a JSON
+    /// request with `Authorization: Bearer token` and a `Content-Length`
+    /// of `length` whose body never follows; asserts that the server
+    /// answers 413 and closes the connection within 5 s, and returns the
+    /// answer.
+    pub async fn refused_before_the_body(
+        &self,
+        target: &str,
+        token: &str,
+        length: usize,
+    ) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let host = self.base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+        let head = format!(
+            "POST {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_end(&mut answer),
+        )
+        .await
+        .expect("no answer, or the connection was left open, 5 s after the head")
+        .unwrap();
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{answer}"
+        );
+        answer
+    }
+
     /// Adds a confirmed subscriber, as an operator would.
     pub async fn add_reader(&self, email: &str, name: Option<&str>, digests: &[&str]) {
         let digests: Vec<String> = digests.iter().map(|d| d.to_string()).collect();
