@@ -234,7 +234,7 @@ impl Relays {
             .min_by(|a, b| a.1.total_cmp(&b.1));
         match to {
             Some((to, _)) => {
-                state.workers[at] -= 1;
+                state.workers[at] = state.workers[at].saturating_sub(1);
                 state.workers[to] += 1;
                 Step::Send(to)
             }
