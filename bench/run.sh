@@ -29,6 +29,20 @@
 #                      alike; the report adds the limit that one round trip
 #                      per message allows (pool / RTT) and gazette's ratio
 #                      to the lower of that limit and the ceiling
+#   BENCH_TLS          none (default) or starttls: gazette's sessions start
+#                      in plain text and go into TLS with STARTTLS, as with
+#                      a relay on port 587. smtp-sink has no TLS: the script
+#                      makes a throwaway self-signed certificate for
+#                      127.0.0.1 and localhost with openssl, and
+#                      bench/delay_proxy.py --starttls in front of smtp-sink
+#                      (with BENCH_RTT_MS's delay, or none) offers STARTTLS
+#                      and terminates TLS with it; gazette trusts it through
+#                      smtp.ca_file. smtp-source has no STARTTLS: the
+#                      ceiling stays plain text, through the plain delay
+#                      proxy (or straight to smtp-sink), and the report says
+#                      so; the report adds the proxy's CPU during gazette's
+#                      send (Python, one core: near 100% of a core, the
+#                      proxy is what limits the rate)
 #   BENCH_TIMEOUT      limit in seconds for each step (default: 1800)
 #   BENCH_MAX_LOAD     if set (e.g. 1.5), wait before measuring until the
 #                      1-minute load average is below it ...
@@ -73,6 +87,18 @@ export PGOPTIONS="-c client_min_messages=warning"
 
 if ! [[ $RTT_MS =~ ^[0-9]+$ ]]; then
     echo "BENCH_RTT_MS must be a whole number of milliseconds" >&2
+    exit 2
+fi
+TLS_MODE=${BENCH_TLS:-none}
+case $TLS_MODE in
+none | starttls) ;;
+*)
+    echo "BENCH_TLS must be none or starttls" >&2
+    exit 2
+    ;;
+esac
+if [ "$TLS_MODE" != none ] && ! command -v openssl >/dev/null; then
+    echo "BENCH_TLS=$TLS_MODE needs openssl" >&2
     exit 2
 fi
 DKIM=${BENCH_DKIM:-}
@@ -189,6 +215,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/gazette-bench.XXXXXX")
 SINK_PID=
 POLL_PID=
 PROXY_PID=
+TLS_PROXY_PID=
 FIRST_PID=
 cleanup() {
     local rc=$?
@@ -196,6 +223,10 @@ cleanup() {
     if [ -n "$PROXY_PID" ]; then
         kill "$PROXY_PID" 2>/dev/null
         wait "$PROXY_PID" 2>/dev/null
+    fi
+    if [ -n "$TLS_PROXY_PID" ]; then
+        kill "$TLS_PROXY_PID" 2>/dev/null
+        wait "$TLS_PROXY_PID" 2>/dev/null
     fi
     if [ -n "$FIRST_PID" ]; then
         kill "$FIRST_PID" 2>/dev/null
@@ -250,30 +281,62 @@ port_free "$PORT" && die "smtp-sink is not listening on 127.0.0.1:$PORT"
 # The log is a stream of "sess=S quit=Q mesg=M" lines ended by carriage returns.
 sink_messages() { tr '\r' '\n' <"$WORK/sink.log" | awk -F'mesg=' 'NF > 1 { m = $2 } END { print m + 0 }'; }
 
-# -- the delay proxy (BENCH_RTT_MS) ---------------------------------------------
+# -- the delay proxy (BENCH_RTT_MS) and the STARTTLS proxy (BENCH_TLS) ---------
 
-# Where gazette and smtp-source connect: the sink, or the proxy in front of it.
-TARGET_PORT=$PORT
-if [ "$RTT_MS" -gt 0 ]; then
-    TARGET_PORT=$((PORT + 1))
+# The first free port after $1.
+free_port_after() {
+    local p=$(($1 + 1))
     for _ in $(seq 100); do
-        port_free "$TARGET_PORT" && break
-        TARGET_PORT=$((TARGET_PORT + 1))
+        port_free "$p" && break
+        p=$((p + 1))
     done
-    port_free "$TARGET_PORT" || die "no free port found for the delay proxy"
-    python3 "$REPO/bench/delay_proxy.py" "$TARGET_PORT" "$PORT" "$RTT_MS" >"$WORK/proxy.log" 2>&1 &
-    PROXY_PID=$!
+    port_free "$p" || return 1
+    echo "$p"
+}
+# Starts bench/delay_proxy.py with the arguments given, its output in the
+# file named first; waits until it listens.
+start_proxy() {
+    local log=$1
+    shift
+    python3 "$REPO/bench/delay_proxy.py" "$@" >"$log" 2>&1 &
+    LAST_PROXY_PID=$!
     for _ in $(seq 50); do
-        grep -q listening "$WORK/proxy.log" && break
+        grep -q listening "$log" && break
         sleep 0.1
     done
-    grep -q listening "$WORK/proxy.log" || die "the delay proxy did not start: $(cat "$WORK/proxy.log")"
+    grep -q listening "$log" || die "bench/delay_proxy.py $* did not start: $(cat "$log")"
+}
+
+# Where smtp-source connects: the sink, or the delay proxy in front of it.
+TARGET_PORT=$PORT
+if [ "$RTT_MS" -gt 0 ]; then
+    TARGET_PORT=$(free_port_after "$PORT") || die "no free port found for the delay proxy"
+    start_proxy "$WORK/proxy.log" "$TARGET_PORT" "$PORT" "$RTT_MS"
+    PROXY_PID=$LAST_PROXY_PID
+fi
+# Where gazette connects: the same, or with BENCH_TLS=starttls the proxy
+# that offers STARTTLS (with the same delay) in front of the sink.
+GAZETTE_PORT=$TARGET_PORT
+TLS_CA=
+if [ "$TLS_MODE" = starttls ]; then
+    TLS_CA=$WORK/tls-cert.pem
+    # Self-signed, not a CA (rustls refuses a CA's certificate as the
+    # relay's own), for the name gazette connects to: 127.0.0.1.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$WORK/tls-key.pem" -out "$TLS_CA" -days 2 -subj /CN=localhost \
+        -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        -addext "basicConstraints=critical,CA:FALSE" >"$WORK/openssl-req.log" 2>&1 ||
+        die "openssl could not make the TLS certificate: $(cat "$WORK/openssl-req.log")"
+    GAZETTE_PORT=$(free_port_after "$TARGET_PORT") || die "no free port found for the STARTTLS proxy"
+    start_proxy "$WORK/tls-proxy.log" --starttls "$TLS_CA" "$WORK/tls-key.pem" "$GAZETTE_PORT" "$PORT" "$RTT_MS"
+    TLS_PROXY_PID=$LAST_PROXY_PID
 fi
 
 # -- database, configuration, data ---------------------------------------------
 
 say "database $DB, smtp-sink on 127.0.0.1:$PORT, work dir $WORK"
 [ "$RTT_MS" -eq 0 ] || say "delay proxy on 127.0.0.1:$TARGET_PORT adding $RTT_MS ms per round trip"
+[ "$TLS_MODE" = none ] || say "STARTTLS proxy on 127.0.0.1:$GAZETTE_PORT adding $RTT_MS ms per round trip, for gazette"
 psql_admin -c "drop database if exists $DB with (force)" -c "create database $DB"
 
 CONFIG=$WORK/bench.toml
@@ -287,8 +350,9 @@ from = "Gazette Bench <digest@bench.example.org>"
 
 [smtp]
 host = "127.0.0.1"
-port = $TARGET_PORT
-tls = "none"
+port = $GAZETTE_PORT
+tls = "$TLS_MODE"
+${TLS_CA:+ca_file = \"$TLS_CA\"}
 pool_size = $POOL
 timeout_secs = 30
 hello_name = "gazette-bench"
@@ -461,6 +525,8 @@ LOAD_OURS=$(loadavg)
 say "gazette send bench to $N subscribers (load average $LOAD_OURS)"
 SINK_BEFORE=$(sink_messages)
 SINK_CPU0=$(cpu_secs "$SINK_PID")
+TLS_PROXY_CPU0=
+[ -z "$TLS_PROXY_PID" ] || TLS_PROXY_CPU0=$(cpu_secs "$TLS_PROXY_PID")
 PG_CPU0=$(pg_cpu_secs)
 COMMITS0=$(commits)
 poll_backends >"$WORK/backends.txt" 2>/dev/null &
@@ -484,6 +550,7 @@ RC=$?
 set -e
 T1=$(now_ns)
 SINK_CPU1=$(cpu_secs "$SINK_PID")
+[ -z "$TLS_PROXY_PID" ] || TLS_PROXY_CPU1=$(cpu_secs "$TLS_PROXY_PID")
 PG_CPU1=$(pg_cpu_secs)
 kill "$POLL_PID" 2>/dev/null
 wait "$POLL_PID" 2>/dev/null || true
@@ -499,6 +566,7 @@ FIRST_S=
 cat "$WORK/send.out"
 if [ "$RC" -ne 0 ]; then
     tail -20 "$WORK/send.err" >&2
+    [ -z "$TLS_PROXY_PID" ] || grep -m3 '^TLS failed: ' "$WORK/tls-proxy.log" >&2 || true
     die "gazette send exited with $RC"
 fi
 grep -Eq "^bench: run [0-9]+: $N sent, 0 failed, 0 skipped$" "$WORK/send.out" ||
@@ -555,12 +623,24 @@ if [ "$RTT_MS" -gt 0 ]; then
     LIMIT_RATIO=$(awk -v n="$N" -v w="$WALL" -v l="$LIMIT" 'BEGIN { printf "%.2f", (n / w) / l }')
 fi
 
+if [ "$TLS_MODE" = starttls ]; then
+    SESSION="STARTTLS"
+    TLS_PROXY_CPU=$(awk -v a="$TLS_PROXY_CPU0" -v b="$TLS_PROXY_CPU1" 'BEGIN { printf "%.2f", b - a }')
+    TLS_PROXY_SHARE=$(awk -v c="$TLS_PROXY_CPU" -v w="$WALL" 'BEGIN { printf "%.0f", 100 * c / w }')
+    HANDSHAKES=$(grep -c '^TLS: ' "$WORK/tls-proxy.log" || true)
+    RESUMED=$(grep -c '^TLS: .* resumed$' "$WORK/tls-proxy.log" || true)
+    TLS_FAILED=$(grep -c '^TLS failed: ' "$WORK/tls-proxy.log" || true)
+    TLS_FIRST=$(grep -m1 '^TLS: ' "$WORK/tls-proxy.log" | sed 's/^TLS: //; s/ resumed$//')
+else
+    SESSION="plain text"
+fi
+
 # -- report -------------------------------------------------------------------
 
 DATE=$(date -u +%Y-%m-%d)
 cat <<EOF
 
-gazette send, $N subscribers, $ARTICLES articles, pool_size $POOL, message $SIZE bytes ($(nproc) CPUs, $BUILT)
+gazette send, $N subscribers, $ARTICLES articles, pool_size $POOL, message $SIZE bytes, $SESSION ($(nproc) CPUs, $BUILT)
   ledger:   $LEDGER_RUNS earlier runs of $N rows each
   gazette:  $WALL s wall, $RATE messages/s, peak RSS $RSS_MB MB ($RSS_KB kB)
             CPU: gazette ${USER_S} s user + ${SYS_S} s system, smtp-sink $SINK_CPU s,
@@ -574,10 +654,26 @@ gazette send, $N subscribers, $ARTICLES articles, pool_size $POOL, message $SIZE
             load average before: $LOAD_CEIL
   ratio:    $RATIO (gazette / ceiling)
 EOF
+if [ "$TLS_MODE" = starttls ]; then
+    cat <<EOF
+  tls:      gazette's sessions: STARTTLS (smtp.tls = "starttls") to bench/delay_proxy.py
+            --starttls in front of smtp-sink (Python ssl, a throwaway self-signed certificate
+            in smtp.ca_file, $RTT_MS ms per round trip): $HANDSHAKES handshakes ($RESUMED resumed,
+            $TLS_FAILED failed), ${TLS_FIRST:-none}
+            the proxy's CPU during gazette's send: $TLS_PROXY_CPU s in $WALL s ($TLS_PROXY_SHARE% of a core:
+            at or near 100%, the proxy is what limits the rate)
+            the ceiling is plain text: smtp-source has no STARTTLS
+EOF
+fi
 if [ "$RTT_MS" -gt 0 ]; then
+    if [ "$TLS_MODE" = none ]; then
+        PROXIED="the proxy's CPU over both: $PROXY_CPU s"
+    else
+        PROXIED="gazette's through the STARTTLS proxy, smtp-source's through the plain one, whose CPU was $PROXY_CPU s"
+    fi
     cat <<EOF
   latency:  $RTT_MS ms per round trip added by bench/delay_proxy.py to both
-            (the proxy's CPU over both: $PROXY_CPU s)
+            ($PROXIED)
   limit:    $LIMIT messages/s (pool $POOL / RTT $RTT_MS ms: one round trip per message)
   ratio:    $LIMIT_RATIO (gazette / limit)
             $BOUND_RATIO (gazette / min(limit, ceiling) = gazette / $BOUND)
