@@ -77,6 +77,15 @@ pub async fn check(settings: Settings) -> Result<()> {
                     relay.smtp.tls.as_str()
                 );
             }
+            let workers = settings.delivery.concurrency;
+            for (relay, needed) in mail::short_pools(&settings.relays, workers) {
+                println!(
+                    "  warning: relay {}: its weight gives it the messages of {needed:.1} of the {workers} workers, but its pool_size is {}: the other relays' workers will wait for it (raise its pool_size to {} or lower its weight)",
+                    relay.name,
+                    relay.smtp.pool_size,
+                    needed.ceil()
+                );
+            }
         }
         TransportKind::Outbox => println!("mail: outbox ({})", settings.mail.outbox_dir.display()),
     }

@@ -28,7 +28,7 @@ pub use message::{
 };
 pub use outbox::write_eml;
 pub use qp::{BodyEncoder, EncodedBodies, encode_body};
-pub use relays::Relays;
+pub use relays::{Relays, short_pools};
 pub use seal::{Outgoing, Sealer};
 pub use sender::Sender;
 pub use smtp::{SendError, check_relay};

@@ -49,6 +49,22 @@ const LEAD: f64 = 16.0;
 /// How often a waiting worker looks again.
 const WAIT: Duration = Duration::from_millis(5);
 
+/// The relays whose weight gives them more of `workers`' messages than
+/// their pool has connections for, with the workers' worth they need.
+pub fn short_pools(relays: &[Relay], workers: usize) -> Vec<(&Relay, f64)> {
+    let weights: u64 = relays.iter().map(|r| u64::from(r.weight)).sum();
+    relays
+        .iter()
+        .map(|r| {
+            (
+                r,
+                workers as f64 * f64::from(r.weight) / weights.max(1) as f64,
+            )
+        })
+        .filter(|(r, needed)| *needed > r.smtp.pool_size as f64 + 0.5)
+        .collect()
+}
+
 /// The relays of a process, their shares and their health: one for all
 /// the workers.
 pub struct Relays {

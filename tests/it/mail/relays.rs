@@ -71,6 +71,8 @@ async fn two_relays_weighted_three_to_one_get_about_three_to_one() {
         let line = format!("smtp: ok (127.0.0.1:{port}, tls = \"none\", weight {weight})");
         assert!(stdout(&check).contains(&line), "{}", stdout(&check));
     }
+    // (Four workers: three for the first relay's pool of 4, one for the second.)
+    assert!(!stdout(&check).contains("warning"), "{}", stdout(&check));
 
     let out = ws.run(&["send", "daily"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -101,6 +103,16 @@ async fn weights_hold_when_every_connection_of_equal_pools_is_used() {
     let (a, b) = (SmtpServer::start(), SmtpServer::start());
     let readers = 400;
     let (_db, ws) = workspace(&[(a.port, 3), (b.port, 1)], "", readers).await;
+
+    // `check` says so: the first relay needs 6 of the 8 workers' worth.
+    let check = ws.run(&["check"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    let warning = format!(
+        "warning: relay 127.0.0.1:{}: its weight gives it the messages of 6.0 of the 8 workers, but its pool_size is 4: the other relays' workers will wait for it (raise its pool_size to 6 or lower its weight)",
+        a.port
+    );
+    assert!(stdout(&check).contains(&warning), "{}", stdout(&check));
+    assert_eq!(stdout(&check).matches("warning: relay").count(), 1);
 
     let out = ws.run(&["send", "daily"]);
     assert!(out.status.success(), "{}", stderr(&out));
