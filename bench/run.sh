@@ -220,26 +220,11 @@ FIRST_PID=
 cleanup() {
     local rc=$?
     set +e
-    if [ -n "$PROXY_PID" ]; then
-        kill "$PROXY_PID" 2>/dev/null
-        wait "$PROXY_PID" 2>/dev/null
-    fi
-    if [ -n "$TLS_PROXY_PID" ]; then
-        kill "$TLS_PROXY_PID" 2>/dev/null
-        wait "$TLS_PROXY_PID" 2>/dev/null
-    fi
-    if [ -n "$FIRST_PID" ]; then
-        kill "$FIRST_PID" 2>/dev/null
-        wait "$FIRST_PID" 2>/dev/null
-    fi
-    if [ -n "$POLL_PID" ]; then
-        kill "$POLL_PID" 2>/dev/null
-        wait "$POLL_PID" 2>/dev/null
-    fi
-    if [ -n "$SINK_PID" ]; then
-        kill "$SINK_PID" 2>/dev/null
-        wait "$SINK_PID" 2>/dev/null
-    fi
+    for pid in "$PROXY_PID" "$TLS_PROXY_PID" "$FIRST_PID" "$POLL_PID" "$SINK_PID"; do
+        [ -n "$pid" ] || continue
+        kill "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
     timeout 60 psql -X -q "$PG/postgres" -c "drop database if exists $DB with (force)" >/dev/null 2>&1
     if [ -n "${BENCH_LOG_DIR:-}" ]; then
         mkdir -p "$BENCH_LOG_DIR" && cp -r "$WORK"/. "$BENCH_LOG_DIR"/

@@ -59,6 +59,25 @@ fn each_reader_once(received: &[Received], readers: usize) {
     }
 }
 
+/// Sends the daily digest through relays `a` and `b`: every reader gets
+/// it once, from one or the other; what each received.
+fn send_through(
+    ws: &Workspace,
+    a: &SmtpServer,
+    b: &SmtpServer,
+    readers: usize,
+) -> (Vec<Received>, Vec<Received>) {
+    let out = ws.run(&["send", "daily"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sent = format!("{readers} sent, 0 failed");
+    assert!(stdout(&out).contains(&sent), "{}", stdout(&out));
+    let (got_a, got_b) = (a.received(), b.received());
+    let mut all = got_a.clone();
+    all.extend(got_b.iter().cloned());
+    each_reader_once(&all, readers);
+    (got_a, got_b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_weighted_three_to_one_get_about_three_to_one() {
     let (a, b) = (SmtpServer::start(), SmtpServer::start());
@@ -74,17 +93,7 @@ async fn two_relays_weighted_three_to_one_get_about_three_to_one() {
     // (Four workers: three for the first relay's pool of 4, one for the second.)
     assert!(!stdout(&check).contains("warning"), "{}", stdout(&check));
 
-    let out = ws.run(&["send", "daily"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("400 sent, 0 failed"),
-        "{}",
-        stdout(&out)
-    );
-    let (got_a, got_b) = (a.received(), b.received());
-    let mut all = got_a.clone();
-    all.extend(got_b.iter().cloned());
-    each_reader_once(&all, readers);
+    let (got_a, got_b) = send_through(&ws, &a, &b, readers);
     // Three workers on the first relay, one on the second, alike.
     let share = got_a.len() as f64 / readers as f64;
     assert!(
@@ -114,17 +123,7 @@ async fn weights_hold_when_every_connection_of_equal_pools_is_used() {
     assert!(stdout(&check).contains(&warning), "{}", stdout(&check));
     assert_eq!(stdout(&check).matches("warning: relay").count(), 1);
 
-    let out = ws.run(&["send", "daily"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("400 sent, 0 failed"),
-        "{}",
-        stdout(&out)
-    );
-    let (got_a, got_b) = (a.received(), b.received());
-    let mut all = got_a.clone();
-    all.extend(got_b.iter().cloned());
-    each_reader_once(&all, readers);
+    let (got_a, got_b) = send_through(&ws, &a, &b, readers);
     let share = got_a.len() as f64 / readers as f64;
     assert!(
         (0.65..=0.85).contains(&share),
@@ -147,12 +146,7 @@ async fn a_slow_relay_gets_its_share_no_less() {
     let readers = 400;
     let (_db, ws) = workspace(&[(a.port, 1), (b.port, 1)], "", readers).await;
 
-    let out = ws.run(&["send", "daily"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let (got_a, got_b) = (a.received(), b.received());
-    let mut all = got_a.clone();
-    all.extend(got_b.iter().cloned());
-    each_reader_once(&all, readers);
+    let (got_a, got_b) = send_through(&ws, &a, &b, readers);
     let share = got_b.len() as f64 / readers as f64;
     assert!(
         (0.4..=0.6).contains(&share),
