@@ -1,7 +1,7 @@
 //! Subscribers as the operator manages them: imports, additions,
 //! removals, lists.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use sqlx::FromRow;
@@ -98,7 +98,9 @@ impl Store {
     }
 
     /// Deletes a subscriber with their subscriptions and ledger rows (on
-    /// Postgres the ledger has no foreign key to cascade from). The rows
+    /// Postgres neither has a foreign key to cascade from; the
+    /// subscriptions are deleted after the subscriber, so that any added
+    /// by a transaction the delete waited for go too). The ledger rows
     /// are found without reading the ledger through: on Postgres, by one
     /// look-up per run in the (run_id, subscriber_id) index, which the
     /// ledger has anyway (an index on subscriber_id alone would cost every
@@ -121,6 +123,10 @@ impl Store {
                     .fetch_optional(&mut *tx)
                     .await?;
             if let Some((id,)) = removed {
+                sqlx::query("delete from subscriptions where subscriber_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query(ledger).bind(id).execute(&mut *tx).await?;
             }
             tx.commit().await?;
@@ -159,6 +165,16 @@ impl Store {
                     .await?;
             }
             if let Some(digests) = change.digests {
+                // The subscriber's row is held first: a removal waits for
+                // this transaction, and none is found if one came before.
+                let held = sqlx::query("update subscribers set updated_at = $2 where id = $1")
+                    .bind(subscriber_id).bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if held == 0 {
+                    bail!("subscriber {subscriber_id} does not exist");
+                }
                 sqlx::query("delete from subscriptions where subscriber_id = $1")
                     .bind(subscriber_id)
                     .execute(&mut *tx)

@@ -61,7 +61,12 @@ async fn an_import_larger_than_a_batch_applies_every_row_in_order(backend: Backe
         row("left@example.org", None, &["weekly"]),
     ];
     for i in 0..12_000 {
-        rows.push(row(&format!("reader{i}@example.org"), None, &["daily"]));
+        let digests: &[&str] = if i % 10 == 0 {
+            &["daily", "weekly"]
+        } else {
+            &["daily"]
+        };
+        rows.push(row(&format!("reader{i}@example.org"), None, digests));
     }
     // The same addresses again, batches later.
     rows.push(row("ADA@example.org", None, &["weekly"]));
@@ -117,6 +122,22 @@ async fn an_import_larger_than_a_batch_applies_every_row_in_order(backend: Backe
         .unwrap();
     assert_eq!(pending.status, SubscriberStatus::Confirmed);
     assert_eq!(pending.name.as_deref(), Some("Now confirmed"));
+
+    // Everyone has the digests of all their rows, added to those they had.
+    let digests_of = async |email: &str| {
+        let email = EmailAddress::parse(email).unwrap();
+        let id = store.find_subscriber(&email).await.unwrap().unwrap().id;
+        store.subscriber_digests(id).await.unwrap()
+    };
+    assert_eq!(digests_of("left@example.org").await, ["daily", "weekly"]);
+    assert_eq!(digests_of("pending@example.org").await, ["daily"]);
+    assert_eq!(digests_of("reader0@example.org").await, ["daily", "weekly"]);
+    assert_eq!(digests_of("reader1@example.org").await, ["daily"]);
+    assert_eq!(
+        digests_of("reader11990@example.org").await,
+        ["daily", "weekly"]
+    );
+    assert_eq!(digests_of("reader11999@example.org").await, ["daily"]);
 
     // The new subscribers' ids follow the file.
     use futures_util::TryStreamExt;

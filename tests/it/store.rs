@@ -477,11 +477,15 @@ async fn a_removed_subscriber_leaves_the_ledger_and_is_never_claimed_as_a_reader
     let now = Utc::now();
     let run_id = planned_run(&store, 3, now).await;
 
-    // `subscribers remove` takes the reader's ledger rows with them.
+    // `subscribers remove` takes the reader's subscriptions and ledger rows
+    // with them.
     let reader0 = EmailAddress::parse("reader0@example.org").unwrap();
+    let id0 = store.find_subscriber(&reader0).await.unwrap().unwrap().id;
+    assert!(!store.subscriber_digests(id0).await.unwrap().is_empty());
     assert!(store.remove_subscriber(&reader0).await.unwrap());
     assert!(!store.remove_subscriber(&reader0).await.unwrap());
     assert_eq!(store.delivery_counts(run_id).await.unwrap().pending, 2);
+    assert!(store.subscriber_digests(id0).await.unwrap().is_empty());
 
     // A removal racing the planner: the subscriber row goes, the ledger row
     // planned for them stays (on Postgres, whose ledger has no foreign key;
