@@ -214,13 +214,19 @@ impl SubscriberImport {
             .map(|i| format!("(${}, {i})", i + 2))
             .collect::<Vec<_>>()
             .join(", ");
-        // New addresses, added in file order. Their token is neither one
-        // nor random: `none:` matches no link, and the import's nonce with
-        // the line keeps each unique.
+        // New addresses, added in file order. They have no token of
+        // before: on Postgres, null (left out of that column's index); on
+        // SQLite, where the column is not null, neither a token nor random:
+        // `none:` matches no link, and the import's nonce with the line
+        // keeps each unique.
+        let no_token = match self.tx {
+            ImportTx::Postgres(_) => "null",
+            ImportTx::Sqlite(_) => "'none:' || $2 || '.' || k.line",
+        };
         let new_subscribers = format!(
             "insert into subscribers (email, email_key, name, status, legacy_token_hash, \
              created_at, updated_at) \
-             select k.email, k.email_key, k.name, 'confirmed', 'none:' || $2 || '.' || k.line, $1, $1 \
+             select k.email, k.email_key, k.name, 'confirmed', {no_token}, $1, $1 \
              from ({ADDRESSES}) k \
              where not exists (select 1 from subscribers s where s.email_key = k.email_key) \
              order by k.line"
@@ -317,6 +323,10 @@ impl SubscriberImport {
                 // them is faster (a third less time at a million rows).
                 let hashed = $postgres && !digests.is_empty();
                 if hashed {
+                    // The joins below pick their plans from the table's
+                    // statistics, which would not yet count the rows just
+                    // updated.
+                    sqlx::query("analyze subscribers").persistent(false).execute(&mut **tx).await?;
                     sqlx::query("set local enable_nestloop = off").persistent(false).execute(&mut **tx).await?;
                 }
                 let added = if hashed {

@@ -147,12 +147,17 @@ async fn subscribers_are_unique_whatever_the_case_of_their_address(backend: Back
     let kept: String = raw_one(
         &store,
         &format!(
-            "select legacy_token_hash from subscribers where id = {}",
+            "select coalesce(legacy_token_hash, 'null') from subscribers where id = {}",
             found.id
         ),
     )
     .await;
-    assert!(kept.starts_with("none:"), "{kept}");
+    match backend {
+        // No token of before: null, out of the column's unique index.
+        Backend::Postgres => assert_eq!(kept, "null"),
+        // The column is not null: a unique value that no token hashes to.
+        Backend::Sqlite => assert!(kept.starts_with("none:"), "{kept}"),
+    }
 }
 
 /// One text value selected with raw SQL.
