@@ -512,6 +512,8 @@ SINK_BEFORE=$(sink_messages)
 SINK_CPU0=$(cpu_secs "$SINK_PID")
 TLS_PROXY_CPU0=
 [ -z "$TLS_PROXY_PID" ] || TLS_PROXY_CPU0=$(cpu_secs "$TLS_PROXY_PID")
+PROXY_CPU0=
+[ -z "$PROXY_PID" ] || PROXY_CPU0=$(cpu_secs "$PROXY_PID")
 PG_CPU0=$(pg_cpu_secs)
 COMMITS0=$(commits)
 poll_backends >"$WORK/backends.txt" 2>/dev/null &
@@ -536,6 +538,7 @@ set -e
 T1=$(now_ns)
 SINK_CPU1=$(cpu_secs "$SINK_PID")
 [ -z "$TLS_PROXY_PID" ] || TLS_PROXY_CPU1=$(cpu_secs "$TLS_PROXY_PID")
+[ -z "$PROXY_PID" ] || PROXY_CPU1=$(cpu_secs "$PROXY_PID")
 PG_CPU1=$(pg_cpu_secs)
 kill "$POLL_PID" 2>/dev/null
 wait "$POLL_PID" 2>/dev/null || true
@@ -652,7 +655,9 @@ EOF
 fi
 if [ "$RTT_MS" -gt 0 ]; then
     if [ "$TLS_MODE" = none ]; then
-        PROXIED="the proxy's CPU over both: $PROXY_CPU s"
+        PROXY_SEND_CPU=$(awk -v a="$PROXY_CPU0" -v b="$PROXY_CPU1" 'BEGIN { printf "%.2f", b - a }')
+        PROXY_SHARE=$(awk -v c="$PROXY_SEND_CPU" -v w="$WALL" 'BEGIN { printf "%.0f", 100 * c / w }')
+        PROXIED="the proxy's CPU over both: $PROXY_CPU s; during gazette's send: $PROXY_SEND_CPU s in $WALL s, $PROXY_SHARE% of a core"
     else
         PROXIED="gazette's through the STARTTLS proxy, smtp-source's through the plain one, whose CPU was $PROXY_CPU s"
     fi
