@@ -233,13 +233,18 @@ impl SubscriberImport {
         );
         // The import's digests: each one's name and the place of its flag.
         let d = format!("d (digest, place) as (values {digest_rows})");
-        // Every row's digests for its subscriber, unless they have it.
-        let already_here = format!(
-            "with {d} insert into subscriptions (subscriber_id, digest, created_at) \
-             select s.id, d.digest, $1 from import_rows r \
-             join subscribers s on s.email_key = r.email_key cross join d \
-             where substr(r.digests, d.place, 1) = '1' on conflict do nothing"
-        );
+        // The digests of the rows `r` of `rows` for their subscribers,
+        // unless they have them.
+        let subscribe = |rows: &str| {
+            format!(
+                "with {d} insert into subscriptions (subscriber_id, digest, created_at) \
+                 select s.id, d.digest, $1 from {rows} \
+                 join subscribers s on s.email_key = r.email_key cross join d \
+                 where substr(r.digests, d.place, 1) = '1' on conflict do nothing"
+            )
+        };
+        // Every row's.
+        let already_here = subscribe("import_rows r");
         // The new subscribers with the digests of their one row (how many).
         let new_subscribed = format!(
             "with {d}, added as ({new_subscribers} returning id, email_key), \
@@ -250,14 +255,9 @@ impl SubscriberImport {
              and not exists (select 1 from import_repeats p where p.email_key = r.email_key)) \
              select count(*) from added"
         );
-        // The digests of every line of the addresses on several.
-        let repeated_subscribed = format!(
-            "with {d} insert into subscriptions (subscriber_id, digest, created_at) \
-             select s.id, d.digest, $1 from import_repeats p \
-             join import_rows r on r.email_key = p.email_key \
-             join subscribers s on s.email_key = p.email_key cross join d \
-             where substr(r.digests, d.place, 1) = '1' on conflict do nothing"
-        );
+        // Every line's of the addresses on several (usually none).
+        let repeated_subscribed =
+            subscribe("import_repeats p join import_rows r on r.email_key = p.email_key");
         // A statement above with its parameters: the time, the nonce and
         // the digests' names.
         macro_rules! bound {
