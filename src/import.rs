@@ -400,6 +400,16 @@ impl<R: Read> SubscriberCsv<R> {
             .and_then(|c| record.get(c))
             .filter(|n| !n.is_empty())
             .map(str::to_string);
+        if let Some(c) = name
+            .as_deref()
+            .and_then(|n| n.chars().find(|c| c.is_control()))
+        {
+            return Some(Err(format!(
+                "line {line}: the name contains a control character ({:?}); \
+                 names are one line of text",
+                c
+            )));
+        }
         let digests = self.digests_col.and_then(|c| record.get(c)).unwrap_or("");
         let digests = match parse_digest_list(digests, &self.known) {
             Ok(d) => d,

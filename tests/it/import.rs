@@ -10,6 +10,7 @@ use crate::on_both_backends;
 on_both_backends!(
     an_import_larger_than_a_batch_applies_every_row_in_order,
     a_bad_row_deep_in_a_large_file_is_named_and_nothing_is_imported,
+    a_name_with_a_control_character_is_named_and_nothing_is_imported,
 );
 
 fn digest(name: &str) -> DigestName {
@@ -159,6 +160,34 @@ async fn an_import_larger_than_a_batch_applies_every_row_in_order(backend: Backe
         ]
     );
     assert_eq!(listed[12_002], "reader11999@example.org");
+}
+
+async fn a_name_with_a_control_character_is_named_and_nothing_is_imported(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let ws = Workspace::new(&db.url, None, &digest_section("daily", ""));
+    // A NUL, which Postgres cannot store in text, after a batch of good
+    // rows; and a line break inside a quoted name.
+    let mut csv = String::from("email,name,digests\n");
+    for i in 0..6_000 {
+        csv.push_str(&format!("reader{i}@example.org,Reader {i},daily\n"));
+    }
+    csv.push_str("eve@example.org,Eve\0,daily\n");
+    csv.push_str("mallory@example.org,\"Mallory\nBcc: x@example.org\",daily\n");
+    let path = ws.dir.path().join("readers.csv");
+    std::fs::write(&path, &csv).unwrap();
+    let out = ws.run(&["subscribers", "import", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("readers.csv: nothing was imported"), "{err}");
+    assert!(
+        err.contains("line 6002: the name contains a control character ('\\0')"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 6003: the name contains a control character ('\\n')"),
+        "{err}"
+    );
+    assert_eq!(stdout(&ws.run(&["subscribers", "list"])), "");
 }
 
 async fn a_bad_row_deep_in_a_large_file_is_named_and_nothing_is_imported(backend: Backend) {
