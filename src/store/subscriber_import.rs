@@ -1,12 +1,15 @@
 //! Subscriber imports, streamed: rows are staged as they come, a batch at
-//! a time (COPY on Postgres, multi-row inserts on SQLite), into a temporary
-//! table of the import's own transaction, then merged into the subscribers
-//! by a few set-wise statements, and committed all at once. Memory stays
-//! flat in the file's size; the database does the sorting out.
+//! a time (on Postgres, into one COPY that the server reads while the next
+//! batch is parsed; on SQLite, multi-row inserts), into a temporary table of
+//! the import's own transaction, then merged into the subscribers by a few
+//! set-wise statements, and committed all at once. Memory stays flat in the
+//! file's size; the database does the sorting out.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use futures_util::TryStreamExt;
 use sqlx::{FromRow, QueryBuilder, Row};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::backend::{BeginWrite, Store};
 use super::subscribers::{ImportCounts, NewSubscriber};
@@ -17,6 +20,8 @@ use crate::domain::{DigestName, new_token};
 const BATCH: usize = 5_000;
 /// Rows per SQLite insert: five parameters each, under its limit of 32,766.
 const SQLITE_ROWS: usize = 1_000;
+/// Batches of COPY data parsed ahead of what Postgres has read.
+const AHEAD: usize = 2;
 
 /// An import under way: rows staged so far, in a transaction of its own.
 /// Dropped without [`SubscriberImport::finish`], it rolls back: nothing
@@ -31,8 +36,60 @@ pub struct SubscriberImport {
 }
 
 enum ImportTx {
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Postgres(PgStaging),
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+/// Postgres's staging: a task holds the transaction and one COPY into
+/// `import_rows` open, and sends it each batch of COPY text it receives;
+/// the transaction comes back when the batches end.
+struct PgStaging {
+    batches: Option<mpsc::Sender<Vec<u8>>>,
+    copying: JoinHandle<Result<sqlx::Transaction<'static, sqlx::Postgres>>>,
+}
+
+impl PgStaging {
+    fn start(mut tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Self {
+        let (batches, mut received) = mpsc::channel::<Vec<u8>>(AHEAD);
+        let copying = tokio::spawn(async move {
+            let mut copy = tx
+                .copy_in_raw("copy import_rows (line, email, email_key, name, digests) from stdin")
+                .await?;
+            while let Some(batch) = received.recv().await {
+                copy.send(batch).await?;
+            }
+            copy.finish().await?;
+            Ok(tx)
+        });
+        PgStaging {
+            batches: Some(batches),
+            copying,
+        }
+    }
+
+    async fn send(&mut self, batch: Vec<u8>) -> Result<()> {
+        let sent = match &self.batches {
+            Some(batches) => batches.send(batch).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The task stopped early: its error says why.
+        Err(self
+            .end()
+            .await
+            .err()
+            .unwrap_or_else(|| anyhow!("the COPY of the rows ended early")))
+    }
+
+    /// Ends the COPY; the transaction, with every row staged.
+    async fn end(&mut self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.batches = None;
+        (&mut self.copying)
+            .await
+            .context("the COPY of the rows stopped")?
+    }
 }
 
 struct Staged {
@@ -59,8 +116,8 @@ const REPEATS: &str = "select g.email_key, g.first_line, n.name from \
      left join import_rows n on n.line = g.named_line";
 
 /// One row per address of the file: its first line, its address as first
-/// written, and the last name given for it.
-const ADDRESSES: &str = "select r.line, r.email, r.email_key, \
+/// written, that line's digests, and the last name given for it.
+const ADDRESSES: &str = "select r.line, r.email, r.email_key, r.digests, \
      case when p.email_key is null then r.name else p.name end as name \
      from import_rows r left join import_repeats p on p.email_key = r.email_key \
      where p.email_key is null or r.line = p.first_line";
@@ -83,7 +140,7 @@ impl Store {
                 .persistent(false)
                 .execute(&mut *tx)
                 .await?;
-                ImportTx::Postgres(tx)
+                ImportTx::Postgres(PgStaging::start(tx))
             }
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin_write().await?;
@@ -150,7 +207,7 @@ impl SubscriberImport {
             return Ok(());
         }
         match &mut self.tx {
-            ImportTx::Postgres(tx) => {
+            ImportTx::Postgres(staging) => {
                 let mut data = String::with_capacity(self.batch.len() * 64);
                 for row in &self.batch {
                     data.push_str(&row.line.to_string());
@@ -167,13 +224,7 @@ impl SubscriberImport {
                     data.push_str(&row.flags);
                     data.push('\n');
                 }
-                let mut copy = tx
-                    .copy_in_raw(
-                        "copy import_rows (line, email, email_key, name, digests) from stdin",
-                    )
-                    .await?;
-                copy.send(data.into_bytes()).await?;
-                copy.finish().await?;
+                staging.send(data.into_bytes()).await?;
             }
             ImportTx::Sqlite(tx) => {
                 for chunk in self.batch.chunks(SQLITE_ROWS) {
@@ -246,14 +297,23 @@ impl SubscriberImport {
         // Every row's.
         let already_here = subscribe("import_rows r");
         // The new subscribers with the digests of their one row (how many).
+        // Their ids are drawn in file order before they are added, so that
+        // each one's row, kept in memory with its digests, adds both the
+        // subscriber and their subscriptions, with no join back to the rows.
         let new_subscribed = format!(
-            "with {d}, added as ({new_subscribers} returning id, email_key), \
+            "with {d}, k as materialized (\
+             select nextval('subscribers_id_seq') as id, o.* from (\
+             select a.line, a.email, a.email_key, a.name, a.digests from ({ADDRESSES}) a \
+             where not exists (select 1 from subscribers s where s.email_key = a.email_key) \
+             order by a.line) o), \
+             added as (insert into subscribers (id, email, email_key, name, status, \
+             legacy_token_hash, created_at, updated_at) \
+             select k.id, k.email, k.email_key, k.name, 'confirmed', null, $1, $1 from k), \
              subscribed as (insert into subscriptions (subscriber_id, digest, created_at) \
-             select a.id, d.digest, $1 from added a \
-             join import_rows r on r.email_key = a.email_key cross join d \
-             where substr(r.digests, d.place, 1) = '1' \
-             and not exists (select 1 from import_repeats p where p.email_key = r.email_key)) \
-             select count(*) from added"
+             select k.id, d.digest, $1 from k cross join d \
+             where substr(k.digests, d.place, 1) = '1' \
+             and not exists (select 1 from import_repeats p where p.email_key = k.email_key)) \
+             select count(*) from k"
         );
         // Every line's of the addresses on several (usually none).
         let repeated_subscribed =
@@ -353,7 +413,8 @@ impl SubscriberImport {
             }};
         }
         let (added, inactive) = match self.tx {
-            ImportTx::Postgres(mut tx) => {
+            ImportTx::Postgres(mut staging) => {
+                let mut tx = staging.end().await?;
                 // The joins and sorts of a large import fit in memory.
                 sqlx::query("set local work_mem = '64MB'")
                     .persistent(false)
