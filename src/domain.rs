@@ -20,6 +20,30 @@ pub enum DomainError {
         "`{0}` is not a valid digest name (use lowercase letters, digits, `-` and `_`, at most 64)"
     )]
     InvalidDigestName(String),
+    #[error("the name contains a control character ({0:?}); names are one line of text")]
+    ControlInName(char),
+}
+
+/// Refuses a reader's name given on the command line or in a file if it
+/// has a control character (a line break, a tab, a NUL): a name is one line
+/// of text, written into headers and pages.
+pub fn check_name(name: &str) -> Result<(), DomainError> {
+    match name.chars().find(|c| c.is_control()) {
+        Some(c) => Err(DomainError::ControlInName(c)),
+        None => Ok(()),
+    }
+}
+
+/// A reader's name typed in a form: each run of spaces and control
+/// characters (a line break, a NUL) becomes one space, the ends are
+/// trimmed and at most 100 characters kept; `None` if nothing is left.
+pub fn form_name(raw: &str) -> Option<String> {
+    let words: Vec<&str> = raw
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let name = words.join(" ");
+    (!name.is_empty()).then(|| name.chars().take(100).collect())
 }
 
 /// A syntactically valid email address. Comparison is case-insensitive

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::domain::{DigestName, EmailAddress};
+use crate::domain::{DigestName, EmailAddress, check_name};
 use crate::store::{NewArticle, NewSubscriber, Timestamp};
 
 /// Reads a file, or standard input for `-`.
@@ -400,15 +400,8 @@ impl<R: Read> SubscriberCsv<R> {
             .and_then(|c| record.get(c))
             .filter(|n| !n.is_empty())
             .map(str::to_string);
-        if let Some(c) = name
-            .as_deref()
-            .and_then(|n| n.chars().find(|c| c.is_control()))
-        {
-            return Some(Err(format!(
-                "line {line}: the name contains a control character ({:?}); \
-                 names are one line of text",
-                c
-            )));
+        if let Some(Err(e)) = name.as_deref().map(check_name) {
+            return Some(Err(format!("line {line}: {e}")));
         }
         let digests = self.digests_col.and_then(|c| record.get(c)).unwrap_or("");
         let digests = match parse_digest_list(digests, &self.known) {

@@ -8,7 +8,7 @@ use futures_util::TryStreamExt;
 use super::process::{counted, digest_names};
 use super::progress::Progress;
 use crate::delivery::Engine;
-use crate::domain::{DigestName, EmailAddress, SubscriberStatus};
+use crate::domain::{DigestName, EmailAddress, SubscriberStatus, check_name};
 use crate::import;
 use crate::store::{NewSubscriber, SubscriberChange, Timestamp};
 
@@ -106,6 +106,9 @@ pub async fn subscribers_add(
     digests: &[String],
 ) -> Result<()> {
     let email = EmailAddress::parse(email)?;
+    if let Some(name) = &name {
+        check_name(name)?;
+    }
     let known = digest_names(&engine.settings);
     let mut chosen =
         import::parse_digest_list(&digests.join(";"), &known).map_err(anyhow::Error::msg)?;
@@ -177,6 +180,9 @@ pub async fn subscribers_set(
         bail!("no subscriber {email}: add one with `gazette subscribers add`");
     };
     let name = name.map(|n| n.trim().to_string());
+    if let Some(name) = &name {
+        check_name(name)?;
+    }
     let change = SubscriberChange {
         name: name.as_ref().map(|n| (!n.is_empty()).then_some(n.as_str())),
         digests: chosen.as_deref(),

@@ -14,7 +14,7 @@ use super::pages::{
     Body, Segments, WebState, bad_request, chosen_digests, cross_site, digest_choices, field,
     forbidden, form_fields, message, page, reader_or_404, server_error,
 };
-use crate::domain::SubscriberStatus;
+use crate::domain::{SubscriberStatus, form_name};
 use crate::store::Timestamp;
 
 pub async fn unsubscribe_page(
@@ -127,10 +127,7 @@ pub async fn save_preferences(
             .collect()
     };
     let digests = chosen_digests(&state, &chosen);
-    let name = field(&fields, "name")
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(|n| n.chars().take(100).collect::<String>());
+    let name = field(&fields, "name").and_then(form_name);
     if let Err(e) = state
         .engine
         .store

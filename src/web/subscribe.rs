@@ -20,7 +20,7 @@ use super::pages::{
     digest_choices, field, forbidden, form_fields, link_not_found, message, page, reply,
     server_error, wants_json,
 };
-use crate::domain::{DomainError, EmailAddress, new_token};
+use crate::domain::{DomainError, EmailAddress, form_name, new_token};
 use crate::store::{SubscribeOutcome, SubscriptionRequest, Timestamp};
 
 /// A second confirmation email to one address waits this long.
@@ -166,8 +166,7 @@ async fn subscribe_answer(
             chosen,
         )
     };
-    let name = name.trim();
-    let name = (!name.is_empty()).then(|| name.chars().take(100).collect::<String>());
+    let name = form_name(&name);
 
     let invalid = |error: String| {
         if json {

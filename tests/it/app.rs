@@ -59,6 +59,28 @@ fn subscribers_and_articles_are_managed_from_the_command_line() {
         "{}",
         stderr(&out)
     );
+    for name in ["Eve\nBcc: x@example.org", "Eve\t"] {
+        let out = ws.run(&["subscribers", "add", "eve@example.org", "--name", name]);
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+        assert!(
+            stderr(&out).contains("the name contains a control character"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = ws.run(&[
+        "subscribers",
+        "set",
+        "ada@example.org",
+        "--name",
+        "Ada\r\nX",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("the name contains a control character ('\\r')"),
+        "{}",
+        stderr(&out)
+    );
 
     let csv = ws.dir.path().join("subs.csv");
     std::fs::write(

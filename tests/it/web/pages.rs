@@ -13,6 +13,7 @@ use crate::on_both_backends;
 on_both_backends!(
     a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click,
     preferences_change_digests_and_name,
+    a_name_typed_with_control_characters_is_kept_on_one_line,
     the_web_view_shows_the_digest_to_its_reader_only,
 );
 
@@ -137,6 +138,42 @@ async fn a_reader_subscribes_confirms_receives_and_unsubscribes_with_one_click(b
             .unwrap()
             .contains("Welcome back")
     );
+}
+
+async fn a_name_typed_with_control_characters_is_kept_on_one_line(backend: Backend) {
+    let app = WebApp::start(backend, "").await;
+    // A NUL (which Postgres cannot store) and a line break with a header.
+    let (status, page) = app
+        .post_form(
+            "/subscribe",
+            "email=eve%40example.org&name=Eve%00%0D%0ABcc%3A+x%40example.org&digest=daily",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Check your inbox"), "{page}");
+    app.mailed().await;
+    let mails = app.smtp.received_by("eve@example.org");
+    assert_eq!(mails.len(), 1);
+    let m = mails[0].parsed();
+    let to = m.to().unwrap().first().unwrap();
+    assert_eq!(to.name(), Some("Eve Bcc: x@example.org"));
+    assert_eq!(to.address(), Some("eve@example.org"));
+    assert!(m.header("Bcc").is_none());
+    assert!(app.smtp.received_by("x@example.org").is_empty());
+    let link = app.confirmation_link("eve@example.org").await;
+    let (status, _) = app.post_form(path_of(&link), "").await;
+    assert_eq!(status, StatusCode::OK);
+    let eve = app.reader("eve@example.org").await.unwrap();
+    assert_eq!(eve.name.as_deref(), Some("Eve Bcc: x@example.org"));
+
+    let path = format!("/preferences/{}", app.engine.tokens.for_reader(eve.id));
+    let (status, page) = app
+        .post_form(&path, "name=%09Eve%0AE.%00&digest=daily&action=save")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Saved."), "{page}");
+    let eve = app.reader("eve@example.org").await.unwrap();
+    assert_eq!(eve.name.as_deref(), Some("Eve E."));
 }
 
 async fn preferences_change_digests_and_name(backend: Backend) {
