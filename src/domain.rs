@@ -34,15 +34,20 @@ pub fn check_name(name: &str) -> Result<(), DomainError> {
     }
 }
 
-/// A reader's name typed in a form: each run of spaces and control
-/// characters (a line break, a NUL) becomes one space, the ends are
-/// trimmed and at most 100 characters kept; `None` if nothing is left.
-pub fn form_name(raw: &str) -> Option<String> {
-    let words: Vec<&str> = raw
-        .split(|c: char| c.is_whitespace() || c.is_control())
+/// Collapses control characters (CR, LF, tab, NUL) and runs of spaces into
+/// single spaces, and trims the ends: a header value can never be split or
+/// extended.
+pub fn one_line(text: &str) -> String {
+    text.split(|c: char| c.is_control() || c.is_whitespace())
         .filter(|w| !w.is_empty())
-        .collect();
-    let name = words.join(" ");
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A reader's name typed in a form: on [`one_line`], at most 100
+/// characters; `None` if nothing is left.
+pub fn form_name(raw: &str) -> Option<String> {
+    let name = one_line(raw);
     (!name.is_empty()).then(|| name.chars().take(100).collect())
 }
 
@@ -368,6 +373,24 @@ pub fn abbreviate(email: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_removes_line_breaks_and_control_characters() {
+        assert_eq!(
+            one_line(" Hello\r\nBcc: evil@example.org\t\u{7}x  "),
+            "Hello Bcc: evil@example.org x"
+        );
+    }
+
+    #[test]
+    fn a_form_name_is_one_line_of_at_most_100_characters() {
+        assert_eq!(form_name(" \0\r\n "), None);
+        assert_eq!(
+            form_name("Ada\0\nLovelace").as_deref(),
+            Some("Ada Lovelace")
+        );
+        assert_eq!(form_name(&"é".repeat(150)), Some("é".repeat(100)));
+    }
 
     #[test]
     fn email_addresses_are_trimmed_and_keyed_case_insensitively() {

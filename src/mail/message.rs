@@ -9,6 +9,7 @@ use lettre::message::header::{ContentTransferEncoding, HeaderName, HeaderValue};
 use lettre::message::{Body, Mailbox, MultiPart};
 
 use super::qp::EncodedBodies;
+pub use crate::domain::one_line;
 
 /// What a subscriber receives, before it becomes a MIME message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,26 +170,4 @@ pub fn build_message(
         ))
         .context("cannot build the email message")?;
     Ok(message)
-}
-
-/// Collapses control characters (CR, LF, tab) and runs of spaces into
-/// single spaces: a header value can never be split or extended.
-pub fn one_line(text: &str) -> String {
-    text.split(|c: char| c.is_control() || c.is_whitespace())
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::one_line;
-
-    #[test]
-    fn one_line_removes_line_breaks_and_control_characters() {
-        assert_eq!(
-            one_line(" Hello\r\nBcc: evil@example.org\t\u{7}x  "),
-            "Hello Bcc: evil@example.org x"
-        );
-    }
 }

@@ -298,7 +298,7 @@ impl SubscriberImport {
         let already_here = subscribe("import_rows r");
         // The new subscribers with the digests of their one row (how many).
         // Their ids are drawn in file order before they are added, so that
-        // each one's row, kept in memory with its digests, adds both the
+        // each one's row (materialized once, with its digests) adds both the
         // subscriber and their subscriptions, with no join back to the rows.
         let new_subscribed = format!(
             "with {d}, k as materialized (\
