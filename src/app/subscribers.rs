@@ -106,9 +106,7 @@ pub async fn subscribers_add(
     digests: &[String],
 ) -> Result<()> {
     let email = EmailAddress::parse(email)?;
-    if let Some(name) = &name {
-        check_name(name)?;
-    }
+    name.as_deref().map(check_name).transpose()?;
     let known = digest_names(&engine.settings);
     let mut chosen =
         import::parse_digest_list(&digests.join(";"), &known).map_err(anyhow::Error::msg)?;
@@ -179,10 +177,9 @@ pub async fn subscribers_set(
     let Some((id, before)) = seen(engine, &email).await? else {
         bail!("no subscriber {email}: add one with `gazette subscribers add`");
     };
+    // As given, before trimming: `add` refuses a trailing tab too.
+    name.as_deref().map(check_name).transpose()?;
     let name = name.map(|n| n.trim().to_string());
-    if let Some(name) = &name {
-        check_name(name)?;
-    }
     let change = SubscriberChange {
         name: name.as_ref().map(|n| (!n.is_empty()).then_some(n.as_str())),
         digests: chosen.as_deref(),
